@@ -1,0 +1,5 @@
+import sys
+
+from deeplabv1.cli import main
+
+sys.exit(main())

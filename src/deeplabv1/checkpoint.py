@@ -1,0 +1,103 @@
+"""The project's checkpoint format: one documented dict, written atomically, read safely.
+
+Keys (``load_checkpoint`` checks the required ones):
+
+- ``format``: ``"deeplabv1"`` and ``format_version``: 1
+- ``arch``: a name from ``deeplabv1.models.MODEL_NAMES`` (``"deeplab-largefov"``, ...)
+- ``num_classes``: int; ``width``: channel multiplier (1.0 = the paper)
+- ``model_kwargs``: extra builder arguments (e.g. ``{"pool4_pad": 1}``)
+- ``model``: the network's ``state_dict`` (Caffe layer names)
+- ``config``: the resolved config of the command that wrote it (a plain dict)
+- optional: ``crf`` (CRF parameters to use with this model), ``optimizer``, ``scheduler``,
+  ``iteration``, ``rng`` (training state for exact resume), ``source`` (where weights came from)
+
+Files are read with ``torch.load(weights_only=True)``: no pickle code ever runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deeplabv1.errors import DeepLabError
+from deeplabv1.io import atomic_torch_save
+
+FORMAT = "deeplabv1"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("arch", "num_classes", "model")
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model_state: dict[str, torch.Tensor],
+    *,
+    arch: str,
+    num_classes: int,
+    width: float = 1.0,
+    model_kwargs: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
+    """Write a checkpoint dict (see module docstring) atomically to ``path``."""
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "width": float(width),
+        "model_kwargs": dict(model_kwargs or {}),
+        "model": {k: v.detach().cpu() for k, v in model_state.items()},
+        "config": dict(config or {}),
+    }
+    ckpt.update(extra)
+    atomic_torch_save(path, ckpt)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read and validate a checkpoint; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepLabError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise DeepLabError(
+            f"{path}: not a readable deeplabv1 checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise DeepLabError(f"{path}: expected a checkpoint dict, found {type(ckpt).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        hint = ""
+        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            hint = " (this looks like a bare state_dict: convert it with `deeplabv1 convert`)"
+        raise DeepLabError(f"{path}: checkpoint lacks {', '.join(missing)}{hint}")
+    if ckpt.get("format", FORMAT) != FORMAT:
+        raise DeepLabError(f"{path}: unknown checkpoint format {ckpt.get('format')!r}")
+    ckpt.setdefault("width", 1.0)
+    ckpt.setdefault("model_kwargs", {})
+    ckpt.setdefault("config", {})
+    return ckpt
+
+
+def model_from_checkpoint(
+    ckpt: dict | str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Build the network a checkpoint describes and load its weights (strictly)."""
+    from deeplabv1.models import build_model
+
+    source = "checkpoint"
+    if not isinstance(ckpt, dict):
+        source = str(ckpt)
+        ckpt = load_checkpoint(ckpt, map_location=map_location)
+    model = build_model(
+        ckpt["arch"], num_classes=ckpt["num_classes"], width=ckpt["width"], **ckpt["model_kwargs"]
+    )
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise DeepLabError(f"{source}: weights do not fit {ckpt['arch']}: {exc}") from exc
+    return model

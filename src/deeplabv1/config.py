@@ -1,0 +1,160 @@
+"""One typed config per command: dataclass defaults < YAML file < command-line flags.
+
+Every command describes its settings as a dataclass. ``add_config_args`` turns the fields into
+flags (``--base-lr``) plus ``--config FILE.yaml``; ``resolve_config`` merges them; ``save_config``
+writes the resolved values next to a run's outputs so that every result says where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from deeplabv1.errors import DeepLabError
+from deeplabv1.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """Strip Optional; return (type, is_optional)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add ``--config`` and one flag per field of dataclass ``cls`` (defaults left to the class)."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML file with settings")
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        tp, _ = _base_type(hints[field.name])
+        origin = typing.get_origin(tp)
+        help_text = field.metadata.get("help", "")
+        kwargs: dict[str, Any] = {"default": None, "dest": field.name, "help": help_text}
+        if tp is bool:
+            kwargs.update(type=_parse_bool, metavar="BOOL")
+        elif origin in (list, tuple):
+            inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+            kwargs.update(type=inner if inner in (int, float) else str, nargs="+")
+        elif typing.get_origin(tp) is typing.Literal:
+            kwargs.update(choices=list(typing.get_args(tp)))
+        elif tp in (int, float, str):
+            kwargs.update(type=tp)
+        else:
+            kwargs.update(type=str)
+        parser.add_argument(_flag(field.name), **kwargs)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    base, optional = _base_type(tp)
+    if value is None:
+        if optional:
+            return None
+        raise DeepLabError(f"{where}: a value is required")
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is str:
+            return str(value)
+        if origin is typing.Literal:
+            if value not in typing.get_args(base):
+                raise ValueError(value)
+            return value
+        if origin in (list, tuple):
+            inner = typing.get_args(base)[0] if typing.get_args(base) else Any
+            items = [_coerce(v, inner, where) for v in value]
+            return tuple(items) if origin is tuple else items
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise DeepLabError(f"{where}: cannot use {value!r} as {base}") from exc
+    return value
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and ill-typed values by name."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DeepLabError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(names))}")
+    values = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+    return cls(**values)
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise DeepLabError(f"{path}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        raise DeepLabError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DeepLabError(f"{path}: expected a mapping of setting: value at the top level")
+    return data
+
+
+def resolve_config(cls: type[T], args: argparse.Namespace) -> T:
+    """Merge dataclass defaults, the optional ``--config`` YAML and explicit flags."""
+    merged: dict[str, Any] = {}
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        merged.update(load_yaml(config_path))
+    for field in dataclasses.fields(cls):
+        value = getattr(args, field.name, None)
+        if value is not None:
+            merged[field.name] = value
+    return config_from_dict(cls, merged, str(config_path) if config_path else "command line")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a config dataclass."""
+    out = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

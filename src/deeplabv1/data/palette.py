@@ -1,0 +1,93 @@
+"""PASCAL VOC class names, the VOCdevkit colour map, and label PNG reading and writing.
+
+Labels are palette ("P") PNGs whose pixel values are class indices (0..20, 255 = void). They are
+always read with ``np.asarray(Image.open(p))``, never converted to RGB.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deeplabv1.errors import DeepLabError
+from deeplabv1.io import atomic_path
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+IGNORE_INDEX = 255
+
+
+def voc_colormap(n: int = 256) -> np.ndarray:
+    """The VOCdevkit colour map: class bits interleaved into the high bits of R, G, B."""
+    cmap = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r, g, b)
+    return cmap
+
+
+VOC_COLORMAP = voc_colormap()
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Class-index map (H, W) -> RGB image (H, W, 3) with the VOC colours."""
+    return VOC_COLORMAP[np.asarray(labels, dtype=np.uint8)]
+
+
+def label_to_pil(labels: np.ndarray) -> Image.Image:
+    """Class-index map -> palette PNG image with the VOC colour map."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise DeepLabError(f"label map must be 2-D, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise DeepLabError("label values must lie in 0..255")
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    img.putpalette(VOC_COLORMAP.reshape(-1).tolist())
+    return img
+
+
+def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write a class-index map as a VOC palette PNG, atomically."""
+    img = label_to_pil(labels)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def read_label_png(path: str | os.PathLike, num_classes: int | None = 21) -> np.ndarray:
+    """Read a label PNG as class indices (uint8, H x W), checking the values.
+
+    Palette and 8-bit grayscale PNGs hold indices directly. Values other than 0..num_classes-1
+    and 255 are an error naming the file (pass ``num_classes=None`` to skip the check).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise DeepLabError(
+                    f"{path}: label image has mode {img.mode!r}; expected a palette ('P') or "
+                    "8-bit grayscale ('L') PNG of class indices"
+                )
+            labels = np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError as exc:
+        raise DeepLabError(f"{path}: label file not found") from exc
+    except OSError as exc:
+        raise DeepLabError(f"{path}: cannot read label image ({exc})") from exc
+    if num_classes is not None:
+        bad = np.unique(labels[(labels >= num_classes) & (labels != IGNORE_INDEX)])
+        if bad.size:
+            raise DeepLabError(
+                f"{path}: label values {bad.tolist()[:10]} outside 0..{num_classes - 1} and 255"
+            )
+    return labels
