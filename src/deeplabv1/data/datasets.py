@@ -1,0 +1,142 @@
+"""Segmentation datasets: image + palette-label pairs read by id, with per-item seeded augmentation.
+
+Item ``i`` of epoch ``e`` draws its augmentation from ``np.random.default_rng([seed, e, i])``:
+the same crop and mirror whatever the number of workers, the order of loading or a resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deeplabv1.data.palette import IGNORE_INDEX, read_label_png
+from deeplabv1.data.transforms import TestTransform
+from deeplabv1.data.voc import default_label_dir, read_ids, resolve_voc_root, split_list_path
+from deeplabv1.errors import DeepLabError
+
+__all__ = ["SegmentationDataset", "read_ids", "read_image", "voc_dataset", "find_image"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a JPEG/PNG image as RGB uint8 (H, W, 3); errors name the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DeepLabError(f"{path}: image file not found") from exc
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DeepLabError(f"{path}: cannot read image ({exc})") from exc
+    return rgb
+
+
+def find_image(image_dir: Path, sid: str) -> Path:
+    """``image_dir/<sid>.jpg`` (VOC), or the first other image suffix that exists."""
+    for suffix in IMAGE_SUFFIXES:
+        cand = image_dir / f"{sid}{suffix}"
+        if cand.is_file():
+            return cand
+    return image_dir / f"{sid}.jpg"  # reading it gives the 'not found' error with the VOC name
+
+
+class SegmentationDataset:
+    """(image, label) pairs ``image_dir/<id>.jpg`` + ``label_dir/<id>.png`` through ``transform``.
+
+    ``transform(rgb, labels, rng)`` is a ``TrainTransform`` or ``TestTransform``. Items are dicts:
+    the transform's output plus ``id``. ``label_dir=None`` (unlabelled images, e.g. the VOC test
+    set) gives all-255 labels. Labels are checked against ``num_classes`` (values other than
+    0..num_classes-1 and 255 are an error naming the file).
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike,
+        label_dir: str | os.PathLike | None,
+        ids: Sequence[str],
+        transform: Callable | None = None,
+        num_classes: int = 21,
+        seed: int = 0,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.label_dir = None if label_dir is None else Path(label_dir)
+        self.ids = list(ids)
+        self.transform = transform if transform is not None else TestTransform(None)
+        self.num_classes = int(num_classes)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation randomness of epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return (f"SegmentationDataset({len(self)} images, images={self.image_dir}, "
+                f"labels={self.label_dir}, {self.transform!r})")
+
+    def image_path(self, index: int) -> Path:
+        return find_image(self.image_dir, self.ids[index])
+
+    def label_path(self, index: int) -> Path | None:
+        return None if self.label_dir is None else self.label_dir / f"{self.ids[index]}.png"
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw RGB image and uint8 label map of item ``index`` (no transform)."""
+        img_path = self.image_path(index)
+        rgb = read_image(img_path)
+        lab_path = self.label_path(index)
+        if lab_path is None:
+            return rgb, np.full(rgb.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        labels = read_label_png(lab_path, self.num_classes)
+        if labels.shape != rgb.shape[:2]:
+            raise DeepLabError(
+                f"{lab_path}: label size {labels.shape[1]}x{labels.shape[0]} differs from image "
+                f"{img_path} size {rgb.shape[1]}x{rgb.shape[0]}"
+            )
+        return rgb, labels
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The augmentation generator of item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.ids):
+            raise IndexError(index)
+        rgb, labels = self.load(index)
+        item = dict(self.transform(rgb, labels, self.rng(index)))
+        item["id"] = self.ids[index]
+        return item
+
+
+def voc_dataset(
+    voc_root: str | os.PathLike,
+    split: str,
+    label_dir: str | None = None,
+    transform: Callable | None = None,
+    num_classes: int = 21,
+    seed: int = 0,
+) -> SegmentationDataset:
+    """The ``split`` of a VOC2012-layout root (VOC2012, VOCdevkit or its parent).
+
+    The list is ``ImageSets/Segmentation/<split>.txt`` (or ``split`` given as a .txt path).
+    ``label_dir`` is a folder name under the root (or a path); by default SegmentationClassAug
+    for the merged ``*_aug`` splits written by ``deeplabv1 data prepare``, else
+    SegmentationClass. ``label_dir="none"`` reads no labels (all 255).
+    """
+    root = resolve_voc_root(voc_root)
+    ids = read_ids(split_list_path(root, split))
+    if label_dir is None:
+        label_dir = default_label_dir(split)
+    labels = None if str(label_dir).lower() == "none" else root / label_dir
+    if labels is not None and not labels.is_dir():
+        raise DeepLabError(f"{labels}: label folder not found")
+    return SegmentationDataset(root / "JPEGImages", labels, ids, transform, num_classes, seed)
