@@ -1,0 +1,94 @@
+"""DeepLab-MSc: five two-layer MLP branches on the image and pool1..pool4 (SPEC section 1).
+
+Each branch is: conv 3x3 -> 128 ch (+ReLU, dropout 0.5), conv 1x1 -> 128 ch (+ReLU, dropout 0.5),
+conv 1x1 -> classes. The 3x3 conv has pad 1 and a stride chosen so that the branch lands on the
+stride-8 score grid: image 8, pool1 4, pool2 2, pool3 1, pool4 1. The five branch score maps are
+summed with fc8 (the paper's "concatenate 5 x 128 = 640 channels, then classify" is the same
+linear map written as one classifier per branch).
+
+Layer names (the released MSc prototxt's names could not be checked here, so these are this
+project's Caffe-style choice): for a source blob ``src`` in ``data, pool1, pool2, pool3, pool4``
+the parameter layers are ``fc1_<src>`` (3x3), ``fc2_<src>`` (1x1) and ``fc8_<src>`` (classifier).
+
+Caffe requires every summed map to have the same size, which holds for inputs of side 8k+1
+(321, 513). For other sides ceil-mode pooling can give the trunk one more row/column than a
+strided branch conv; the branch input is then zero-padded at the bottom/right just enough to
+reach the trunk's grid (zero = the mean colour for ``data``, and ReLU/max-pool outputs are >= 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplabv1.models.vgg import scaled
+
+# (source blob, stride of the branch's first conv)
+MSC_SOURCES: tuple[tuple[str, int], ...] = (
+    ("data", 8), ("pool1", 4), ("pool2", 2), ("pool3", 1), ("pool4", 1),
+)  # fmt: skip
+MSC_HIDDEN = 128
+MSC_CONV_STD = 0.001
+MSC_CLASSIFIER_STD = 0.01
+
+
+def branch_layer_names(src: str) -> tuple[str, ...]:
+    """Module names of one branch in forward order (parameter-free layers included)."""
+    return (
+        f"fc1_{src}", f"relu1_{src}", f"drop1_{src}",
+        f"fc2_{src}", f"relu2_{src}", f"drop2_{src}",
+        f"fc8_{src}",
+    )  # fmt: skip
+
+
+def make_msc_branches(
+    source_channels: dict[str, int], *, num_classes: int, width: float = 1.0
+) -> list[tuple[str, nn.Module]]:
+    """The five branches as flat ``(name, module)`` pairs; ``source_channels`` maps src -> ch."""
+    hidden = scaled(MSC_HIDDEN, width)
+    layers: list[tuple[str, nn.Module]] = []
+    for src, stride in MSC_SOURCES:
+        names = branch_layer_names(src)
+        modules = (
+            nn.Conv2d(source_channels[src], hidden, 3, stride=stride, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Conv2d(hidden, num_classes, 1),
+        )
+        layers.extend(zip(names, modules))
+    return layers
+
+
+def init_msc_branches(model: nn.Module) -> None:
+    """Released init: branch convs N(0, 0.001), branch classifiers N(0, 0.01), biases 0."""
+    for src, _ in MSC_SOURCES:
+        for name, std in ((f"fc1_{src}", MSC_CONV_STD), (f"fc2_{src}", MSC_CONV_STD),
+                          (f"fc8_{src}", MSC_CLASSIFIER_STD)):  # fmt: skip
+            conv = getattr(model, name)
+            nn.init.normal_(conv.weight, 0.0, std)
+            nn.init.zeros_(conv.bias)
+
+
+def _pad_to_grid(x: torch.Tensor, conv: nn.Conv2d, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad ``x`` at the bottom/right so that ``conv`` yields at least ``out_hw``."""
+    stride, pad, kernel = conv.stride[0], conv.padding[0], conv.kernel_size[0]
+    extra = []
+    for size, target in ((x.shape[-1], out_hw[1]), (x.shape[-2], out_hw[0])):
+        need = (target - 1) * stride + kernel - 2 * pad  # input side giving `target` outputs
+        extra.extend((0, max(0, need - size)))
+    return F.pad(x, extra) if any(extra) else x
+
+
+def branch_scores(
+    model: nn.Module, src: str, x: torch.Tensor, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Run branch ``src`` of ``model`` on its source blob ``x``; scores of size ``out_hw``."""
+    names = branch_layer_names(src)
+    h = _pad_to_grid(x, getattr(model, names[0]), out_hw)
+    for name in names:
+        h = getattr(model, name)(h)
+    return h[..., : out_hw[0], : out_hw[1]]
