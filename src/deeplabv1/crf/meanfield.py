@@ -1,0 +1,146 @@
+"""Mean-field inference for the fully connected CRF (Kraehenbuehl & Koltun 2011, SPEC 4a).
+
+Unary energies U (B, L, N); Q = softmax(-U); then ``iters`` times
+
+    m = -U - sum_k compat_k(normalise_k(filter_k(Q)));   Q = softmax(m)   (max subtracted)
+
+A Potts term with weight w adds +w * (filtered Q_l) to label l's logit (the negated energy;
+equal to the paper's [l != l'] form since the sum over labels is constant per pixel). Diagonal
+(L,) and full (L, L) compatibilities are energies, as in Kraehenbuehl's code; a matrix is
+symmetrised. Normalisation of a term, with K the Gaussian filter and K1 its row sums:
+
+- "symmetric": n * K(n * Q), n = (K1 + 1e-20)^-1/2. pydensecrf's default (and so the drop-in's).
+- "after":     (K Q) / (K1 + 1e-20). The NIPS 2011 code that DeepLab ran: ``deeplab_crf``'s default.
+- "before":    K(Q / (K1 + 1e-20)). Present in pydensecrf; rarely used.
+- "none":      K Q, unnormalised.
+
+Neither code removes the self term j = i of the paper's sum, so neither do we.
+
+Internally the marginals live as (B, N, L) so that the filters see contiguous (B, N, C) values;
+the fast loop reuses its buffers (no per-iteration allocation beyond the filter's output).
+:func:`mean_field_step` is the same iteration as a pure function of tensors, for autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Number
+
+import torch
+
+from deeplabv1.crf.terms import PreparedTerm, as_unary, prepare_terms
+
+__all__ = [
+    "NORMALIZATIONS",
+    "PairwiseTerm",
+    "PreparedTerm",
+    "mean_field",
+    "mean_field_step",
+    "pairwise_message",
+    "prepare_terms",
+]
+
+NORMALIZATIONS = ("symmetric", "after", "before", "none")
+
+
+@dataclass
+class PairwiseTerm:
+    """One Gaussian-kernel pairwise term.
+
+    features: (B, N, d) float, already divided by the standard deviations (see features.py).
+    compat: Potts weight (a number), a diagonal (L,) or a full (L, L) compatibility (energies).
+    normalization: one of NORMALIZATIONS; "symmetric" is pydensecrf's default.
+    """
+
+    features: torch.Tensor
+    compat: float | torch.Tensor = 1.0
+    normalization: str = "symmetric"
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization: expected one of {NORMALIZATIONS}, got {self.normalization!r}"
+            )
+        if isinstance(self.compat, Number) and not torch.isfinite(torch.tensor(self.compat)):
+            raise ValueError(f"compat: must be finite, got {self.compat}")
+
+
+def pairwise_message(q: torch.Tensor, term: PreparedTerm) -> torch.Tensor:
+    """The negated-energy message of one term for marginals q (B, N, L) (pure function)."""
+    x = q if term.pre is None else q * term.pre
+    f = term.filter.apply(x)
+    if term.post is not None:
+        f = f * term.post
+    if term.matrix is not None:
+        return f @ term.matrix
+    if term.vector is not None:
+        return f * term.vector
+    return f if term.post is not None else f * term.weight
+
+
+def mean_field_step(neg_unary: torch.Tensor, q: torch.Tensor, terms) -> torch.Tensor:
+    """One mean-field update softmax(-U + sum of messages), all (B, N, L); differentiable."""
+    m = neg_unary
+    for term in terms:
+        m = m + pairwise_message(q, term)
+    return torch.softmax(m, dim=-1)
+
+
+def _iterate_inplace(neg_unary, q, terms, iters: int) -> torch.Tensor:
+    """``iters`` in-place updates of q (B, N, L); buffers allocated once."""
+    logits = torch.empty_like(q)
+    scaled = torch.empty_like(q) if any(t.pre is not None for t in terms) else None
+    flat_logits = logits.view(-1, q.shape[-1])
+    for _ in range(iters):
+        logits.copy_(neg_unary)
+        for term in terms:
+            x = q if term.pre is None else torch.mul(q, term.pre, out=scaled)
+            f = term.filter.apply(x)
+            if term.matrix is not None:
+                if term.post is not None:
+                    f.mul_(term.post)
+                flat_logits.addmm_(f.reshape(-1, f.shape[-1]), term.matrix)
+            elif term.vector is not None:
+                if term.post is not None:
+                    f.mul_(term.post)
+                logits.addcmul_(f, term.vector)
+            elif term.post is not None:  # Potts: the weight is folded into post
+                logits.addcmul_(f, term.post)
+            else:
+                logits.add_(f, alpha=term.weight)
+        torch.softmax(logits, dim=-1, out=q)
+    return q
+
+
+def mean_field(
+    unary: torch.Tensor,
+    terms,
+    iters: int = 10,
+    method: str = "lattice",
+) -> torch.Tensor:
+    """Mean-field marginals Q (B, L, N) for unary energies (B, L, N) and PairwiseTerms.
+
+    ``unary`` is -log P up to a per-pixel constant (for network scores: their negation; see
+    unary.py). Terms' features may be on any device; they follow the unary's device. ``method``
+    picks the filter: "lattice" (permutohedral, O(N)) or "dense" (exact, O(N^2): tests only).
+    Runs without autograd history unless a tensor requires grad; then it uses the pure
+    :func:`mean_field_step` so that gradients flow.
+    """
+    unary = as_unary(unary)
+    if int(iters) < 0:
+        raise ValueError(f"iters: must be >= 0, got {iters}")
+    prepared = prepare_terms(terms, unary.shape[0], unary.shape[1], unary.shape[2],
+                             device=unary.device, method=method)  # fmt: skip
+    neg_unary = unary.neg().transpose(1, 2).contiguous()  # (B, N, L)
+    needs_grad = torch.is_grad_enabled() and (
+        unary.requires_grad or any(t.requires_grad for t in prepared)
+    )
+    if needs_grad:
+        q = torch.softmax(neg_unary, dim=-1)
+        for _ in range(int(iters)):
+            q = mean_field_step(neg_unary, q, prepared)
+    else:
+        with torch.no_grad():
+            q = torch.softmax(neg_unary, dim=-1)
+            q = _iterate_inplace(neg_unary, q, prepared, int(iters))
+    return q.transpose(1, 2).contiguous()
