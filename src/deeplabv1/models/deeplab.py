@@ -19,8 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from deeplabv1.models.msc import MSC_SOURCES, branch_layer_names, branch_scores
-from deeplabv1.models.msc import init_msc_branches, make_msc_branches
+from deeplabv1.models.msc import (
+    MSC_SOURCES,
+    branch_layer_names,
+    branch_scores,
+    init_msc_branches,
+    make_msc_branches,
+)
 from deeplabv1.models.vgg import make_trunk, scaled
 
 FC8_STD = 0.01
