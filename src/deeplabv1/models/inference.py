@@ -36,7 +36,7 @@ def zoom_scores(
 ) -> torch.Tensor:
     """Bilinear align-corners zoom of (B,C,h,w) scores to (B,C,(h-1)f+1,(w-1)f+1)."""
     if scores.dim() != 4:
-        raise DeepLabError(f"zoom_scores: expected (B,C,h,w) scores, got shape {tuple(scores.shape)}")
+        raise DeepLabError(f"zoom_scores: expected (B,C,h,w) scores, got {tuple(scores.shape)}")
     h, w = scores.shape[-2:]
     if method == "interpolate":
         size = ((h - 1) * factor + 1, (w - 1) * factor + 1)
