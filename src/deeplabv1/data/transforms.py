@@ -132,5 +132,5 @@ class TestTransform:
             "label": torch.from_numpy(np.asarray(label, dtype=np.int64)),
             "height": h,
             "width": w,
-            "rgb": torch.from_numpy(np.ascontiguousarray(image)),
+            "rgb": torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)),
         }
