@@ -1,0 +1,124 @@
+"""``TrainConfig``: every setting of ``deeplabv1 train``, defaulting to the paper's recipe.
+
+Defaults follow SPEC section 3 (the authors' released solver files): SGD with momentum 0.9,
+weight decay 5e-4 (none on biases), base lr 1e-3, classifier layers lr x10, biases lr x2,
+"step" policy with gamma 0.1 every 2,000 iterations, 6,000 iterations, batch 20, crop 321
+(306 for DeepLab). Values come from the dataclass defaults < ``--config FILE.yaml`` < flags
+(``deeplabv1.config.resolve_config``); the resolved config is written as ``config.yaml`` in
+``out_dir`` beside the checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from deeplabv1.errors import DeepLabError
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``batch_size`` is the global number of images per iteration."""
+
+    # what to train
+    arch: str = _f("deeplab-largefov", "network name (deeplabv1.models.MODEL_NAMES)")
+    num_classes: int = _f(21, "number of classes (21 for PASCAL VOC)")
+    width: float = _f(1.0, "channel-width multiplier (1.0 = the paper; <1 for quick demos)")
+    init: str | None = _f(None, "initial weights: a `deeplabv1 convert` checkpoint (None = random)")
+    msc_train_fc8: bool | None = _f(
+        None, "MSc only: keep fc8 trainable (None = per release: deeplab-msc yes, "
+        "deeplab-msc-largefov no); the trunk is frozen and the new branches are trained")
+    dropout: float | None = _f(None, "override the dropout probability (None = the network's 0.5)")
+    # data
+    data_root: str | None = _f(None, "VOC2012-layout root (JPEGImages, label folder, ImageSets)")
+    split: str = _f("train_aug", "training list (train_aug, trainval_aug, train, ...)")
+    label_dir: str | None = _f(
+        None, "label folder under data_root (None = SegmentationClassAug for *_aug splits, "
+        "else SegmentationClass)")
+    crop_size: int | None = _f(None, "training crop (None = 306 for deeplab, 321 otherwise)")
+    mirror: bool = _f(True, "random horizontal mirror")
+    workers: int = _f(2, "DataLoader worker processes (0 = load in the main process)")
+    # optimisation (SPEC section 3)
+    batch_size: int = _f(20, "images per iteration over all GPUs (paper 20; LargeFOV release 30)")
+    iter_size: int = _f(1, "gradient accumulation steps per iteration (Caffe iter_size)")
+    max_iter: int = _f(6000, "training iterations")
+    base_lr: float = _f(1e-3, "base learning rate")
+    lr_policy: Literal["step", "fixed"] = _f("step", "learning-rate policy")
+    gamma: float = _f(0.1, "step policy: multiply the lr by gamma every step_size iterations")
+    step_size: int = _f(2000, "step policy: iterations between lr drops")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(5e-4, "L2 weight decay on weights (never on biases)")
+    classifier_lr_mult: float = _f(10.0, "lr multiplier of the classifier layers (fc8, MSc)")
+    bias_lr_mult: float = _f(2.0, "lr multiplier of biases (fc8 bias: 10 x 2 = 20)")
+    sgd_variant: Literal["caffe", "pytorch"] = _f(
+        "caffe", "caffe: v = m v + lr (g + wd w), w -= v; pytorch: v = m v + g + wd w, "
+        "w -= lr v (the two differ only right after an lr change)")
+    loss_norm: Literal["batch", "micro"] = _f(
+        "batch", "batch: average the loss over the valid pixels of the whole batch (exact under "
+        "accumulation and DDP); micro: per micro-batch, averaged over iter_size (Caffe)")
+    seed: int = _f(0, "seed of the initialisation, data order, augmentation and dropout")
+    # output and progress
+    out_dir: str = _f("runs/train", "folder for checkpoints, config.yaml and log.jsonl")
+    checkpoint_every: int = _f(1000, "write a resumable checkpoint every K iterations (0 = off)")
+    keep_checkpoints: int = _f(2, "keep the newest K periodic checkpoints (0 = keep all)")
+    resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the newest in out_dir")
+    log_every: int = _f(20, "iterations between log lines (loss is averaged over them)")
+    progress: bool = _f(True, "show a tqdm progress bar")
+    tensorboard: bool = _f(True, "also write TensorBoard events when tensorboard is installed")
+    # speed
+    device: str = _f("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...")
+    bf16: bool = _f(False, "bfloat16 autocast (CUDA)")
+    channels_last: bool = _f(False, "channels_last memory format (CUDA)")
+    compile: bool = _f(False, "torch.compile the network")
+    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+
+    def resolved_crop_size(self) -> int:
+        """The crop size: as set, or 306 for DeepLab and 321 for the others (SPEC 3)."""
+        if self.crop_size is not None:
+            return self.crop_size
+        return 306 if self.arch == "deeplab" else 321
+
+    def resolved_msc_train_fc8(self) -> bool:
+        """Whether fc8 is trained in an MSc model (release: MSc yes, MSc-LargeFOV no)."""
+        if self.msc_train_fc8 is not None:
+            return self.msc_train_fc8
+        return self.arch != "deeplab-msc-largefov"
+
+    def validate(self, world_size: int = 1) -> None:
+        """Reject impossible settings with a message naming the setting."""
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.iter_size >= 1, "iter_size must be >= 1"),
+            (self.max_iter >= 1, "max_iter must be >= 1"),
+            (self.base_lr > 0, "base_lr must be > 0"),
+            (self.step_size >= 1, "step_size must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
+            (self.workers >= 0, "workers must be >= 0"),
+            (self.width > 0, "width must be > 0"),
+            (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.data_root is not None, "data_root is required (a VOC2012-layout folder)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DeepLabError(f"train config: {message}")
+        per_step = world_size * self.iter_size
+        if self.batch_size % per_step:
+            raise DeepLabError(
+                f"train config: batch_size {self.batch_size} is not divisible by "
+                f"processes x iter_size = {world_size} x {self.iter_size}")
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Images per forward pass on one process."""
+        return self.batch_size // (world_size * self.iter_size)
+
+
+def replace(cfg: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``cfg`` with some settings changed."""
+    return dataclasses.replace(cfg, **changes)

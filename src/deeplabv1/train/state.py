@@ -1,0 +1,143 @@
+"""Training state for exact resume: RNG states, checkpoint naming, save, find, prune.
+
+A training checkpoint is a ``deeplabv1.checkpoint`` dict plus ``optimizer``, ``scheduler``,
+``iteration`` (completed iterations), ``data_position`` (stream items consumed),
+``rng`` (one entry per process: torch, CUDA, numpy and python states) and ``world_size``.
+Every value is a tensor or plain Python data, so ``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
+from deeplabv1.errors import DeepLabError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{6,})\.pt$")
+FINAL_NAME = "final.pt"
+
+
+def checkpoint_path(out_dir: str | Path, iteration: int) -> Path:
+    """``out_dir/checkpoint_<iteration, 6 digits>.pt``."""
+    return Path(out_dir) / f"checkpoint_{iteration:06d}.pt"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Periodic checkpoints in ``out_dir`` as ``(iteration, path)``, oldest first."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    found = []
+    for path in out_dir.iterdir():
+        match = CHECKPOINT_RE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def find_resume(out_dir: str | Path, resume: str) -> Path | None:
+    """The checkpoint ``resume`` names: a path, or ``"auto"`` = the newest in ``out_dir``.
+
+    ``"auto"`` with nothing to resume from returns None (start from scratch).
+    """
+    if resume != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise DeepLabError(f"{path}: resume checkpoint not found")
+        return path
+    found = list_checkpoints(out_dir)
+    final = Path(out_dir) / FINAL_NAME
+    candidates = [p for _, p in found]
+    if final.is_file():
+        candidates.append(final)  # the final checkpoint is resumable too (longer max_iter)
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: load_checkpoint(p).get("iteration", -1))
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` periodic checkpoints (``keep=0``: keep all)."""
+    if keep <= 0:
+        return
+    for _, path in list_checkpoints(out_dir)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+def get_rng_state() -> dict[str, Any]:
+    """This process's torch, CUDA, numpy and python RNG states as plain data and tensors."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - saved for resume
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``get_rng_state`` captured."""
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(  # noqa: NPY002 - restored for an exact resume
+        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+         npst["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    *,
+    config: dict,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    iteration: int,
+    data_position: int,
+    rng: list[dict],
+) -> None:
+    """Write a resumable checkpoint atomically (checkpoint format + training state)."""
+    save_checkpoint(
+        path,
+        model.state_dict(),
+        arch=model.arch,
+        num_classes=model.num_classes,
+        width=model.width,
+        model_kwargs=getattr(model, "model_kwargs", {}),
+        config=config,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        iteration=int(iteration),
+        data_position=int(data_position),
+        rng=rng,
+        world_size=len(rng),
+    )
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    """Read a checkpoint (on the CPU) and check that it carries what ``--resume`` needs."""
+    ckpt = load_checkpoint(path, map_location="cpu")
+    missing = [k for k in ("optimizer", "scheduler", "iteration", "rng") if k not in ckpt]
+    if missing:
+        raise DeepLabError(
+            f"{path}: not a resumable training checkpoint (lacks {', '.join(missing)}); "
+            "use it with --init instead"
+        )
+    return ckpt
