@@ -1,0 +1,104 @@
+"""Reading user images of any mode as RGB uint8, and expanding files / folders / globs.
+
+Conversions (explicit, never a silent ``convert("RGB")`` of odd modes):
+
+- EXIF orientation is applied first (``PIL.ImageOps.exif_transpose``), so phone photos are
+  segmented upright and the outputs line up with what image viewers show.
+- ``L`` / ``1`` (grayscale, bilevel): the gray value is copied to R, G and B.
+- ``I;16*`` / ``I`` (16-bit grayscale PNG): scaled to 8 bits by ``round(v / 257)`` (0..65535 ->
+  0..255), values outside 0..65535 clipped.
+- ``RGBA`` / ``LA`` / ``PA`` / ``P`` with transparency: alpha-composited on a solid
+  background, white by default (how viewers usually show transparent pictures), black on request.
+  Transparent pixels otherwise keep arbitrary hidden colours that the network would see.
+- ``P`` (palette), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: converted by Pillow.
+- Anything else (e.g. floating-point TIFF) is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from deeplabv1.errors import DeepLabError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+_PILLOW_RGB = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def to_rgb(img: Image.Image, background: str = "white", name: str = "image") -> np.ndarray:
+    """Convert a PIL image of any supported mode to an (H, W, 3) uint8 RGB array."""
+    if background not in BACKGROUNDS:
+        raise DeepLabError(f"unknown background {background!r}: use one of {sorted(BACKGROUNDS)}")
+    mode = img.mode
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, BACKGROUNDS[background] + (255,))
+        return np.asarray(Image.alpha_composite(base, rgba).convert("RGB")).copy()
+    if mode in ("L", "1"):
+        gray = np.asarray(img.convert("L"))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit int, how some 16-bit PNGs open)
+        arr = np.asarray(img).astype(np.float64)
+        gray = np.floor(np.clip(arr, 0, 65535) / 257.0 + 0.5).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in _PILLOW_RGB:
+        return np.asarray(img.convert("RGB")).copy()
+    raise DeepLabError(f"{name}: unsupported image mode {mode!r}")
+
+
+def load_image(path: str | os.PathLike, background: str = "white") -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3), EXIF orientation applied (see module doc).
+
+    Unreadable, truncated or non-image files raise ``DeepLabError`` naming the file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img, background=background, name=str(path))
+    except FileNotFoundError as exc:
+        raise DeepLabError(f"{path}: image file not found") from exc
+    except DeepLabError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad or truncated files
+        raise DeepLabError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand files, folders (their image files, not recursive) and glob patterns.
+
+    Returns ``(paths, problems)``: the image paths in order without duplicates, and one message
+    per input that matched nothing. Files given by name are kept whatever their suffix (reading
+    them reports a problem if they are not images); folders and globs keep image suffixes only.
+    """
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            found = [p]
+        elif p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        elif glob.has_magic(item):
+            found = [
+                Path(q)
+                for q in sorted(glob.glob(item, recursive=True))
+                if Path(q).is_file() and Path(q).suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if not found:
+                problems.append(f"{item}: pattern matches no image files")
+        else:
+            found = []
+            problems.append(f"{item}: no such file or folder")
+        paths += [q for q in found if q not in paths]
+    return paths, problems

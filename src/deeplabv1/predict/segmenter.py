@@ -1,0 +1,166 @@
+"""The Python API: segment a PIL image or numpy array with a trained or converted checkpoint.
+
+>>> from deeplabv1 import Segmenter
+>>> seg = Segmenter.from_checkpoint("model.pt", device="cpu")
+>>> result = seg.predict(image, crf=True)      # PIL image or (H, W, 3) uint8 RGB array
+>>> labels, probs = result                      # (H, W) uint8 classes, (C, H, W) float32
+
+Test size: the paper pads every image bottom/right with the mean colour to 513 x 513. An image
+side longer than ``test_size`` is padded to the next ``8k + 1`` instead (e.g. 640 -> 641), the
+size at which Caffe's ``(h - 1) * 8 + 1`` zoom of the score map lands exactly on the input
+grid; ``test_size=None`` always uses that minimal ``8k + 1`` padding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deeplabv1.errors import DeepLabError
+from deeplabv1.predict.images import to_rgb
+
+
+@dataclass
+class Prediction:
+    """Result of ``Segmenter.predict``; unpacks as ``labels, probs = result``.
+
+    ``labels`` (H, W) uint8 and ``probs`` (C, H, W) float32 are the final result: network +
+    CRF when the CRF ran, the network alone otherwise. ``net_labels`` / ``net_probs`` are always
+    the network's (softmax of the upsampled scores); ``crf_labels`` / ``crf_probs`` are None
+    without the CRF. ``scores`` are the raw upsampled network scores (C, H, W).
+    """
+
+    labels: np.ndarray
+    probs: np.ndarray
+    net_labels: np.ndarray
+    net_probs: np.ndarray
+    scores: np.ndarray
+    crf_labels: np.ndarray | None = None
+    crf_probs: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.labels, self.probs))
+
+
+def padded_size(size: int, test_size: int | None) -> int:
+    """Side length the network sees for an image side ``size`` (see the module docstring)."""
+    minimal = 8 * math.ceil((size - 1) / 8) + 1
+    return minimal if test_size is None else max(int(test_size), minimal)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; asking for CUDA without a GPU is a clear error."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeepLabError(f"device {device!r}: no CUDA GPU is available (use --device cpu)")
+    return dev
+
+
+class Segmenter:
+    """A DeepLab V1 network (+ optional dense CRF) ready to segment single images."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device | None = "cpu",
+        test_size: int | None = 513,
+        crf_params=None,
+        crf_iters: int = 10,
+    ) -> None:
+        """``crf_params``: a variant name or CRFParams; default: the model's variant."""
+        from deeplabv1.crf.params import DEEPLAB_CRF_PARAMS, get_params
+
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.test_size = test_size
+        self.num_classes = int(getattr(model, "num_classes", 21))
+        arch = getattr(model, "arch", "deeplab-largefov")
+        default = arch if arch in DEEPLAB_CRF_PARAMS else "deeplab-largefov"
+        try:
+            self.crf_params = get_params(default if crf_params is None else crf_params)
+        except ValueError as exc:
+            raise DeepLabError(str(exc)) from exc
+        self.crf_iters = int(crf_iters)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device | None = "cpu", **kwargs
+    ) -> Segmenter:
+        """Load a ``deeplabv1 train`` / ``convert`` checkpoint (any arch, any width).
+
+        CRF parameters: ``crf_params`` if given, else the checkpoint's ``crf`` entry (a variant
+        name or a dict of CRFParams fields, e.g. from ``crf-search``), else the arch's values.
+        """
+        from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
+        from deeplabv1.crf.params import CRFParams
+
+        ckpt = load_checkpoint(path)
+        saved = ckpt.get("crf")
+        if kwargs.get("crf_params") is None and saved:
+            try:
+                kwargs["crf_params"] = CRFParams(**saved) if isinstance(saved, dict) else saved
+            except (TypeError, ValueError) as exc:
+                raise DeepLabError(f"{path}: bad 'crf' entry {saved!r} ({exc})") from exc
+        model = model_from_checkpoint(ckpt)
+        return cls(model, device=device, **kwargs)
+
+    @torch.no_grad()
+    def network_scores(self, rgb: np.ndarray) -> torch.Tensor:
+        """Raw full-resolution scores (C, H, W) on ``self.device`` for an RGB uint8 image."""
+        from deeplabv1.data.caffe_input import to_caffe_input
+        from deeplabv1.models.inference import predict_scores
+
+        h, w = rgb.shape[:2]
+        x = to_caffe_input(rgb).to(self.device)
+        ph, pw = padded_size(h, self.test_size), padded_size(w, self.test_size)
+        # zero in Caffe input space is the mean colour: the released test-time padding
+        x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), value=0.0)
+        scores = predict_scores(self.model, x[None], test_size=None)
+        return scores[0, :, :h, :w].float()
+
+    def predict(self, image, crf: bool = False, *, background: str = "white") -> Prediction:
+        """Segment one image: a PIL image (any mode, converted as in ``load_image``; EXIF
+        orientation is not applied here) or an (H, W, 3) uint8 RGB / (H, W) gray array."""
+        rgb = self._as_rgb(image, background)
+        scores = self.network_scores(rgb)
+        net_probs = torch.softmax(scores, dim=0)
+        result = Prediction(
+            labels=_argmax(net_probs),
+            probs=net_probs.cpu().numpy(),
+            net_labels=_argmax(net_probs),
+            net_probs=net_probs.cpu().numpy(),
+            scores=scores.cpu().numpy(),
+        )
+        if crf:
+            from deeplabv1.crf import deeplab_crf
+
+            q = deeplab_crf(scores, rgb, self.crf_params, iters=self.crf_iters)
+            result.crf_labels, result.crf_probs = _argmax(q), q.cpu().numpy()
+            result.labels, result.probs = result.crf_labels, result.crf_probs
+        return result
+
+    @staticmethod
+    def _as_rgb(image, background: str) -> np.ndarray:
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return to_rgb(image, background=background)
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise DeepLabError(
+                f"image: expected (H, W, 3) or (H, W) uint8, got {arr.dtype} {arr.shape}"
+            )
+        if min(arr.shape[:2]) < 1:
+            raise DeepLabError(f"image: empty image of shape {arr.shape}")
+        return np.ascontiguousarray(arr)
+
+
+def _argmax(probs: torch.Tensor) -> np.ndarray:
+    return probs.argmax(dim=0).to(torch.uint8).cpu().numpy()
