@@ -35,6 +35,7 @@ __all__ = [
     "PairwiseTerm",
     "PreparedTerm",
     "mean_field",
+    "mean_field_prepared",
     "mean_field_step",
     "pairwise_message",
     "prepare_terms",
@@ -127,10 +128,15 @@ def mean_field(
     :func:`mean_field_step` so that gradients flow.
     """
     unary = as_unary(unary)
-    if int(iters) < 0:
-        raise ValueError(f"iters: must be >= 0, got {iters}")
     prepared = prepare_terms(terms, unary.shape[0], unary.shape[1], unary.shape[2],
                              device=unary.device, method=method)  # fmt: skip
+    return mean_field_prepared(unary, prepared, iters)
+
+
+def mean_field_prepared(unary: torch.Tensor, prepared, iters: int = 10) -> torch.Tensor:
+    """:func:`mean_field` on a validated float32 unary (B, L, N) and PreparedTerms."""
+    if int(iters) < 0:
+        raise ValueError(f"iters: must be >= 0, got {iters}")
     neg_unary = unary.neg().transpose(1, 2).contiguous()  # (B, N, L)
     needs_grad = torch.is_grad_enabled() and (
         unary.requires_grad or any(t.requires_grad for t in prepared)
