@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deeplabv1.errors import DeepLabError
 from deeplabv1.models.msc import (
     MSC_SOURCES,
     branch_layer_names,
@@ -149,9 +150,9 @@ def build_deeplab(
 ) -> DeepLabV1:
     """Assemble trunk + head (+ MSc branches) into a :class:`DeepLabV1`."""
     if int(num_classes) < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        raise DeepLabError(f"num_classes must be >= 1, got {num_classes}")
     if not width > 0:
-        raise ValueError(f"width must be > 0, got {width}")
+        raise DeepLabError(f"width must be > 0, got {width}")
     path, channels = make_trunk(trunk, width=width, pool4_pad=pool4_pad)
     path += make_head(
         channels,
