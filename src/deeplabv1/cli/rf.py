@@ -20,7 +20,7 @@ class RfConfig(InfoConfig):
     """Settings of ``deeplabv1 rf``."""
 
     plot: Path | None = dataclasses.field(
-        default=None, metadata={"help": "also write the RF-growth figure (all variants) to this PNG"}
+        default=None, metadata={"help": "also draw RF growth of all variants to this PNG"}
     )
 
 
@@ -49,8 +49,9 @@ def explain(rows, paper: int) -> str:
     true = rows[-1].rf
     return "\n".join(
         [
-            f"True receptive field: {true} px = {below.rf} px (one {below.name} cell of the atrous "
-            f"trunk) + {span} px (fc6 taps: (k_eff - 1) * jump = ({fc6.k_eff} - 1) * {below.jump}).",
+            f"True receptive field: {true} px = {below.rf} px (one {below.name} cell of the "
+            f"atrous trunk) + {span} px (fc6 taps: (k_eff - 1) * jump = ({fc6.k_eff} - 1) * "
+            f"{below.jump}).",
             f"Paper's nominal figure: {paper} px = {span} + 32: it counts only fc6's footprint, "
             f"in units of the 32-px cells of the original VGG16 pool5, i.e. (k - 1) * 8 * d + 32 "
             f"with k = {fc6.kernel}, d = {fc6.dilation}.",
