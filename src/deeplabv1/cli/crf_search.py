@@ -1,6 +1,41 @@
-"""Placeholder for `deeplabv1 crf-search`: replaced by its owner."""
+"""``deeplabv1 crf-search``: coarse-to-fine cross-validation of the CRF's w1, sa, sb.
+
+Example (scores saved by ``deeplabv1 eval --save-scores``)::
+
+    deeplabv1 crf-search --scores scores/ --data VOCdevkit/VOC2012 --split val \\
+        --num-images 100 --jobs 8 -o crf_search/          # add --resume after an interruption
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("crf-search", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("not implemented yet") or 1)
+    """Register ``crf-search`` with one flag per ``CRFSearchConfig`` field, plus -o."""
+    from deeplabv1.evaluate.cli_args import add_config_flags
+    from deeplabv1.evaluate.config import CRFSearchConfig
+
+    p = subparsers.add_parser(
+        "crf-search", help="cross-validate the CRF parameters on saved score maps",
+        description="Coarse-to-fine search of w1, sa, sb (w2, sg fixed) on the first N images "
+        "of a split, from score maps saved by `deeplabv1 eval --save-scores`. Parallel over "
+        "processes, resumable; writes points.jsonl, best.json, search.md and config.yaml.",
+    )  # fmt: skip
+    add_config_flags(p, CRFSearchConfig)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Resolve the config, search, print the table and the best parameters."""
+    from deeplabv1.config import resolve_config
+    from deeplabv1.evaluate.config import CRFSearchConfig
+    from deeplabv1.evaluate.run import run_crf_search
+
+    cfg = resolve_config(CRFSearchConfig, args)
+    search = run_crf_search(cfg)
+    print((Path(cfg.out) / "search.md").read_text())
+    b = search["best"]
+    print(f"best: --w1 {b['w1']:g} --sa {b['sa']:g} --sb {b['sb']:g} --w2 {b['w2']:g} "
+          f"--sg {b['sg']:g}  (mean IoU {b['mean_iou']:.2f}%; {cfg.out}/best.json)")  # fmt: skip
+    return 0

@@ -1,6 +1,40 @@
-"""Placeholder for `deeplabv1 eval`: replaced by its owner."""
+"""``deeplabv1 eval``: mean IoU, per-class IoU and pixel accuracy over a split, with/without CRF.
+
+Examples::
+
+    deeplabv1 eval --weights model.pt --data VOCdevkit/VOC2012 --split val --crf --trimap -o out
+    deeplabv1 eval --weights model.pt --data VOC --save-scores scores/ -o out      # keep scores
+    deeplabv1 eval --scores scores/ --data VOC --crf --w1 5 --sa 80 --sb 4 -o out2  # no network
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("not implemented yet") or 1)
+    """Register ``eval`` with its flags (one per ``EvalConfig`` field, plus -o)."""
+    from deeplabv1.evaluate.cli_args import add_config_flags
+    from deeplabv1.evaluate.config import EvalConfig
+
+    p = subparsers.add_parser(
+        "eval", help="evaluate a model (or saved scores) on a split, with or without the CRF",
+        description="Confusion-matrix mean IoU / per-class IoU / pixel accuracy with the paper's "
+        "test procedure; optionally the dense CRF, trimap bands and saved score maps. Writes "
+        "results.json, results.md and config.yaml into the output folder.",
+    )  # fmt: skip
+    add_config_flags(p, EvalConfig)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Resolve the config, evaluate, print the Markdown summary."""
+    from deeplabv1.config import resolve_config
+    from deeplabv1.evaluate.config import EvalConfig
+    from deeplabv1.evaluate.run import run_eval
+
+    cfg = resolve_config(EvalConfig, args)
+    run_eval(cfg)
+    print((Path(cfg.out) / "results.md").read_text())
+    print(f"results written to {cfg.out}/results.json")
+    return 0

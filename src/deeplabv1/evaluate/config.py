@@ -1,0 +1,81 @@
+"""Typed settings of ``deeplabv1 eval`` and ``deeplabv1 crf-search`` (no heavy imports here).
+
+Values come from the dataclass defaults < ``--config FILE.yaml`` < flags
+(``deeplabv1.config.resolve_config``); the resolved config is saved beside the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run over a split (SPEC 3 test procedure)."""
+
+    weights: str | None = _f(None, "checkpoint (.pt) of the network (not needed with --scores)")
+    data: str | None = _f(None, "VOC2012-layout root (JPEGImages, labels, ImageSets)")
+    split: str = _f("val", "image list under ImageSets/Segmentation (or a .txt path)")
+    label_dir: str | None = _f(None, "label folder under the root (default: per split)")
+    num_images: int | None = _f(None, "evaluate only the first N images of the split")
+    test_size: int | None = _f(513, "pad inputs to this square size (513 as released)")
+    crf: bool = _f(False, "also evaluate network + dense CRF")
+    crf_params: str | None = _f(
+        None, "CRF parameter set by variant name (default: the checkpoint's, else its arch's)")
+    w1: float | None = _f(None, "override the bilateral weight w1")
+    sa: float | None = _f(None, "override the bilateral position std sa (pixels)")
+    sb: float | None = _f(None, "override the bilateral colour std sb (0-255 units)")
+    w2: float | None = _f(None, "override the Gaussian weight w2")
+    sg: float | None = _f(None, "override the Gaussian position std sg (pixels)")
+    crf_iters: int = _f(10, "mean-field iterations")
+    crf_normalization: str = _f("after", "CRF normalisation: after (DeepLab), symmetric, ...")
+    trimap: bool = _f(False, "also score mean IoU in bands around the void boundary")
+    trimap_max_width: int = _f(40, "largest trimap band width (pixels)")
+    save_scores: str | None = _f(None, "save the coarse score maps to this folder")
+    scores: str | None = _f(None, "use saved score maps from this folder instead of a network")
+    score_dtype: str = _f("float32", "dtype of saved score maps: float32 or float16")
+    compress: bool = _f(False, "save score maps compressed (np.savez_compressed)")
+    save_predictions: bool = _f(False, "write predicted label PNGs under OUT/predictions/")
+    batch_size: int = _f(1, "images per network forward pass")
+    workers: int = _f(0, "DataLoader worker processes")
+    device: str = _f("auto", "auto (cuda when available), cpu, cuda, ...")
+    progress: bool = _f(True, "show a progress bar")
+    out: str = _f("runs/eval", "output folder (results.json, results.md, config.yaml)")
+
+
+@dataclass
+class CRFSearchConfig:
+    """Coarse-to-fine search of w1, sa, sb on saved score maps (SPEC 4).
+
+    The coarse grid defaults to the paper's: w1 in [5, 10] (the authors' script: {5, 10}),
+    sa 50..100 step 10 (script: 40..100, set ``sa_min 40``), sb 3..10 step 1; w2 = sg = 3 fixed.
+    Each refinement round halves the steps and searches best +- one old step around the best.
+    """
+
+    scores: str | None = _f(None, "folder of saved score maps (deeplabv1 eval --save-scores)")
+    data: str | None = _f(None, "VOC2012-layout root the scores were computed on")
+    split: str = _f("val", "image list (the first num_images ids are used)")
+    label_dir: str | None = _f(None, "label folder under the root (default: per split)")
+    num_images: int = _f(100, "number of images to tune on (paper: 100 val images)")
+    w1_min: float = _f(5.0, "coarse grid: smallest w1")
+    w1_max: float = _f(10.0, "coarse grid: largest w1")
+    w1_step: float = _f(5.0, "coarse grid: w1 step (5 gives {5, 10}, the authors' script)")
+    sa_min: float = _f(50.0, "coarse grid: smallest sa (paper 50; authors' script 40)")
+    sa_max: float = _f(100.0, "coarse grid: largest sa")
+    sa_step: float = _f(10.0, "coarse grid: sa step")
+    sb_min: float = _f(3.0, "coarse grid: smallest sb")
+    sb_max: float = _f(10.0, "coarse grid: largest sb")
+    sb_step: float = _f(1.0, "coarse grid: sb step")
+    w2: float = _f(3.0, "fixed Gaussian weight w2")
+    sg: float = _f(3.0, "fixed Gaussian std sg")
+    refine_rounds: int = _f(1, "refinement rounds after the coarse grid (0 = grid only)")
+    iters: int = _f(10, "mean-field iterations")
+    normalization: str = _f("after", "CRF normalisation (after = DeepLab's)")
+    jobs: int = _f(1, "worker processes (each evaluates whole parameter points)")
+    resume: bool = _f(False, "skip points already in OUT/points.jsonl")
+    progress: bool = _f(True, "show a progress bar")
+    out: str = _f("runs/crf_search", "output folder (points.jsonl, best.json, search.md)")

@@ -1,0 +1,246 @@
+"""Coarse-to-fine cross-validation of the CRF parameters w1, sa, sb on saved score maps (SPEC 4).
+
+Round 0 evaluates the coarse grid (``CRFSearchConfig``: the paper's ranges by default). Each
+refinement round halves the three steps and evaluates best + k * new_step, k = -2..2, per
+parameter (so +- one old step around the best so far; values may leave the coarse range, as the
+published sa = 121 of LargeFOV did; non-positive values are dropped). A point is one full CRF
+run over the tuning images, scored by the mean IoU of one confusion matrix over them.
+
+Points run in parallel over processes (each worker loads the images once). Every finished point
+is added to ``OUT/points.jsonl``, rewritten atomically, so an interrupted search loses at most
+the points in flight; ``resume`` skips the points already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from deeplabv1.errors import DeepLabError
+from deeplabv1.evaluate.config import CRFSearchConfig
+from deeplabv1.io import atomic_write_text
+
+POINTS_NAME = "points.jsonl"
+PARAM_NAMES = ("w1", "sa", "sb", "w2", "sg")
+Point = tuple[float, float, float, float, float]
+
+
+def _values(lo: float, hi: float, step: float) -> list[float]:
+    if step <= 0 or hi < lo:
+        raise DeepLabError(f"crf-search: bad range {lo}..{hi} step {step}")
+    n = int(np.floor((hi - lo) / step + 1e-9)) + 1
+    return [round(lo + k * step, 6) for k in range(n)]
+
+
+def coarse_grid(cfg: CRFSearchConfig) -> list[Point]:
+    """Every (w1, sa, sb, w2, sg) of the coarse grid, w1 slowest."""
+    return [
+        (w1, sa, sb, cfg.w2, cfg.sg)
+        for w1 in _values(cfg.w1_min, cfg.w1_max, cfg.w1_step)
+        for sa in _values(cfg.sa_min, cfg.sa_max, cfg.sa_step)
+        for sb in _values(cfg.sb_min, cfg.sb_max, cfg.sb_step)
+    ]
+
+
+def refine_grid(best: Point, steps: tuple[float, float, float]) -> list[Point]:
+    """best + k * step (k = -2..2) for w1, sa, sb; positive values only."""
+    axes = [
+        sorted({round(v + k * s, 6) for k in range(-2, 3)})
+        for v, s in zip(best[:3], steps)
+    ]
+    axes = [[x for x in axis if x > 0] for axis in axes]
+    return [(a, b, c, best[3], best[4]) for a in axes[0] for b in axes[1] for c in axes[2]]
+
+
+def point_key(point: Iterable[float]) -> Point:
+    """Canonical, hashable form of a parameter point."""
+    return tuple(round(float(v), 6) for v in point)  # type: ignore[return-value]
+
+
+def best_record(records: Iterable[dict]) -> dict:
+    """Highest mean IoU; ties go to the smallest (w1, sa, sb, w2, sg)."""
+    recs = list(records)
+    if not recs:
+        raise DeepLabError("crf-search: no points evaluated")
+    return min(recs, key=lambda r: (-r["mean_iou"], point_key(r[n] for n in PARAM_NAMES)))
+
+
+class PointsFile:
+    """The search's results: one JSON line per point, the file rewritten atomically on add."""
+
+    def __init__(self, path: Path, setup: dict, resume: bool):
+        self.path = path
+        self.setup = setup
+        self.records: dict[Point, dict] = {}
+        if path.exists():
+            if not resume:
+                raise DeepLabError(
+                    f"{path}: a search already ran here; pass --resume to continue it or "
+                    "choose another output folder"
+                )
+            self._load()
+
+    def _load(self) -> None:
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key = point_key(rec[n_] for n_ in PARAM_NAMES)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise DeepLabError(f"{self.path}:{n}: not a search result line ({exc})") from exc
+            if rec.get("setup") != self.setup:
+                raise DeepLabError(
+                    f"{self.path}:{n}: written for another setup {rec.get('setup')}; "
+                    f"this run is {self.setup}. Use a new output folder."
+                )
+            self.records[key] = rec
+
+    def add(self, rec: dict) -> None:
+        rec = dict(rec, setup=self.setup)
+        self.records[point_key(rec[n] for n in PARAM_NAMES)] = rec
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
+        atomic_write_text(self.path, text)
+
+
+# ---- evaluating points (in worker processes) ----------------------------------------------
+
+_IMAGES: list | None = None
+_CRF: tuple[int, str] = (10, "after")
+
+
+def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
+    """(coarse scores, h, w, factor, rgb, labels) of the first ``num_images`` images."""
+    from deeplabv1.evaluate.scores import load_scores
+
+    out = []
+    for i in range(min(num_images, len(dataset))):
+        rgb, labels = dataset.load(i)
+        coarse, h, w, factor = load_scores(scores_dir, dataset.ids[i])
+        if (h, w) != labels.shape:
+            raise DeepLabError(f"{scores_dir}/{dataset.ids[i]}.npz: size differs from the image")
+        out.append((coarse, h, w, factor, rgb, labels))
+    return out
+
+
+def init_worker(images: list | Callable[[], list], iters: int, normalization: str, threads: int):
+    """Process initialiser: keep the tuning images and CRF settings in module globals."""
+    global _IMAGES, _CRF
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    _IMAGES = images() if callable(images) else images
+    _CRF = (iters, normalization)
+
+
+def evaluate_point(point: Point) -> dict:
+    """Mean IoU (%) of the CRF with parameters ``point`` over the worker's images."""
+    from deeplabv1.crf import CRFParams
+    from deeplabv1.evaluate.evaluator import run_crf
+    from deeplabv1.evaluate.metrics import ConfusionAccumulator, mean_iou, pixel_accuracy
+    from deeplabv1.evaluate.scores import full_scores
+
+    assert _IMAGES is not None, "init_worker was not called"
+    params = CRFParams(*point)
+    t0 = time.perf_counter()
+    acc = None
+    for coarse, h, w, factor, rgb, labels in _IMAGES:
+        if acc is None:
+            acc = ConfusionAccumulator(coarse.shape[0])
+        pred = run_crf(full_scores(coarse, h, w, factor), rgb, params, *_CRF)
+        acc.update(pred, labels)
+    rec = dict(zip(PARAM_NAMES, point))
+    rec["mean_iou"] = round(100 * mean_iou(acc.matrix), 4)
+    rec["pixel_accuracy"] = round(100 * pixel_accuracy(acc.matrix), 4)
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def _loader(scores_dir: str, data: str, split: str, label_dir, num_classes: int, n: int):
+    from deeplabv1.data.datasets import voc_dataset
+
+    dataset = voc_dataset(data, split, label_dir=label_dir, num_classes=num_classes)
+    return load_tuning_images(scores_dir, dataset, n)
+
+
+class _Loader:
+    """Picklable zero-argument callable that loads the tuning images in a worker."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __call__(self) -> list:
+        return _loader(*self.args)
+
+
+def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
+    """What the points of one search depend on (checked on resume)."""
+    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    return {"scores": str(Path(cfg.scores).resolve()), "split": cfg.split,
+            "num_images": len(ids), "ids_sha1": digest, "iters": cfg.iters,
+            "normalization": cfg.normalization}  # fmt: skip
+
+
+def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, bar) -> None:
+    """Evaluate the points not in ``store`` yet, in ``jobs`` processes, recording each."""
+    todo = [p for p in dict.fromkeys(points) if p not in store.records]
+    if not todo:
+        return
+    if jobs <= 1:
+        global _IMAGES
+        init_worker(loader, cfg.iters, cfg.normalization, 0)
+        try:
+            for p in todo:
+                store.add(evaluate_point(p))
+                bar.update(1)
+        finally:
+            _IMAGES = None  # free the images
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
+    with ProcessPoolExecutor(
+        min(jobs, len(todo)), mp_context=ctx, initializer=init_worker,
+        initargs=(loader, cfg.iters, cfg.normalization, 1),
+    ) as pool:  # fmt: skip
+        futures = [pool.submit(evaluate_point, p) for p in todo]
+        for fut in as_completed(futures):
+            store.add(fut.result())
+            bar.update(1)
+
+
+def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -> dict:
+    """Run the search into ``cfg.out``; returns {"best": record, "records": [...], ...}."""
+    from tqdm import tqdm
+
+    ids = dataset.ids[: cfg.num_images]
+    if not ids:
+        raise DeepLabError(f"crf-search: split {cfg.split!r} has no images")
+    out = Path(cfg.out)
+    store = PointsFile(out / POINTS_NAME, setup_fingerprint(cfg, ids), cfg.resume)
+    loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids))
+    show = cfg.progress if progress is None else progress
+    points = coarse_grid(cfg)
+    steps = (cfg.w1_step, cfg.sa_step, cfg.sb_step)
+    rounds: list[dict] = []
+    best: dict = {}
+    for r in range(cfg.refine_rounds + 1):
+        if r > 0:
+            steps = tuple(s / 2 for s in steps)
+            points = refine_grid(point_key(best[n] for n in PARAM_NAMES), steps)
+        with tqdm(total=len(points), desc=f"crf-search round {r}", disable=not show) as bar:
+            bar.update(sum(p in store.records for p in dict.fromkeys(points)))
+            run_points(points, store, cfg.jobs, loader, cfg, bar)
+        best = best_record(store.records.values())
+        rounds.append({"round": r, "points": len(points), "steps": list(steps),
+                       "best": {n: best[n] for n in (*PARAM_NAMES, "mean_iou")}})  # fmt: skip
+    return {"best": best, "rounds": rounds, "records": list(store.records.values()),
+            "setup": store.setup, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+

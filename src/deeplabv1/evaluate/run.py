@@ -1,0 +1,154 @@
+"""``deeplabv1 eval`` as a function: ``run_eval(EvalConfig)`` writes results into ``cfg.out``.
+
+Outputs (all atomic): ``results.json`` and ``results.md`` (``report``), ``config.yaml`` (the
+resolved settings), ``trimap.png`` with ``--trimap``, ``predictions/<method>/<id>.png`` with
+``--save-predictions``, and the score folder of ``--save-scores`` (with its ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from deeplabv1.config import config_to_dict, save_config
+from deeplabv1.errors import DeepLabError
+from deeplabv1.evaluate.config import EvalConfig
+
+
+def resolve_device(name: str):
+    """``auto`` -> cuda when available, else cpu; other names as torch devices."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise DeepLabError(f"device: cannot use {name!r} ({exc})") from exc
+
+
+def resolve_crf_params(cfg: EvalConfig, arch: str | None, checkpoint_crf=None):
+    """The CRFParams to use: --crf-params name, else the checkpoint's, else the arch's
+    per-variant defaults; then individual --w1/--sa/--sb/--w2/--sg overrides."""
+    from deeplabv1.crf import CRFParams, get_params
+
+    try:
+        if cfg.crf_params is not None:
+            params = get_params(cfg.crf_params)
+        elif isinstance(checkpoint_crf, dict):
+            names = ("w1", "sa", "sb", "w2", "sg")
+            params = CRFParams(**{k: float(checkpoint_crf[k]) for k in names})
+        elif isinstance(checkpoint_crf, str):
+            params = get_params(checkpoint_crf)
+        elif arch is not None:
+            params = get_params(arch)
+        else:
+            raise ValueError("no variant known: pass --crf-params NAME or all of --w1 ... --sg")
+        overrides = {k: getattr(cfg, k) for k in ("w1", "sa", "sb", "w2", "sg")}
+        return dataclasses.replace(params, **{k: v for k, v in overrides.items() if v is not None})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DeepLabError(f"CRF parameters: {exc}") from exc
+
+
+def _class_names(num_classes: int) -> list[str]:
+    from deeplabv1.data.palette import VOC_CLASSES
+
+    if num_classes <= len(VOC_CLASSES):
+        return list(VOC_CLASSES[:num_classes])
+    return [f"class{i}" for i in range(num_classes)]
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
+    from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
+    from deeplabv1.data.datasets import voc_dataset
+    from deeplabv1.data.transforms import TestTransform
+    from deeplabv1.evaluate.evaluator import evaluate
+    from deeplabv1.evaluate.report import trimap_curves, write_results
+    from deeplabv1.evaluate.scores import read_meta, write_meta
+
+    if cfg.data is None:
+        raise DeepLabError("eval: --data VOC_ROOT is required")
+    if (cfg.weights is None) == (cfg.scores is None):
+        raise DeepLabError("eval: give exactly one of --weights MODEL.pt or --scores DIR")
+    if cfg.scores is not None and cfg.save_scores is not None:
+        raise DeepLabError("eval: --save-scores makes no sense with --scores (no network runs)")
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    model = None
+    ckpt_crf = None
+    if cfg.weights is not None:
+        ckpt = load_checkpoint(cfg.weights)
+        model = model_from_checkpoint(ckpt).to(device)
+        info = {"arch": ckpt["arch"], "width": ckpt["width"], "num_classes": ckpt["num_classes"],
+                "weights": str(cfg.weights)}  # fmt: skip
+        ckpt_crf = ckpt.get("crf")
+    else:
+        meta = read_meta(cfg.scores)
+        info = {k: meta.get(k) for k in ("arch", "width", "num_classes", "weights")}
+        info["scores"] = str(cfg.scores)
+    num_classes = int(info["num_classes"])
+    dataset = voc_dataset(
+        cfg.data, cfg.split, label_dir=cfg.label_dir, transform=TestTransform(cfg.test_size),
+        num_classes=num_classes,
+    )
+    params = resolve_crf_params(cfg, info["arch"], ckpt_crf) if cfg.crf else None
+    if cfg.save_scores is not None:
+        write_meta(cfg.save_scores, {**info, "test_size": cfg.test_size, "data": str(cfg.data),
+                                     "split": cfg.split, "kind": "coarse fc8 scores"})  # fmt: skip
+    t0 = time.perf_counter()
+    results = evaluate(
+        dataset, model=model, scores_dir=cfg.scores, num_images=cfg.num_images, device=device,
+        batch_size=cfg.batch_size, workers=cfg.workers, save_scores_dir=cfg.save_scores,
+        score_dtype=cfg.score_dtype, compress=cfg.compress, class_names=_class_names(num_classes),
+        crf_params=params, crf_iters=cfg.crf_iters, crf_normalization=cfg.crf_normalization,
+        trimap_max_width=cfg.trimap_max_width if cfg.trimap else None,
+        predictions_dir=out / "predictions" if cfg.save_predictions else None,
+        progress=cfg.progress,
+    )  # fmt: skip
+    results["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
+    results = {
+        "model": info,
+        "data": {"root": str(cfg.data), "split": cfg.split, "num_images": results["num_images"]},
+        "crf_params": dataclasses.asdict(params) if params is not None else None,
+        "crf_iters": cfg.crf_iters,
+        "crf_normalization": cfg.crf_normalization,
+        "config": config_to_dict(cfg),
+        **results,
+    }
+    save_config(cfg, out / "config.yaml")
+    write_results(out, results)
+    if cfg.trimap:
+        plot_trimap_safe(trimap_curves(results), out / "trimap.png")
+    return results
+
+
+def plot_trimap_safe(curves: dict, path: Path) -> Path | None:
+    """``deeplabv1.viz.plots.plot_trimap`` (Fig. 5 style), skipped with a note if absent."""
+    try:
+        from deeplabv1.viz.plots import plot_trimap
+    except ImportError as exc:  # the plotting helpers are another module; results stand alone
+        print(f"note: trimap plot skipped ({exc})")
+        return None
+    return plot_trimap(curves, path, title="Trimap: mean IoU near object boundaries")
+
+
+def run_crf_search(cfg) -> dict:
+    """``deeplabv1 crf-search`` as a function: search, then write best.json, search.md and
+    config.yaml into ``cfg.out`` (points.jsonl grows as points finish)."""
+    from deeplabv1.data.datasets import voc_dataset
+    from deeplabv1.evaluate.crf_search import crf_search
+    from deeplabv1.evaluate.report import write_search
+    from deeplabv1.evaluate.scores import read_meta
+
+    if cfg.scores is None or cfg.data is None:
+        raise DeepLabError("crf-search: --scores DIR and --data VOC_ROOT are required")
+    if cfg.num_images < 1 or cfg.jobs < 1 or cfg.refine_rounds < 0:
+        raise DeepLabError("crf-search: num_images and jobs must be >= 1, refine_rounds >= 0")
+    num_classes = int(read_meta(cfg.scores)["num_classes"])
+    dataset = voc_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir, num_classes=num_classes)
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    search = crf_search(cfg, dataset, num_classes)
+    write_search(cfg.out, search)
+    return search
