@@ -1,6 +1,138 @@
-"""Placeholder for `deeplabv1 plot`: replaced by its owner."""
+"""`deeplabv1 plot`: training logs and evaluation results as figures.
+
+    deeplabv1 plot runs/train/log.jsonl -o curves.png
+    deeplabv1 plot runs/eval/results.json runs/eval_crf/results.json -o eval.png
+
+A ``.jsonl`` file is a training log (loss and lr versus iteration); a ``.json`` file is a
+``deeplabv1 eval`` results file (per-class IoU bars of every method, and the trimap curve when
+the evaluation ran with ``--trimap``). All figures go into the one PNG, stacked top to bottom;
+``--separate`` writes them as ``OUT_log.png``, ``OUT_iou.png``, ``OUT_trimap.png`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from deeplabv1.errors import DeepLabError
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("plot", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("not implemented yet") or 1)
+    p = subparsers.add_parser(
+        "plot", help="plot training logs (.jsonl) and eval results (.json)", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("files", nargs="+", metavar="FILE", help="log.jsonl or results.json files")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
+    p.add_argument("--separate", action="store_true", help="one PNG per figure (OUT_<kind>.png)")
+    p.set_defaults(func=run)
+
+
+def read_log(path: Path) -> list[dict]:
+    """JSONL records; a torn last line (a run killed mid-write) is skipped with a note."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise DeepLabError(f"{path}: cannot read ({exc})") from exc
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if n == len(lines):
+                print(f"deeplabv1 plot: {path}: skipped torn last line {n}", file=sys.stderr)
+                continue
+            raise DeepLabError(f"{path}: line {n} is not JSON ({exc.msg})") from exc
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def read_results(path: Path) -> dict:
+    """An eval results dict (``methods`` with ``per_class_iou``), checked."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DeepLabError(f"{path}: not a readable JSON file ({exc})") from exc
+    methods = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(methods, dict) or not all(
+        isinstance(m, dict) and isinstance(m.get("per_class_iou"), dict) for m in methods.values()
+    ):
+        raise DeepLabError(f"{path}: not a deeplabv1 eval results file (no methods/per_class_iou)")
+    return data
+
+
+def _add(target: dict, name: str, value, path: Path) -> None:
+    key = name if name not in target else f"{name} ({path.parent.name or path.stem})"
+    target[key] = value
+
+
+def collect(files: list[str]) -> tuple[list[dict], dict, dict]:
+    """(log records, {method: per-class IoU}, {method: trimap curve}) from all files."""
+    from deeplabv1.evaluate.report import method_name, trimap_curves
+
+    records: list[dict] = []
+    per_class: dict = {}
+    curves: dict = {}
+    for name in files:
+        path = Path(name)
+        if not path.is_file():
+            raise DeepLabError(f"{path}: file not found")
+        if path.suffix.lower() == ".jsonl":
+            records += read_log(path)
+            continue
+        results = read_results(path)
+        arch = results.get("model", {}).get("arch")
+        for m, r in results["methods"].items():
+            _add(per_class, method_name(arch, m == "crf"), r["per_class_iou"], path)
+        if results.get("trimap"):
+            for method, curve in trimap_curves(results).items():
+                _add(curves, method, curve, path)
+    return records, per_class, curves
+
+
+def stack_pngs(paths: list[Path], out: Path) -> None:
+    """Stack PNGs top to bottom (centred, white background) into ``out`` atomically."""
+    from PIL import Image
+
+    from deeplabv1.io import atomic_path
+
+    images = [Image.open(p).convert("RGB") for p in paths]
+    width = max(im.width for im in images)
+    canvas = Image.new("RGB", (width, sum(im.height for im in images)), "white")
+    y = 0
+    for im in images:
+        canvas.paste(im, ((width - im.width) // 2, y))
+        y += im.height
+    with atomic_path(out) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deeplabv1.viz.plots import plot_class_iou, plot_training_log, plot_trimap
+
+    records, per_class, curves = collect(args.files)
+    out = Path(args.output)
+    jobs = []
+    if records:
+        jobs.append(("log", lambda p: plot_training_log(records, p, title="Training log")))
+    if per_class:
+        jobs.append(("iou", lambda p: plot_class_iou(per_class, p)))
+    if curves:
+        jobs.append(("trimap", lambda p: plot_trimap(curves, p)))
+    if not jobs:
+        raise DeepLabError(f"{', '.join(args.files)}: nothing to plot")
+    if args.separate:
+        written = [draw(out.with_name(f"{out.stem}_{kind}.png")) for kind, draw in jobs]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            parts = [draw(Path(tmp) / f"{kind}.png") for kind, draw in jobs]
+            stack_pngs(parts, out)
+        written = [out]
+    print(f"deeplabv1 plot: wrote {', '.join(str(p) for p in written)}")
+    return 0
