@@ -1,0 +1,98 @@
+"""Exact resume on the CPU: 20 iterations straight == 10 + resume + 10, bit for bit (dropout on)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
+from deeplabv1.config import load_yaml
+from deeplabv1.errors import DeepLabError
+from deeplabv1.train.config import TrainConfig
+from deeplabv1.train.logger import read_log
+from deeplabv1.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from deeplabv1.data.synth import make_synthetic_voc
+
+    return make_synthetic_voc(tmp_path_factory.mktemp("synth"), 10, size=(56, 48), seed=0)
+
+
+def _cfg(root, out, **kw) -> TrainConfig:
+    base = dict(arch="deeplab-largefov", width=0.0625, data_root=str(root), split="train",
+                crop_size=41, batch_size=4, iter_size=2, max_iter=20, base_lr=1e-3,
+                step_size=7, checkpoint_every=10, keep_checkpoints=0, log_every=1,
+                out_dir=str(out), workers=0, progress=False, tensorboard=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_gives_bit_identical_weights(synth_root, tmp_path):
+    straight = train(_cfg(synth_root, tmp_path / "a"))
+    a = load_checkpoint(straight)
+    assert a["iteration"] == 20 and a["data_position"] == 80
+    mid = tmp_path / "a" / "checkpoint_000010.pt"
+    assert mid.is_file()
+    # resume from the mid-run checkpoint into a fresh folder, with 2 loader workers this time
+    resumed = train(_cfg(synth_root, tmp_path / "b", resume=str(mid), workers=2))
+    b = load_checkpoint(resumed)
+    _assert_same_state(a["model"], b["model"])
+    # the optimizer momentum buffers too
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    # dropout was active: a run with another seed ends elsewhere
+    other = load_checkpoint(train(_cfg(synth_root, tmp_path / "c", seed=1)))
+    assert not torch.equal(other["model"]["fc8.weight"], a["model"]["fc8.weight"])
+    # the final checkpoint builds the model
+    net = model_from_checkpoint(straight)
+    assert net.arch == "deeplab-largefov" and net.width == 0.0625
+
+
+def test_crash_and_auto_resume_in_place_keeps_one_clean_log(synth_root, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(synth_root, out, max_iter=10, checkpoint_every=5))
+    first = load_checkpoint(out / "final.pt")
+    records = read_log(out / "log.jsonl")
+    assert [r["iter"] for r in records] == list(range(1, 11))
+    assert {"iter", "loss", "lr", "images_per_s", "time"} <= set(records[0])
+    # simulate a crash after iteration 7: drop the final checkpoint, keep log lines past 5
+    (out / "final.pt").unlink()
+    final = train(_cfg(synth_root, out, max_iter=10, checkpoint_every=5, resume="auto"))
+    _assert_same_state(first["model"], load_checkpoint(final)["model"])
+    again = read_log(out / "log.jsonl")
+    assert [r["iter"] for r in again] == list(range(1, 11))
+    assert [r["loss"] for r in again] == pytest.approx([r["loss"] for r in records], rel=0,
+                                                       abs=0)
+    # extending a finished run: auto picks final.pt (iteration 10) and continues to 12
+    longer = load_checkpoint(train(_cfg(synth_root, out, max_iter=12, checkpoint_every=5,
+                                        resume="auto")))
+    assert longer["iteration"] == 12
+    assert load_yaml(out / "config.yaml")["max_iter"] == 12
+    # lr of the logged iterations follows the step policy (step_size 7)
+    lrs = {r["iter"]: r["lr"] for r in read_log(out / "log.jsonl")}
+    assert lrs[7] == pytest.approx(1e-3) and lrs[8] == pytest.approx(1e-4)
+
+
+def test_resume_rejects_a_plain_model_checkpoint(synth_root, tmp_path):
+    out = tmp_path / "x"
+    final = train(_cfg(synth_root, out, max_iter=1, checkpoint_every=0))
+    ckpt = load_checkpoint(final)
+    from deeplabv1.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "plain.pt", ckpt["model"], arch=ckpt["arch"], num_classes=21,
+                    width=ckpt["width"])
+    with pytest.raises(DeepLabError, match="not a resumable"):
+        train(_cfg(synth_root, tmp_path / "y", resume=str(tmp_path / "plain.pt")))
+    # but it initialises a new run
+    shutil.rmtree(tmp_path / "y", ignore_errors=True)
+    train(_cfg(synth_root, tmp_path / "y", max_iter=1, init=str(tmp_path / "plain.pt")))
