@@ -1,6 +1,121 @@
-"""Placeholder for `deeplabv1 crf`: replaced by its owner."""
+"""`deeplabv1 crf`: the DeepLab dense CRF on saved score maps, one pair or whole folders.
+
+Single:  deeplabv1 crf --image IMG --scores SCORES.npy -o OUT.png [--params deeplab-largefov]
+Batch:   deeplabv1 crf --image-dir IMGS --scores-dir NPYS --out-dir OUT [--workers N]
+
+SCORES.npy is a (C, H, W) float array of raw (pre-softmax) scores at the image's resolution
+(``--probabilities`` for softmax outputs). Batch pairs are matched by file stem; each pair runs
+in a worker process (one thread each, every core by default) and a bad file is reported by name
+while the rest continue. The exit status is 1 if anything failed or lacked a partner.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from deeplabv1.errors import DeepLabError
+
+
+def _help(text: str):
+    return field(default=None, metadata={"help": text})
+
+
+@dataclass
+class CRFConfig:
+    """Settings of `deeplabv1 crf` (flags, or keys of a --config YAML file)."""
+
+    image: str | None = _help("input image (single mode)")
+    scores: str | None = _help("(C, H, W) .npy raw scores for --image (single mode)")
+    image_dir: str | None = _help("folder of images (batch mode)")
+    scores_dir: str | None = _help("folder of <stem>.npy score files (batch mode)")
+    out_dir: str | None = _help("output folder of <stem>.png label maps (batch mode)")
+    params: str = field(
+        default="deeplab-largefov", metadata={"help": "variant whose CRF parameters to use"}
+    )
+    w1: float | None = _help("bilateral weight (overrides --params)")
+    sa: float | None = _help("bilateral position std dev in pixels (overrides --params)")
+    sb: float | None = _help("bilateral colour std dev, 0-255 units (overrides --params)")
+    w2: float | None = _help("Gaussian weight (overrides --params)")
+    sg: float | None = _help("Gaussian position std dev in pixels (overrides --params)")
+    iters: int = field(default=10, metadata={"help": "mean-field iterations"})
+    normalization: Literal["after", "symmetric", "before", "none"] = field(
+        default="after", metadata={"help": "kernel normalisation (DeepLab: after)"}
+    )
+    probabilities: bool = field(
+        default=False, metadata={"help": "score files hold softmax probabilities"}
+    )
+    device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "cpu or cuda"})
+    workers: int = field(default=0, metadata={"help": "batch processes (0: every core)"})
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("crf", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("not implemented yet") or 1)
+    from deeplabv1.config import add_config_args
+
+    p = subparsers.add_parser(
+        "crf",
+        help="dense CRF post-processing of saved score maps",
+        description=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("-o", "--output", default=None, help="output label PNG (single mode)")
+    add_config_args(p, CRFConfig)
+    p.set_defaults(func=run)
+
+
+def resolve_params(cfg: CRFConfig):
+    """CRFParams from --params with any of --w1 --sa --sb --w2 --sg replacing its values."""
+    from deeplabv1.crf.params import get_params
+
+    try:
+        base = get_params(cfg.params)
+        overrides = {k: getattr(cfg, k) for k in ("w1", "sa", "sb", "w2", "sg")}
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise DeepLabError(str(exc)) from exc
+
+
+def run(args) -> int:
+    from deeplabv1.config import resolve_config
+
+    cfg = resolve_config(CRFConfig, args)
+    params = resolve_params(cfg)
+    if cfg.iters < 0:
+        raise DeepLabError(f"--iters: must be >= 0, got {cfg.iters}")
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeepLabError("--device cuda: no CUDA GPU available")
+    single = (cfg.image, cfg.scores, args.output)
+    batch = (cfg.image_dir, cfg.scores_dir, cfg.out_dir)
+    if any(single) and any(batch):
+        raise DeepLabError("give either --image/--scores/-o or --image-dir/--scores-dir/--out-dir")
+    if any(single):
+        if not all(single):
+            raise DeepLabError("single mode needs --image, --scores and -o/--output")
+        from deeplabv1.crf.files import crf_file
+
+        labels = crf_file(cfg.image, cfg.scores, args.output, params, **_options(cfg))
+        print(f"wrote {args.output} ({labels.shape[1]} x {labels.shape[0]})")
+        return 0
+    if not all(batch):
+        raise DeepLabError("batch mode needs --image-dir, --scores-dir and --out-dir")
+    from deeplabv1.crf.batch import run_batch
+
+    return run_batch(cfg, params, _options(cfg))
+
+
+def _options(cfg: CRFConfig) -> dict:
+    return dict(
+        iters=cfg.iters,
+        normalization=cfg.normalization,
+        device=cfg.device,
+        probabilities=cfg.probabilities,
+    )
+
+
+if __name__ == "__main__":
+    from deeplabv1.cli import main
+
+    sys.exit(main(["crf", *sys.argv[1:]]))

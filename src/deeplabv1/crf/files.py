@@ -1,0 +1,105 @@
+"""File-level CRF work for the ``deeplabv1 crf`` command: read, check, infer, write.
+
+Score files are NumPy ``.npy`` arrays (C, H, W) of float raw (pre-softmax) network scores at
+the image's full resolution (or softmax probabilities, with ``probabilities=True``). Images are
+any format Pillow reads, used as 8-bit RGB. Outputs are VOC palette PNGs of the arg-max labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deeplabv1.errors import DeepLabError
+
+__all__ = ["IMAGE_SUFFIXES", "crf_file", "load_rgb", "load_scores", "match_pairs"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB."""
+    from PIL import Image
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError as exc:
+        raise DeepLabError(f"{path}: image file not found") from exc
+    except OSError as exc:
+        raise DeepLabError(f"{path}: cannot read image ({exc})") from exc
+
+
+def load_scores(path: str | Path, probabilities: bool = False) -> np.ndarray:
+    """A (C, H, W) finite float score (or probability) array from a .npy file, as float32."""
+    path = Path(path)
+    try:
+        scores = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise DeepLabError(f"{path}: scores file not found") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise DeepLabError(f"{path}: not a readable .npy array ({exc})") from exc
+    if not isinstance(scores, np.ndarray) or scores.ndim != 3 or min(scores.shape) < 1:
+        raise DeepLabError(f"{path}: expected a (C, H, W) score array, got shape {scores.shape}")
+    if scores.shape[0] < 2 or scores.shape[0] > 256:
+        raise DeepLabError(f"{path}: expected 2..256 classes on axis 0, got {scores.shape[0]}")
+    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
+        raise DeepLabError(f"{path}: expected float scores, got dtype {scores.dtype}")
+    scores = scores.astype(np.float32, copy=False)
+    if not np.isfinite(scores).all():
+        raise DeepLabError(f"{path}: scores contain NaN or infinite values")
+    if probabilities and (scores.min() < 0 or scores.max() > 1 + 1e-3):
+        raise DeepLabError(f"{path}: --probabilities given but values lie outside [0, 1]")
+    return scores
+
+
+def crf_file(
+    image_path,
+    scores_path,
+    out_path,
+    params,
+    *,
+    iters: int = 10,
+    normalization: str = "after",
+    device: str = "cpu",
+    probabilities: bool = False,
+) -> np.ndarray:
+    """Run the DeepLab CRF on one image / score-file pair and write the label PNG; returns the
+    labels (H, W) uint8."""
+    import torch
+
+    from deeplabv1.crf.deeplab import deeplab_crf
+    from deeplabv1.data.palette import save_label_png
+
+    rgb = load_rgb(image_path)
+    scores = load_scores(scores_path, probabilities)
+    if scores.shape[1:] != rgb.shape[:2]:
+        raise DeepLabError(
+            f"{scores_path}: scores are {scores.shape[1]} x {scores.shape[2]} but image "
+            f"{image_path} is {rgb.shape[0]} x {rgb.shape[1]} (H x W): upsample scores first"
+        )
+    with torch.no_grad():
+        q = deeplab_crf(
+            torch.from_numpy(scores), rgb, params, iters=iters, normalization=normalization,
+            device=device, probabilities=probabilities,
+        )  # fmt: skip
+    labels = q.argmax(0).to(torch.uint8).cpu().numpy()
+    save_label_png(out_path, labels)
+    return labels
+
+
+def match_pairs(image_dir: Path, scores_dir: Path):
+    """(pairs [(stem, image, scores)], images without scores, scores without images) by stem."""
+    for d in (image_dir, scores_dir):
+        if not Path(d).is_dir():
+            raise DeepLabError(f"{d}: not a directory")
+    images = {
+        p.stem: p
+        for p in sorted(Path(image_dir).iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    }
+    scores = {p.stem: p for p in sorted(Path(scores_dir).glob("*.npy")) if p.is_file()}
+    pairs = [(s, images[s], scores[s]) for s in sorted(images.keys() & scores.keys())]
+    return pairs, sorted(images.keys() - scores.keys()), sorted(scores.keys() - images.keys())
