@@ -1,0 +1,142 @@
+"""Building the permutohedral lattice (Adams, Baek, Davis 2010) as in Kraehenbuehl's code.
+
+Everything is vectorised over points in coordinate-major layout ((d+1, P) tensors, one short
+loop over the d+1 coordinates), which is several times faster than (P, d+1) layouts for
+row-wise sorts and scatters. SPEC section 4a, step by step:
+
+1. ``embed``: elevate each feature vector onto the plane sum(x) = 0 of Z^{d+1}, find the
+   nearest remainder-0 point rem0 = (d+1) q0, rank the residuals, fix the sum, and compute
+   the barycentric weights of the d+1 enclosing vertices (vertex r = remainder r).
+2. ``vertex_codes``: the key of vertex r is rem0 + canonical[r][rank]; all its coordinates are
+   congruent to r mod d+1, i.e. k_i = (d+1) q_i + r with q_i = q0_i - [rank_i > d - r]. The
+   key is packed into one int64 as the mixed-radix number (batch, r, q_0, ..., q_{d-1}) (the
+   last coordinate is minus the sum of the others). The q ranges are padded (2 below, 1
+   above) so that every blur neighbour packs to a distinct integer as well, and a neighbour's
+   code is the point's code plus a constant that depends only on (axis, r).
+3. ``lattice_tables`` (lattice_index.py) sorts the codes once: unique lattice points, the
+   splat/slice sparse matrices and the blur neighbour indices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["embed", "Radix", "make_radix", "vertex_codes", "neighbour_deltas"]
+
+
+def scale_factors(d: int) -> list[float]:
+    """scale[i] = sqrt(2/3) (d+1) / sqrt((i+1)(i+2)): features in units of the lattice."""
+    return [math.sqrt(2.0 / 3.0) * (d + 1) / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
+
+
+def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Enclosing simplex of each point; features_t is (d, P) (coordinate-major).
+
+    Returns q0 (d+1, P) int64 with rem0 = (d+1) q0, rank (d+1, P) int64 (a permutation of
+    0..d per point) and bary (d+1, P) barycentric weights in remainder order (sum 1).
+    """
+    d, p = features_t.shape
+    scale = scale_factors(d)
+    # Elevation, summed in the same order as the reference code.
+    elevated = features_t.new_empty(d + 1, p)
+    sm = torch.zeros_like(features_t[0])
+    for j in range(d, 0, -1):
+        cf = features_t[j - 1] * scale[j - 1]
+        torch.sub(sm, cf, alpha=j, out=elevated[j])
+        sm = sm + cf
+    elevated[0] = sm
+    # Nearest remainder-0 point coordinate-wise; a tie goes down, as in the reference code.
+    v = elevated * (1.0 / (d + 1))
+    up = torch.ceil(v)
+    down = torch.floor(v)
+    take_up = up * (d + 1) - elevated < elevated - down * (d + 1)
+    q0f = torch.where(take_up, up, down)
+    resid = elevated - q0f * (d + 1)
+    # rank[i] = #{j > i: resid_j > resid_i} + #{j < i: resid_j >= resid_i} (ties by index).
+    rank = torch.zeros(d + 1, p, dtype=torch.int64, device=features_t.device)
+    for i in range(d):
+        for j in range(i + 1, d + 1):
+            lower = resid[i] < resid[j]
+            rank[i] += lower
+            rank[j] += ~lower
+    q0 = q0f.to(torch.int64)
+    # Bring the point back onto the plane: shift the ranks by the remainder sum and wrap.
+    rank += q0.sum(0, keepdim=True)
+    low = (rank < 0).to(torch.int64)
+    high = (rank > d).to(torch.int64)
+    rank += (d + 1) * (low - high)
+    q0 += low - high
+    # Barycentric weights: b[d - rank_i] += t_i, b[d - rank_i + 1] -= t_i, b[0] += 1 + b[d+1].
+    # With s[k] = t of the coordinate whose d - rank is k: b[k] = s[k] - s[k-1], b[0] wraps.
+    t = (elevated - q0.to(elevated.dtype) * (d + 1)) * (1.0 / (d + 1))
+    s = torch.empty_like(t).scatter_(0, d - rank, t)
+    bary = torch.empty_like(t)
+    torch.sub(s[1:], s[:-1], out=bary[1:])
+    bary[0] = s[0] - s[d] + 1.0
+    return q0, rank, bary
+
+
+class Radix:
+    """Mixed-radix packing of (batch, r, q_0..q_{d-1}) into one int64 per lattice point."""
+
+    def __init__(self, lo: list[int], sizes: list[int], d: int) -> None:
+        self.d = d
+        self.lo = lo
+        self.strides = [math.prod(sizes[i + 1 :]) for i in range(d)]
+        self.r_stride = math.prod(sizes)
+        self.b_stride = self.r_stride * (d + 1)
+
+
+def make_radix(q0: torch.Tensor, batch_size: int) -> Radix | None:
+    """The packing for these simplices, or None when the codes would not fit in 62 bits."""
+    d = q0.shape[0] - 1
+    lo = (q0[:d].amin(1) - 2).tolist()  # vertices reach q0 - 1, their neighbours q0 - 2
+    hi = (q0[:d].amax(1) + 1).tolist()
+    sizes = [h - l + 1 for l, h in zip(lo, hi)]
+    if math.prod(sizes) * (d + 1) * batch_size >= 1 << 62:
+        return None
+    return Radix(lo, sizes, d)
+
+
+def vertex_codes(q0: torch.Tensor, rank: torch.Tensor, batch: torch.Tensor | None,
+                 radix: Radix) -> torch.Tensor:
+    """Packed codes (d+1, P) of the d+1 vertices of every point's simplex.
+
+    Going from vertex r-1 to vertex r lowers q_i by one for the coordinate of rank d-r+1.
+    """
+    d = radix.d
+    base = torch.zeros_like(q0[0])
+    for i in range(d):
+        base += (q0[i] - radix.lo[i]) * radix.strides[i]
+    if batch is not None:
+        base += batch * radix.b_stride
+    # stride_of_rank[k] = stride of the coordinate with rank k (coordinate d has none).
+    strides = torch.tensor(radix.strides + [0], dtype=torch.int64, device=q0.device)
+    stride_of_rank = torch.empty_like(rank).scatter_(0, rank, strides[:, None].expand_as(rank))
+    codes = torch.empty_like(rank)
+    codes[0] = base
+    for r in range(1, d + 1):
+        torch.sub(codes[r - 1], stride_of_rank[d - r + 1], out=codes[r])
+        codes[r] += radix.r_stride
+    return codes
+
+
+def neighbour_deltas(radix: Radix) -> torch.Tensor:
+    """(d+1 axes, 2, d+1 remainders) code offsets of the two blur neighbours along each axis.
+
+    Neighbour 1 is key - 1 except key_j + d (r -> r-1); neighbour 2 is key + 1 except key_j - d
+    (r -> r+1). With k = (d+1) q + r: n1 lowers every q_i by [r == 0] and raises q_j by one;
+    n2 raises every q_i by [r == d] and lowers q_j by one. Axis j = d has no digit of its own
+    (the implicit last coordinate absorbs the change).
+    """
+    d = radix.d
+    all_q = sum(radix.strides)
+    out = torch.zeros(d + 1, 2, d + 1, dtype=torch.int64)
+    for j in range(d + 1):
+        sj = radix.strides[j] if j < d else 0
+        for r in range(d + 1):
+            out[j, 0, r] = ((r - 1) % (d + 1) - r) * radix.r_stride - (r == 0) * all_q + sj
+            out[j, 1, r] = ((r + 1) % (d + 1) - r) * radix.r_stride + (r == d) * all_q - sj
+    return out
