@@ -107,6 +107,7 @@ def convert(cfg: ConvertConfig) -> dict:
             found.pop("num_classes", None)  # ImageNet's 1000 classes are not ours
     width = cfg.width if cfg.width is not None else found.get("width", 1.0)
     num_classes = cfg.num_classes if cfg.num_classes is not None else found.get("num_classes", 21)
+    cfg = dataclasses.replace(cfg, width=width, num_classes=num_classes)  # saved as resolved
     torch.manual_seed(cfg.seed)  # the model's own init (MSc branches) is reproducible too
     model = build_model(cfg.arch, num_classes=num_classes, width=width, **kwargs)
     template = model.state_dict()

@@ -134,8 +134,12 @@ def deeplab_init_from_vgg16(
     gen = torch.Generator().manual_seed(int(seed))
     o6, _, k6, _ = template["fc6.weight"].shape
     o7 = template["fc7.weight"].shape[0]
-    keep6 = choose_channels(vgg["fc6.weight"].shape[0], o6, gen)
-    keep7 = choose_channels(vgg["fc7.weight"].shape[0], o7, gen)
+    try:
+        keep6 = choose_channels(vgg["fc6.weight"].shape[0], o6, gen)
+        keep7 = choose_channels(vgg["fc7.weight"].shape[0], o7, gen)
+    except DeepLabError as exc:
+        raise DeepLabError(f"{source}: does not fit the model (width or variant?): fc6/fc7 "
+                           f"{exc}") from None
     fc6 = decimate_fc6(vgg["fc6.weight"], k6)
     converted = {name: (vgg[f"{name}.weight"], vgg[f"{name}.bias"]) for name in VGG16_CONV_NAMES}
     converted["fc6"] = (fc6[keep6], vgg["fc6.bias"][keep6])
