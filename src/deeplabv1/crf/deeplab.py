@@ -53,7 +53,7 @@ def deeplab_crf(
     """
     params = get_params(params)
     if isinstance(scores, np.ndarray):
-        scores = torch.from_numpy(np.ascontiguousarray(scores))
+        scores = torch.from_numpy(np.array(scores, dtype=np.float32))
     if not isinstance(scores, torch.Tensor) or scores.dim() not in (3, 4):
         raise ValueError("scores: expected a (C, H, W) or (B, C, H, W) array")
     shape = scores.shape

@@ -63,7 +63,8 @@ def gaussian_features(
 def as_rgb_batch(images) -> torch.Tensor:
     """(H, W, 3) or (B, H, W, 3) uint8 RGB (numpy or torch) as a (B, H, W, 3) uint8 tensor."""
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        images = np.ascontiguousarray(images)
+        images = torch.from_numpy(images if images.flags.writeable else images.copy())
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"image: expected a numpy array or tensor, got {type(images).__name__}")
     if images.dim() == 3:

@@ -41,7 +41,7 @@ class PreparedTerm:
 def as_unary(unary) -> torch.Tensor:
     """Validate unary energies (B, L, N) (numpy or torch, any float) as a float32 tensor."""
     if isinstance(unary, np.ndarray):
-        unary = torch.from_numpy(np.ascontiguousarray(unary))
+        unary = torch.from_numpy(np.array(unary, dtype=np.float32))  # a writable copy
     if not isinstance(unary, torch.Tensor):
         raise ValueError(f"unary: expected a tensor or array, got {type(unary).__name__}")
     if unary.dim() != 3 or min(unary.shape) < 1:
@@ -95,7 +95,7 @@ def prepare_terms(terms, batch: int, num_labels: int, num_points: int, *, device
     for k, term in enumerate(terms):
         feats = term.features
         if isinstance(feats, np.ndarray):
-            feats = torch.from_numpy(np.ascontiguousarray(feats))
+            feats = torch.from_numpy(np.array(feats, dtype=np.float32))
         if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
             raise ValueError(f"term {k}: features must be a (B, N, d) tensor")
         if feats.shape[0] != batch or feats.shape[1] != num_points:
