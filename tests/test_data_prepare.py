@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import scipy.sparse
 from PIL import Image
 
 from deeplabv1.cli import main
@@ -16,23 +15,11 @@ from deeplabv1.data import prepare as prep
 from deeplabv1.data.palette import read_label_png, save_label_png
 from deeplabv1.data.prepare import prepare_aug
 from deeplabv1.data.sbd import read_sbd_mat
+from deeplabv1.data.sbd import write_sbd_mat as save_sbd_mat
 from deeplabv1.data.voc import read_ids
 from deeplabv1.errors import DeepLabError
 
 H, W = 6, 8
-
-
-def save_sbd_mat(path: Path, seg: np.ndarray) -> None:
-    """An SBD cls/<id>.mat as the release has it: struct GTcls with 3 fields."""
-    bounds = np.empty((20, 1), dtype=object)
-    for c in range(1, 21):
-        mask = seg == c
-        edge = mask & ~np.pad(mask, 1)[2:, 1:-1]  # any sparse edge map will do
-        bounds[c - 1, 0] = scipy.sparse.csc_matrix(edge.astype(np.uint8))
-    present = np.unique(seg[seg > 0]).astype(np.uint8).reshape(-1, 1)
-    gt = {"Segmentation": seg.astype(np.uint8), "Boundaries": bounds, "CategoriesPresent": present}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scipy.io.savemat(path, {"GTcls": gt})
 
 
 def label_for(sid: str, source: str) -> np.ndarray:

@@ -81,6 +81,32 @@ def read_sbd_mat(path: str | os.PathLike, num_classes: int = 21) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
+def write_sbd_mat(path: str | os.PathLike, segmentation: np.ndarray) -> None:
+    """Write class indices as an SBD ``cls/<id>.mat`` (GTcls with the release's three fields).
+
+    For tests and synthetic data: ``Boundaries`` holds each class's inner boundary pixels as
+    a sparse map (a 20 x 1 cell), ``CategoriesPresent`` the classes present (a column).
+    """
+    import scipy.io
+    import scipy.sparse
+    from scipy import ndimage
+
+    seg = np.asarray(segmentation, dtype=np.uint8)
+    bounds = np.empty((20, 1), dtype=object)
+    for c in range(1, 21):
+        mask = seg == c
+        edge = mask & ~ndimage.binary_erosion(mask)
+        bounds[c - 1, 0] = scipy.sparse.csc_matrix(edge.astype(np.uint8))
+    present = np.unique(seg[(seg > 0) & (seg != IGNORE_INDEX)]).astype(np.uint8).reshape(-1, 1)
+    gt = {"Segmentation": seg, "Boundaries": bounds, "CategoriesPresent": present}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from deeplabv1.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        scipy.io.savemat(f, {"GTcls": gt})
+
+
 def sbd_split_ids(sbd_root: Path, split: str) -> list[str]:
     """Ids of SBD's ``train`` or ``val`` list."""
     from deeplabv1.data.voc import read_ids
