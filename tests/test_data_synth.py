@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeplabv1.cli import main
+from deeplabv1.data.check import check_dataset
 from deeplabv1.data.datasets import voc_dataset
 from deeplabv1.data.palette import VOC_COLORMAP, read_label_png
 from deeplabv1.data.synth import make_synthetic_voc, synth_sample
@@ -112,3 +114,42 @@ def test_labels_readable_with_num_classes(tmp_path: Path) -> None:
     root = make_synthetic_voc(tmp_path, 3, size=(40, 32), num_classes=3)
     for p in (root / "SegmentationClass").glob("*.png"):
         assert set(np.unique(read_label_png(p, num_classes=3)).tolist()) <= {0, 1, 2, 255}
+
+
+def test_cli_synth_then_check(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--num", "6", "--size", "40", "32"]) == 0
+    assert "wrote 6 images (40x32)" in capsys.readouterr().out
+    assert main(["data", "check", "--root", str(out), "--split", "trainval"]) == 0
+    assert "6 images" in capsys.readouterr().out
+
+
+def test_check_names_every_problem(tmp_path: Path) -> None:
+    root = make_synthetic_voc(tmp_path, 6, size=(40, 32))
+    lists = root / "ImageSets" / "Segmentation"
+    (lists / "trainval.txt").write_text((lists / "trainval.txt").read_text() + "synth_00000\n")
+    (root / "JPEGImages" / "synth_00001.jpg").unlink()
+    (root / "SegmentationClass" / "synth_00002.png").unlink()
+    Image.fromarray(np.full((32, 40), 99, np.uint8)).save(root / "SegmentationClass" /
+                                                          "synth_00003.png")
+    Image.fromarray(np.zeros((31, 40), np.uint8)).save(root / "SegmentationClass" /
+                                                       "synth_00004.png")
+    res = check_dataset(root, "trainval")
+    assert not res.ok and res.num_images == 7
+    p = res.problems
+    assert [Path(m).name for m in p["missing images"]] == ["synth_00001.jpg"]
+    assert [Path(m).name for m in p["missing labels"]] == ["synth_00002.png"]
+    assert len(p["bad labels"]) == 1 and "synth_00003.png: label values [99]" in p["bad labels"][0]
+    assert p["size mismatches"] == [f"{root}/SegmentationClass/synth_00004.png: size 40x31, "
+                                    "image 40x32"]
+    assert p["duplicate ids"] == ["synth_00000 listed more than once"]
+    assert "1 missing images" in res.summary()
+    # the class histogram of the readable labels is exact
+    fresh = make_synthetic_voc(tmp_path / "fresh", 3, size=(40, 32))
+    ok = check_dataset(fresh, "trainval")
+    expected: dict[int, int] = {}
+    for sid in read_ids(fresh / "ImageSets" / "Segmentation" / "trainval.txt"):
+        lab = read_label_png(fresh / "SegmentationClass" / f"{sid}.png")
+        for v, n in zip(*np.unique(lab, return_counts=True)):
+            expected[int(v)] = expected.get(int(v), 0) + int(n)
+    assert ok.ok and dict(ok.pixel_counts) == expected
