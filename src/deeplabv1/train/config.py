@@ -16,6 +16,11 @@ from typing import Literal
 
 from deeplabv1.errors import DeepLabError
 
+ARCH = Literal[
+    "deeplab", "deeplab-7x7", "deeplab-4x4", "deeplab-largefov", "deeplab-msc",
+    "deeplab-msc-largefov",
+]  # fmt: skip (= deeplabv1.models.MODEL_NAMES, spelled out for the type checker and --help)
+
 
 def _f(default, help_text: str):
     return field(default=default, metadata={"help": help_text})
@@ -26,7 +31,7 @@ class TrainConfig:
     """One training run. ``batch_size`` is the global number of images per iteration."""
 
     # what to train
-    arch: str = _f("deeplab-largefov", "network name (deeplabv1.models.MODEL_NAMES)")
+    arch: ARCH = _f("deeplab-largefov", "network variant")
     num_classes: int = _f(21, "number of classes (21 for PASCAL VOC)")
     width: float = _f(1.0, "channel-width multiplier (1.0 = the paper; <1 for quick demos)")
     init: str | None = _f(None, "initial weights: a `deeplabv1 convert` checkpoint (None = random)")
