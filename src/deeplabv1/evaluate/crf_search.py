@@ -111,7 +111,7 @@ class PointsFile:
 # ---- evaluating points (in worker processes) ----------------------------------------------
 
 _IMAGES: list | None = None
-_CRF: tuple[int, str] = (10, "after")
+_CRF: tuple[int, str, str] = (10, "after", "lattice")
 
 
 def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
@@ -128,15 +128,16 @@ def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
     return out
 
 
-def init_worker(images: list | Callable[[], list], iters: int, normalization: str, threads: int):
-    """Process initialiser: keep the tuning images and CRF settings in module globals."""
+def init_worker(images: list | Callable[[], list], crf: tuple[int, str, str], threads: int):
+    """Process initialiser: keep the tuning images and the CRF's (iters, normalization,
+    method) in module globals."""
     global _IMAGES, _CRF
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     _IMAGES = images() if callable(images) else images
-    _CRF = (iters, normalization)
+    _CRF = crf
 
 
 def evaluate_point(point: Point) -> dict:
@@ -184,7 +185,7 @@ def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
     digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
     return {"scores": str(Path(cfg.scores).resolve()), "split": cfg.split,
             "num_images": len(ids), "ids_sha1": digest, "iters": cfg.iters,
-            "normalization": cfg.normalization}  # fmt: skip
+            "normalization": cfg.normalization, "method": cfg.method}  # fmt: skip
 
 
 def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, bar) -> None:
@@ -194,7 +195,7 @@ def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, b
         return
     if jobs <= 1:
         global _IMAGES
-        init_worker(loader, cfg.iters, cfg.normalization, 0)
+        init_worker(loader, (cfg.iters, cfg.normalization, cfg.method), 0)
         try:
             for p in todo:
                 store.add(evaluate_point(p))
@@ -208,7 +209,7 @@ def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, b
     ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
     with ProcessPoolExecutor(
         min(jobs, len(todo)), mp_context=ctx, initializer=init_worker,
-        initargs=(loader, cfg.iters, cfg.normalization, 1),
+        initargs=(loader, (cfg.iters, cfg.normalization, cfg.method), 1),
     ) as pool:  # fmt: skip
         futures = [pool.submit(evaluate_point, p) for p in todo]
         for fut in as_completed(futures):

@@ -76,11 +76,24 @@ def saved_scores(
         yield image_id, full_scores(torch.from_numpy(coarse).to(device), h, w, factor), rgb, labels
 
 
-def run_crf(scores: torch.Tensor, rgb: np.ndarray, params, iters: int, normalization: str):
-    """Dense-CRF labels (H, W) int64 numpy from full-resolution scores (C, H, W)."""
+def run_crf(
+    scores: torch.Tensor,
+    rgb: np.ndarray,
+    params,
+    iters: int = 10,
+    normalization: str = "after",
+    method: str = "lattice",
+) -> np.ndarray:
+    """Dense-CRF labels (H, W) int64 numpy from full-resolution scores (C, H, W).
+
+    ``method`` is the message-passing filter: "lattice" (permutohedral, O(N)) or "dense"
+    (exact O(N^2), tiny images only).
+    """
     from deeplabv1.crf import deeplab_crf
 
-    probs = deeplab_crf(scores, rgb, params=params, iters=iters, normalization=normalization)
+    probs = deeplab_crf(
+        scores, rgb, params=params, iters=iters, normalization=normalization, method=method
+    )
     return probs.argmax(0).cpu().numpy()
 
 
@@ -93,6 +106,7 @@ def evaluate_stream(
     crf_params=None,
     crf_iters: int = 10,
     crf_normalization: str = "after",
+    crf_method: str = "lattice",
     network: bool = True,
     trimap_max_width: int | None = None,
     predictions_dir: str | os.PathLike | None = None,
@@ -107,7 +121,7 @@ def evaluate_stream(
     """
     methods = (["network"] if network else []) + (["crf"] if crf_params is not None else [])
     conf = {m: ConfusionAccumulator(num_classes) for m in methods}
-    tri = {m: TrimapAccumulator(num_classes, trimap_max_width) for m in methods}
+    tri = {m: TrimapAccumulator(num_classes, trimap_max_width) for m in methods if trimap_max_width}
     seconds = {"scores": 0.0, "crf": 0.0}
     count = 0
     it = iter(stream)
@@ -124,7 +138,9 @@ def evaluate_stream(
             preds["network"] = scores.argmax(0).cpu().numpy()
         if crf_params is not None:
             t0 = time.perf_counter()
-            preds["crf"] = run_crf(scores, rgb, crf_params, crf_iters, crf_normalization)
+            preds["crf"] = run_crf(
+                scores, rgb, crf_params, crf_iters, crf_normalization, crf_method
+            )
             seconds["crf"] += time.perf_counter() - t0
         dist = void_distance(labels) if trimap_max_width else None
         for m, pred in preds.items():
@@ -167,7 +183,8 @@ def evaluate(
 ) -> dict:
     """Evaluate ``model`` (or the score maps in ``scores_dir``) on the first ``num_images``.
 
-    ``options`` go to ``evaluate_stream`` (crf_params, crf_iters, crf_normalization, network,
+    ``options`` go to ``evaluate_stream`` (crf_params, crf_iters, crf_normalization, crf_method,
+    network,
     trimap_max_width, predictions_dir, progress).
     """
     from deeplabv1.errors import DeepLabError

@@ -103,7 +103,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         batch_size=cfg.batch_size, workers=cfg.workers, save_scores_dir=cfg.save_scores,
         score_dtype=cfg.score_dtype, compress=cfg.compress, class_names=_class_names(num_classes),
         crf_params=params, crf_iters=cfg.crf_iters, crf_normalization=cfg.crf_normalization,
-        trimap_max_width=cfg.trimap_max_width if cfg.trimap else None,
+        crf_method=cfg.crf_method, trimap_max_width=cfg.trimap_max_width if cfg.trimap else None,
         predictions_dir=out / "predictions" if cfg.save_predictions else None,
         progress=cfg.progress,
     )  # fmt: skip

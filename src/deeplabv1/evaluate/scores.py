@@ -75,16 +75,21 @@ def load_scores(folder: str | os.PathLike, image_id: str) -> tuple[np.ndarray, i
 
 
 def full_scores(coarse: torch.Tensor | np.ndarray, height: int, width: int, factor: int = 8):
-    """Full-resolution scores (C, height, width): zoom the coarse map x factor and crop."""
+    """Full-resolution scores (C, height, width): zoom the coarse map x factor and crop.
+
+    As ``deeplabv1.models.inference.predict_scores``: where the zoomed map is smaller than the
+    image, its last row / column is repeated.
+    """
+    import torch.nn.functional as F
+
     from deeplabv1.models.inference import zoom_scores
 
     coarse = torch.as_tensor(coarse, dtype=torch.float32)
     squeeze = coarse.dim() == 3
     zoomed = zoom_scores(coarse[None] if squeeze else coarse, factor=factor)
-    if zoomed.shape[-2] < height or zoomed.shape[-1] < width:
-        raise DeepLabError(
-            f"zoomed scores {tuple(zoomed.shape[-2:])} smaller than the image ({height}, {width})"
-        )
+    short_h, short_w = max(0, height - zoomed.shape[-2]), max(0, width - zoomed.shape[-1])
+    if short_h or short_w:
+        zoomed = F.pad(zoomed, (0, short_w, 0, short_h), mode="replicate")
     zoomed = zoomed[..., :height, :width]
     return zoomed[0] if squeeze else zoomed
 
