@@ -43,8 +43,8 @@ def setup(tmp_path_factory):
 def config(root, data, **kw):
     base = dict(data=str(data), split="trainval", test_size=TEST_SIZE, crf=True,
                 w1=PARAMS.w1, sa=PARAMS.sa, sb=PARAMS.sb, w2=PARAMS.w2, sg=PARAMS.sg,
-                crf_method="dense", crf_iters=ITERS, trimap=True, trimap_max_width=6, progress=False,
-                device="cpu")  # fmt: skip
+                crf_method="dense", crf_iters=ITERS, trimap=True, trimap_max_width=6,
+                progress=False, device="cpu")  # fmt: skip
     base.update(kw)
     return EvalConfig(**base)
 
