@@ -41,8 +41,18 @@ def tiny(tmp_path_factory):
 
 
 def search_config(root, data, out, **kw):
-    base = dict(scores=str(root / "scores"), data=str(data), split="trainval", num_images=3,
-                iters=2, method="dense", refine_rounds=0, progress=False, out=str(out), **GRID)
+    base = dict(
+        scores=str(root / "scores"),
+        data=str(data),
+        split="trainval",
+        num_images=3,
+        iters=2,
+        method="dense",
+        refine_rounds=0,
+        progress=False,
+        out=str(out),
+        **GRID,
+    )
     base.update(kw)
     return CRFSearchConfig(**base)
 

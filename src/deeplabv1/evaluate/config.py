@@ -25,7 +25,8 @@ class EvalConfig:
     test_size: int | None = _f(513, "pad inputs to this square size (513 as released)")
     crf: bool = _f(False, "also evaluate network + dense CRF")
     crf_params: str | None = _f(
-        None, "CRF parameter set by variant name (default: the checkpoint's, else its arch's)")
+        None, "CRF parameter set by variant name (default: the checkpoint's, else its arch's)"
+    )
     w1: float | None = _f(None, "override the bilateral weight w1")
     sa: float | None = _f(None, "override the bilateral position std sa (pixels)")
     sb: float | None = _f(None, "override the bilateral colour std sb (0-255 units)")

@@ -49,10 +49,7 @@ def coarse_grid(cfg: CRFSearchConfig) -> list[Point]:
 
 def refine_grid(best: Point, steps: tuple[float, float, float]) -> list[Point]:
     """best + k * step (k = -2..2) for w1, sa, sb; positive values only."""
-    axes = [
-        sorted({round(v + k * s, 6) for k in range(-2, 3)})
-        for v, s in zip(best[:3], steps)
-    ]
+    axes = [sorted({round(v + k * s, 6) for k in range(-2, 3)}) for v, s in zip(best[:3], steps)]
     axes = [[x for x in axis if x > 0] for axis in axes]
     return [(a, b, c, best[3], best[4]) for a in axes[0] for b in axes[1] for c in axes[2]]
 
@@ -244,4 +241,3 @@ def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -
                        "best": {n: best[n] for n in (*PARAM_NAMES, "mean_iou")}})  # fmt: skip
     return {"best": best, "rounds": rounds, "records": list(store.records.values()),
             "setup": store.setup, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
-

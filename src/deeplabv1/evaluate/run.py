@@ -90,7 +90,10 @@ def run_eval(cfg: EvalConfig) -> dict:
         info["scores"] = str(cfg.scores)
     num_classes = int(info["num_classes"])
     dataset = voc_dataset(
-        cfg.data, cfg.split, label_dir=cfg.label_dir, transform=TestTransform(cfg.test_size),
+        cfg.data,
+        cfg.split,
+        label_dir=cfg.label_dir,
+        transform=TestTransform(cfg.test_size),
         num_classes=num_classes,
     )
     params = resolve_crf_params(cfg, info["arch"], ckpt_crf) if cfg.crf else None
