@@ -207,5 +207,10 @@ def test_cli_round_trip_and_pickle_refusal(tmp_path, capsys):
     rc = main(["convert", "--from", "torchvision-vgg16", str(evil), "--arch", "deeplab",
                "-o", str(tmp_path / "x.pt")])
     err = capsys.readouterr().err
-    assert rc == 2 and "evil.pth: refused" in err and "pickle" in err
+    assert rc == 2 and "evil.pth: refused" in err and "pickle code (GLOBAL" in err
     assert not (tmp_path / "x.pt").exists()
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x08\x01 not a torch file")
+    rc = main(["convert", "--from", "torchvision-vgg16", str(junk), "--arch", "deeplab",
+               "-o", str(tmp_path / "x.pt")])
+    assert rc == 2 and "junk.pth: not a torch .pth file" in capsys.readouterr().err

@@ -143,6 +143,7 @@ def convert(cfg: ConvertConfig) -> dict:
 def load_state_dict(path: Path) -> dict:
     """A .pth state dict read with ``weights_only=True`` (no pickle code runs)."""
     import pickle
+    import re
 
     import torch
 
@@ -151,9 +152,12 @@ def load_state_dict(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise DeepLabError(f"{path}: refused, loading it would run pickle code beyond plain "
-                           f"tensors ({str(exc).splitlines()[0][:200]}); re-save it as a "
-                           "plain state_dict") from exc
+        found = re.search(r"Unsupported global: (\S+ \S+)", str(exc))
+        if found is None:
+            raise DeepLabError(f"{path}: not a torch .pth file (unreadable as a weights-only "
+                               "torch file)") from exc
+        raise DeepLabError(f"{path}: refused, loading it would run pickle code ({found[1]}) "
+                           "beyond plain tensors; re-save it as a plain state_dict") from exc
     except Exception as exc:  # torch raises many types for corrupt files
         raise DeepLabError(f"{path}: not a readable .pth file ({type(exc).__name__}: "
                            f"{str(exc)[:200]})") from exc
