@@ -130,21 +130,20 @@ def _blob_shape(buf: memoryview, span: tuple[int, int]) -> list[int]:
     return dims
 
 
-def _numbers(buf: memoryview, wire: int, value, dtype: str, packed_wire: int, what: str, at: int):
-    """A packed run (wire type 2) or one unpacked number as a 1-D numpy array."""
+def _numbers(buf: memoryview, wire: int, value, item: int, packed_wire: int, what: str,
+             at: int, into: bytearray) -> None:
+    """Append a packed run (wire type 2) or one unpacked number's raw bytes to ``into``."""
     _expect(wire, (LENGTH, packed_wire), what, at)
     start, end = value
-    item = np.dtype(dtype).itemsize
     if (end - start) % item:
         raise _Malformed(f"{what} at byte {at}: {end - start} bytes is not a multiple of {item}")
-    return np.frombuffer(buf[start:end], dtype=dtype)
+    into += buf[start:end]
 
 
 def _blob(buf: memoryview, span: tuple[int, int]) -> np.ndarray:
     shape: list[int] | None = None
     legacy: dict[int, int] = {}
-    floats: list[np.ndarray] = []
-    doubles: list[np.ndarray] = []
+    floats, doubles = bytearray(), bytearray()  # raw little-endian values, as in the file
     for field, wire, value, at in _fields(buf, *span):
         if field == 7:
             _expect(wire, (LENGTH,), "BlobProto.shape", at)
@@ -153,17 +152,16 @@ def _blob(buf: memoryview, span: tuple[int, int]) -> np.ndarray:
             _expect(wire, (VARINT,), "BlobProto legacy dimension", at)
             legacy[field] = _int64(value)
         elif field == 5:
-            floats.append(_numbers(buf, wire, value, "<f4", FIXED32, "BlobProto.data", at))
+            _numbers(buf, wire, value, 4, FIXED32, "BlobProto.data", at, floats)
         elif field == 8:
-            doubles.append(_numbers(buf, wire, value, "<f8", FIXED64, "BlobProto.double_data", at))
+            _numbers(buf, wire, value, 8, FIXED64, "BlobProto.double_data", at, doubles)
     if legacy:
         dims = [legacy.get(k, 0) for k in (1, 2, 3, 4)]
     elif shape is not None:
         dims = shape
     else:
         dims = None  # no shape at all: keep the values as a vector
-    chunks = doubles if any(len(c) for c in doubles) else floats
-    data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    data = np.frombuffer(doubles, "<f8") if doubles else np.frombuffer(floats, "<f4")
     if dims is None:
         dims = [len(data)]
     if any(d < 0 for d in dims):
