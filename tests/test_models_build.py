@@ -69,7 +69,7 @@ def test_caffe_layer_names_and_attributes(arch):
     trunk = [f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
     expected = [f"{n}.{p}" for n in trunk + ["fc6", "fc7", "fc8"] for p in ("weight", "bias")]
     sources = ("data", "pool1", "pool2", "pool3", "pool4")
-    branches = [f"fc{j}_{s}" for s in sources for j in (1, 2, 8)]
+    branches = [f"{s}_{kind}" for s in sources for kind in ("conv", "fc", "ms")]
     if "msc" in arch:
         expected += [f"{n}.{p}" for n in branches for p in ("weight", "bias")]
     assert keys == expected
@@ -77,7 +77,7 @@ def test_caffe_layer_names_and_attributes(arch):
     assert model.fc8.out_channels == 7
     if "msc" in arch:
         assert model.msc_branch_names == sources
-        assert model.classifier_names == ("fc8",) + tuple(f"fc8_{s}" for s in sources)
+        assert model.classifier_names == ("fc8",) + tuple(f"{s}_ms" for s in sources)
     else:
         assert model.msc_branch_names == () and model.classifier_names == ("fc8",)
     for name in model.classifier_names:
@@ -89,7 +89,7 @@ def test_width_scales_channels():
     assert small.conv1_1.out_channels == 8 and small.conv5_3.out_channels == 64
     assert small.fc6.out_channels == 128 and small.fc7.in_channels == 128
     msc = build_model("deeplab-msc", width=0.125)
-    assert msc.fc1_pool3.in_channels == 32 and msc.fc1_pool3.out_channels == 16
+    assert msc.pool3_conv.in_channels == 32 and msc.pool3_conv.out_channels == 16
 
 
 def test_released_geometry_settings():
@@ -104,8 +104,8 @@ def test_released_geometry_settings():
     assert (fov.fc6.kernel_size, fov.fc6.dilation, fov.fc6.padding) == ((3, 3), (12, 12), (12, 12))
     assert meta_build("deeplab-4x4").fc6.dilation == (8, 8)
     assert meta_build("deeplab-7x7", trunk="2x2").pool1.kernel_size == 2
-    assert meta_build("deeplab-msc").fc1_data.stride == (8, 8)
-    assert [meta_build("deeplab-msc").get_submodule(f"fc1_{s}").stride[0]
+    assert meta_build("deeplab-msc").data_conv.stride == (8, 8)
+    assert [meta_build("deeplab-msc").get_submodule(f"{s}_conv").stride[0]
             for s in ("pool1", "pool2", "pool3", "pool4")] == [4, 2, 1, 1]  # fmt: skip
     assert not hasattr(meta_build("deeplab-largefov", pool5a=False), "pool5a")
 
@@ -115,13 +115,23 @@ def test_init_as_released():
     assert abs(model.fc8.weight.std().item() - 0.01) < 0.001
     assert torch.all(model.fc8.bias == 0)
     for src in model.msc_branch_names:
-        conv = getattr(model, f"fc1_{src}").weight
+        conv = getattr(model, f"{src}_conv").weight
         tol = 0.2 if conv.numel() > 2000 else 0.4
         assert abs(conv.std().item() - 0.001) < 0.001 * tol
-        assert abs(getattr(model, f"fc2_{src}").weight.std().item() - 0.001) < 0.0002
-        assert abs(getattr(model, f"fc8_{src}").weight.std().item() - 0.01) < 0.002
-        assert torch.all(getattr(model, f"fc8_{src}").bias == 0)
+        assert abs(getattr(model, f"{src}_fc").weight.std().item() - 0.001) < 0.0002
+        assert abs(getattr(model, f"{src}_ms").weight.std().item() - 0.01) < 0.002
+        assert torch.all(getattr(model, f"{src}_ms").bias == 0)
     assert torch.all(model.conv3_1.bias == 0) and model.conv3_1.weight.std() > 0.01
+
+
+def test_msc_prototxt_init():
+    model = build_model("deeplab-msc-largefov", width=0.5, msc_init="prototxt")
+    assert abs(model.pool4_fc.weight.std().item() - 0.005) < 0.001
+    assert torch.all(model.pool3_ms.weight == 0)
+    assert abs(model.pool2_fc.weight.std().item() - 0.001) < 0.0002
+    assert model.model_kwargs["msc_init"] == "prototxt"
+    with pytest.raises(DeepLabError, match="msc_init"):
+        build_model("deeplab-msc", msc_init="xavier")
 
 
 def test_build_model_errors():
@@ -146,7 +156,8 @@ def test_dropout_only_in_training():
 
 @pytest.mark.parametrize("arch,kwargs", [("deeplab", {"pool4_pad": 1}),
                                          ("deeplab-7x7", {"trunk": "2x2"}),
-                                         ("deeplab-msc-largefov", {"pool5a": False})])  # fmt: skip
+                                         ("deeplab-msc-largefov", {"pool5a": False}),
+                                         ("deeplab-msc", {"msc_init": "prototxt"})])  # fmt: skip
 def test_checkpoint_round_trip(tmp_path, arch, kwargs):
     model = build_model(arch, width=1 / 16, num_classes=4, **kwargs).eval()
     path = tmp_path / "m.pt"

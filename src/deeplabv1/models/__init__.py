@@ -74,22 +74,27 @@ def deeplab_largefov(
     )  # fmt: skip
 
 
-def deeplab_msc(*, num_classes: int = 21, width: float = 1.0) -> DeepLabV1:
-    """DeepLab-MSc (released): 3x3-pool trunk, fc6 4x4 dilation 4, 4096 ch + 5 MLP branches."""
+def deeplab_msc(*, num_classes: int = 21, width: float = 1.0, msc_init: str = "spec") -> DeepLabV1:
+    """DeepLab-MSc (released): 3x3-pool trunk, fc6 4x4 dilation 4, 4096 ch + 5 MLP branches.
+
+    ``msc_init``: "spec" (N(0, 0.001) convs, N(0, 0.01) classifiers) or "prototxt" (the released
+    train prototxt's two exceptions); see :mod:`deeplabv1.models.msc`.
+    """
     return build_deeplab(
         "deeplab-msc", num_classes=num_classes, width=width, trunk="3x3", pool4_pad=None,
-        fc6_kernel=4, fc6_dilation=4, fc6_channels=4096, msc=True, model_kwargs={},
+        fc6_kernel=4, fc6_dilation=4, fc6_channels=4096, msc=True, msc_init=msc_init,
+        model_kwargs={"msc_init": msc_init},
     )  # fmt: skip
 
 
 def deeplab_msc_largefov(
-    *, num_classes: int = 21, width: float = 1.0, pool5a: bool = True
+    *, num_classes: int = 21, width: float = 1.0, pool5a: bool = True, msc_init: str = "spec"
 ) -> DeepLabV1:
     """DeepLab-MSc-LargeFOV (released): LargeFOV + the 5 MLP branches of DeepLab-MSc."""
     return build_deeplab(
         "deeplab-msc-largefov", num_classes=num_classes, width=width, trunk="3x3",
         pool4_pad=None, fc6_kernel=3, fc6_dilation=12, fc6_channels=1024, pool5a=pool5a,
-        msc=True, model_kwargs={"pool5a": bool(pool5a)},
+        msc=True, msc_init=msc_init, model_kwargs={"pool5a": bool(pool5a), "msc_init": msc_init},
     )  # fmt: skip
 
 

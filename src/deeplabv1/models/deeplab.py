@@ -74,6 +74,7 @@ class DeepLabV1(nn.Module):
         width: float,
         model_kwargs: dict[str, Any],
         msc: bool = False,
+        msc_init: str = "spec",
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -96,7 +97,8 @@ class DeepLabV1(nn.Module):
                 self.add_module(name, module)
             self.msc_branch_names = tuple(src for src, _ in MSC_SOURCES)
             self.msc_layer_names = sum((branch_layer_names(s) for s in self.msc_branch_names), ())
-        self.classifier_names = ("fc8",) + tuple(f"fc8_{s}" for s in self.msc_branch_names)
+        self.classifier_names = ("fc8",) + tuple(f"{s}_ms" for s in self.msc_branch_names)
+        self.msc_init = msc_init
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -113,7 +115,7 @@ class DeepLabV1(nn.Module):
         nn.init.normal_(self.fc8.weight, 0.0, FC8_STD)
         nn.init.zeros_(self.fc8.bias)
         if self.msc_branch_names:
-            init_msc_branches(self)
+            init_msc_branches(self, self.msc_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         taps = set(self.msc_branch_names)
@@ -146,6 +148,7 @@ def build_deeplab(
     fc6_channels: int,
     pool5a: bool = False,
     msc: bool = False,
+    msc_init: str = "spec",
     model_kwargs: dict[str, Any],
 ) -> DeepLabV1:
     """Assemble trunk + head (+ MSc branches) into a :class:`DeepLabV1`."""
@@ -163,5 +166,11 @@ def build_deeplab(
         pool5a=pool5a,
     )
     return DeepLabV1(
-        path, arch=arch, num_classes=num_classes, width=width, model_kwargs=model_kwargs, msc=msc
+        path,
+        arch=arch,
+        num_classes=num_classes,
+        width=width,
+        model_kwargs=model_kwargs,
+        msc=msc,
+        msc_init=msc_init,
     )

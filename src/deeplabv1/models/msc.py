@@ -6,9 +6,15 @@ stride-8 score grid: image 8, pool1 4, pool2 2, pool3 1, pool4 1. The five branc
 summed with fc8 (the paper's "concatenate 5 x 128 = 640 channels, then classify" is the same
 linear map written as one classifier per branch).
 
-Layer names (the released MSc prototxt's names could not be checked here, so these are this
-project's Caffe-style choice): for a source blob ``src`` in ``data, pool1, pool2, pool3, pool4``
-the parameter layers are ``fc1_<src>`` (3x3), ``fc2_<src>`` (1x1) and ``fc8_<src>`` (classifier).
+Layer names are the released DeepLab-MSc prototxt's (config/DeepLab-MSc/train.prototxt of the
+authors' release): for a source blob ``src`` in ``data, pool1, pool2, pool3, pool4`` the
+parameter layers are ``<src>_conv`` (3x3), ``<src>_fc`` (1x1) and ``<src>_ms`` (classifier), with
+``relu_<src>_conv``, ``drop_<src>_conv``, ``relu_<src>_fc``, ``drop_<src>_fc`` in between.
+
+Initialisation (``msc_init``): ``"spec"`` (default, SPEC section 1) draws the two branch convs
+from N(0, 0.001) and the classifiers from N(0, 0.01). ``"prototxt"`` follows the released train
+prototxt exactly where it differs: ``pool4_fc`` N(0, 0.005), and ``pool3_ms`` has no filler, so
+Caffe's default constant 0.
 
 Caffe requires every summed map to have the same size, which holds for inputs of side 8k+1
 (321, 513). For other sides ceil-mode pooling can give the trunk one more row/column than a
@@ -22,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deeplabv1.errors import DeepLabError
 from deeplabv1.models.vgg import scaled
 
 # (source blob, stride of the branch's first conv)
@@ -31,14 +38,15 @@ MSC_SOURCES: tuple[tuple[str, int], ...] = (
 MSC_HIDDEN = 128
 MSC_CONV_STD = 0.001
 MSC_CLASSIFIER_STD = 0.01
+MSC_INITS = ("spec", "prototxt")
 
 
 def branch_layer_names(src: str) -> tuple[str, ...]:
     """Module names of one branch in forward order (parameter-free layers included)."""
     return (
-        f"fc1_{src}", f"relu1_{src}", f"drop1_{src}",
-        f"fc2_{src}", f"relu2_{src}", f"drop2_{src}",
-        f"fc8_{src}",
+        f"{src}_conv", f"relu_{src}_conv", f"drop_{src}_conv",
+        f"{src}_fc", f"relu_{src}_fc", f"drop_{src}_fc",
+        f"{src}_ms",
     )  # fmt: skip
 
 
@@ -63,13 +71,20 @@ def make_msc_branches(
     return layers
 
 
-def init_msc_branches(model: nn.Module) -> None:
-    """Released init: branch convs N(0, 0.001), branch classifiers N(0, 0.01), biases 0."""
+def init_msc_branches(model: nn.Module, msc_init: str = "spec") -> None:
+    """Released init: branch convs N(0, 0.001), classifiers N(0, 0.01), biases 0 (see above)."""
+    if msc_init not in MSC_INITS:
+        raise DeepLabError(f"msc_init must be one of {', '.join(MSC_INITS)}, got {msc_init!r}")
     for src, _ in MSC_SOURCES:
-        for name, std in ((f"fc1_{src}", MSC_CONV_STD), (f"fc2_{src}", MSC_CONV_STD),
-                          (f"fc8_{src}", MSC_CLASSIFIER_STD)):  # fmt: skip
+        for name, std in ((f"{src}_conv", MSC_CONV_STD), (f"{src}_fc", MSC_CONV_STD),
+                          (f"{src}_ms", MSC_CLASSIFIER_STD)):  # fmt: skip
+            if msc_init == "prototxt":
+                std = {"pool4_fc": 0.005, "pool3_ms": 0.0}.get(name, std)
             conv = getattr(model, name)
-            nn.init.normal_(conv.weight, 0.0, std)
+            if std > 0:
+                nn.init.normal_(conv.weight, 0.0, std)
+            else:
+                nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
 
