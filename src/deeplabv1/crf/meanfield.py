@@ -117,13 +117,14 @@ def mean_field(
     unary: torch.Tensor,
     terms,
     iters: int = 10,
-    method: str = "lattice",
+    method="lattice",
 ) -> torch.Tensor:
     """Mean-field marginals Q (B, L, N) for unary energies (B, L, N) and PairwiseTerms.
 
     ``unary`` is -log P up to a per-pixel constant (for network scores: their negation; see
     unary.py). Terms' features may be on any device; they follow the unary's device. ``method``
-    picks the filter: "lattice" (permutohedral, O(N)) or "dense" (exact, O(N^2): tests only).
+    picks the filter: "lattice" (permutohedral, O(N)), "dense" (exact, O(N^2): tests only) or
+    a callable features (B, N, d) -> filter with ``.apply``.
     Runs without autograd history unless a tensor requires grad; then it uses the pure
     :func:`mean_field_step` so that gradients flow.
     """

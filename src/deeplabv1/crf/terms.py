@@ -54,8 +54,11 @@ def as_unary(unary) -> torch.Tensor:
     return unary
 
 
-def make_filter(features: torch.Tensor, method: str):
-    """The Gaussian filter over (B, N, d) float32 features: lattice or exact dense."""
+def make_filter(features: torch.Tensor, method):
+    """The Gaussian filter over (B, N, d) float32 features: "lattice", "dense" (exact), or
+    any callable features -> object with ``.apply(values (B, N, C)) -> (B, N, C)``."""
+    if callable(method):
+        return method(features)
     if method == "lattice":
         from deeplabv1.crf.lattice import PermutohedralLattice
 
