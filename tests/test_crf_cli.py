@@ -1,0 +1,80 @@
+"""`deeplabv1 crf` on the real sample images: single pair, batch folders, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deeplabv1.cli import main
+from deeplabv1.crf import deeplab_crf
+
+
+def _scores(labels, rng):
+    onehot = np.eye(21, dtype=np.float32)[labels.astype(np.int64)].transpose(2, 0, 1)
+    return 3.0 * onehot + rng.normal(scale=1.5, size=onehot.shape).astype(np.float32)
+
+
+def test_single_pair_writes_palette_png(shared_data, tmp_path):
+    rng = np.random.default_rng(0)
+    image = shared_data / "voc_samples" / "2007_000033.png"
+    labels = np.asarray(Image.open(shared_data / "voc_samples" / "2007_000033_label.png"))
+    scores = _scores(labels, rng)
+    np.save(tmp_path / "s.npy", scores)
+    out = tmp_path / "out.png"
+    argv = ["crf", "--image", str(image), "--scores", str(tmp_path / "s.npy"), "-o", str(out)]
+    assert main([*argv, "--params", "deeplab-msc", "--sb", "4", "--iters", "3"]) == 0
+    with Image.open(out) as png:
+        assert png.mode == "P" and png.size == (labels.shape[1], labels.shape[0])
+        got = np.asarray(png)
+    rgb = np.asarray(Image.open(image).convert("RGB"))
+    params = {"w1": 3, "sa": 95, "sb": 4, "w2": 3, "sg": 3}
+    from deeplabv1.crf import CRFParams
+
+    expected = deeplab_crf(scores, rgb, CRFParams(**params), iters=3).argmax(0).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_single_pair_bad_input_is_reported(shared_data, tmp_path, capsys):
+    image = shared_data / "voc_samples" / "2007_000033.png"
+    np.save(tmp_path / "small.npy", np.zeros((21, 10, 10), np.float32))
+    argv = ["crf", "--image", str(image), "--scores", str(tmp_path / "small.npy")]
+    assert main([*argv, "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert "small.npy" in err and "upsample" in err
+    assert not (tmp_path / "o.png").exists()
+    assert main([*argv]) == 2  # no -o
+    assert main([*argv, "-o", str(tmp_path / "o.png"), "--params", "nope"]) == 2
+
+
+def test_batch_mode_reports_bad_and_missing_files(shared_data, voc_samples, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    img_dir, npy_dir, out_dir = tmp_path / "img", tmp_path / "npy", tmp_path / "out"
+    img_dir.mkdir()
+    npy_dir.mkdir()
+    for sid, rgb, labels in voc_samples[:3]:
+        Image.fromarray(rgb[:60, :80]).save(img_dir / f"{sid}.png")
+        np.save(npy_dir / f"{sid}.npy", _scores(labels[:60, :80], rng))
+    bad = voc_samples[2][0]
+    np.save(npy_dir / f"{bad}.npy", np.full((21, 60, 80), np.nan, np.float32))  # NaN scores
+    Image.fromarray(voc_samples[3][1][:60, :80]).save(img_dir / "lonely.png")  # no scores
+    argv = ["crf", "--image-dir", str(img_dir), "--scores-dir", str(npy_dir)]
+    status = main([*argv, "--out-dir", str(out_dir), "--workers", "2"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"{bad}: " in err and "NaN" in err
+    assert "lonely" in err
+    written = sorted(p.stem for p in out_dir.glob("*.png"))
+    assert written == sorted(sid for sid, _, _ in voc_samples[:2])
+    assert (out_dir / "crf_config.yaml").is_file()
+    for sid, _, labels in voc_samples[:2]:
+        got = np.asarray(Image.open(out_dir / f"{sid}.png"))
+        assert got.shape == (60, 80)
+        assert (got == labels[:60, :80]).mean() > 0.9
+
+
+def test_help_and_mode_errors(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["crf", "--help"])
+    assert main(["crf", "--image-dir", str(tmp_path)]) == 2
+    assert main(["crf", "--image", "a.png", "--image-dir", str(tmp_path)]) == 2
