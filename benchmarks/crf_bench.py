@@ -1,0 +1,191 @@
+"""Dense-CRF speed and memory: ours (deeplabv1.crf) against pydensecrf2 in the same run.
+
+Reference case (issue 3): a real VOC image (2007_000346, 500x375 RGB), 21 labels, 10
+mean-field iterations, DeepLab-LargeFOV parameters (Gaussian sxy 3 compat 3; bilateral sxy 121
+srgb 5 compat 4), "after" normalisation, scores = noisy one-hot ground truth. Both run through
+the same pydensecrf API (ours via the drop-in), each in its own subprocess so that peak RSS
+(resource.getrusage) is its own; setup (constructor + unary + both pairwise terms, i.e. the
+lattices) and inference are timed separately, median of --repeats after one warm-up. Also:
+1x / 2x / 4x pixels (the image tiled), 2 versus 21 labels, and with --device cuda the batch
+throughput of ``deeplab_crf`` (images / s). Prints one JSON object.
+
+    .venv/bin/python benchmarks/crf_bench.py [--repeats 5] [--device cuda] [--no-scaling]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_samples"
+SAMPLE = "2007_000346"
+LARGEFOV = dict(w1=4.0, sa=121.0, sb=5.0, w2=3.0, sg=3.0)
+
+
+def make_case(tiles: tuple[int, int], num_labels: int, data: Path):
+    """(rgb (H, W, 3) uint8, scores (L, H, W) float32): the 500x375 sample tiled."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(data / f"{SAMPLE}.png").convert("RGB").resize((500, 375)))
+    lab = np.asarray(Image.open(data / f"{SAMPLE}_label.png").resize((500, 375), Image.NEAREST))
+    lab = lab.astype(np.int64) % num_labels
+    rng = np.random.default_rng(0)
+    onehot = np.eye(num_labels, dtype=np.float32)[lab].transpose(2, 0, 1)
+    scores = 3.0 * onehot + rng.normal(scale=1.5, size=onehot.shape).astype(np.float32)
+    ty, tx = tiles
+    return np.ascontiguousarray(np.tile(rgb, (ty, tx, 1))), np.tile(scores, (1, ty, tx))
+
+
+def worker(impl: str, tiles: tuple[int, int], num_labels: int, repeats: int, data: Path) -> dict:
+    """Time one implementation in this process; returns timings, peak RSS and labels hash."""
+    import numpy as np
+
+    if impl == "pydensecrf":
+        import pydensecrf.densecrf as dcrf
+    else:
+        import torch
+
+        from deeplabv1.crf import densecrf as dcrf
+    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rgb, scores = make_case(tiles, num_labels, data)
+    h, w, _ = rgb.shape
+    unary = np.ascontiguousarray(-scores.reshape(num_labels, -1))
+    p = LARGEFOV
+    setup, infer, q = [], [], None
+    for _ in range(repeats + 1):  # the first run is a warm-up
+        t0 = time.perf_counter()
+        d = dcrf.DenseCRF2D(w, h, num_labels)
+        d.setUnaryEnergy(unary)
+        d.addPairwiseGaussian(sxy=p["sg"], compat=p["w2"], normalization=dcrf.NORMALIZE_AFTER)
+        d.addPairwiseBilateral(sxy=p["sa"], srgb=p["sb"], rgbim=rgb, compat=p["w1"],
+                               normalization=dcrf.NORMALIZE_AFTER)  # fmt: skip
+        t1 = time.perf_counter()
+        q = np.array(d.inference(10))
+        t2 = time.perf_counter()
+        setup.append(t1 - t0)
+        infer.append(t2 - t1)
+        del d
+    total = [a + b for a, b in zip(setup, infer)]
+    labels = q.argmax(0).astype(np.uint8)
+    np.save(os.environ["CRF_BENCH_LABELS"], labels)
+    return {
+        "pixels": h * w,
+        "size": [w, h],
+        "labels": num_labels,
+        "setup_s": statistics.median(setup[1:]),
+        "inference_s": statistics.median(infer[1:]),
+        "total_s": statistics.median(total[1:]),
+        "total_s_all": [round(t, 4) for t in total[1:]],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_imports_mib": rss_imports,
+        "threads": 1 if impl == "pydensecrf" else torch.get_num_threads(),
+    }
+
+
+def run_worker(impl, tiles, num_labels, repeats, data, tmp: Path) -> dict | None:
+    """Run ``worker`` in a fresh interpreter; None when the implementation is unavailable."""
+    labels_path = tmp / f"{impl}_{tiles[0]}x{tiles[1]}_{num_labels}.npy"
+    cmd = [sys.executable, __file__, "--worker", impl, "--tiles", f"{tiles[0]}x{tiles[1]}",
+           "--labels", str(num_labels), "--repeats", str(repeats), "--data", str(data)]  # fmt: skip
+    env = dict(os.environ, CRF_BENCH_LABELS=str(labels_path), PYTHONWARNINGS="ignore")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        if "No module named 'pydensecrf'" in out.stderr:
+            return None
+        raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["labels_file"] = str(labels_path)
+    return result
+
+
+def compare(ours: dict, theirs: dict | None) -> dict:
+    """Speed / memory ratios and label agreement of one case."""
+    import numpy as np
+
+    entry = {"ours": ours}
+    if theirs is not None:
+        a, b = np.load(ours["labels_file"]), np.load(theirs["labels_file"])
+        entry.update(
+            pydensecrf=theirs,
+            speedup=theirs["total_s"] / ours["total_s"],
+            time_ratio_ours_over_pydensecrf=ours["total_s"] / theirs["total_s"],
+            memory_ratio_ours_over_pydensecrf=ours["peak_rss_mib"] / theirs["peak_rss_mib"],
+            same_labels_fraction=float((a == b).mean()),
+        )
+    for side in ("ours", "pydensecrf"):
+        if side in entry:
+            entry[side].pop("labels_file", None)
+    return entry
+
+
+def cuda_throughput(batch: int, repeats: int, data: Path) -> dict:
+    """deeplab_crf on a batch of reference images on the GPU: images / s, ms / image."""
+    import torch
+
+    from deeplabv1.crf import deeplab_crf
+
+    rgb, scores = make_case((1, 1), 21, data)
+    s = torch.from_numpy(scores).cuda().expand(batch, -1, -1, -1).contiguous()
+    img = torch.from_numpy(rgb).cuda().expand(batch, -1, -1, -1).contiguous()
+    deeplab_crf(s, img)  # warm-up
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        deeplab_crf(s, img)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"device": torch.cuda.get_device_name(), "batch": batch, "median_s": med,
+            "images_per_s": batch / med, "ms_per_image": 1000 * med / batch}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--batch", type=int, default=16, help="CUDA batch size")
+    ap.add_argument("--no-scaling", action="store_true", help="only the reference case")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--tiles", default="1x1", help=argparse.SUPPRESS)
+    ap.add_argument("--labels", type=int, default=21, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        ty, tx = (int(v) for v in args.tiles.split("x"))
+        print(json.dumps(worker(args.worker, (ty, tx), args.labels, args.repeats, args.data)))
+        return
+    import tempfile
+
+    result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                          "python": platform.python_version(),
+                          "loadavg_1min": os.getloadavg()[0]}}  # fmt: skip
+    cases = [((1, 1), 21)]
+    if not args.no_scaling:
+        cases += [((1, 2), 21), ((2, 2), 21), ((1, 1), 2)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for tiles, labels in cases:
+            ours = run_worker("ours", tiles, labels, args.repeats, args.data, Path(tmp))
+            theirs = run_worker("pydensecrf", tiles, labels, args.repeats, args.data, Path(tmp))
+            key = (
+                "reference"
+                if (tiles, labels) == ((1, 1), 21)
+                else f"x{tiles[0] * tiles[1]}px_{labels}labels"
+            )
+            result[key] = compare(ours, theirs)
+    if args.device == "cuda":
+        result["cuda"] = cuda_throughput(args.batch, args.repeats, args.data)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
