@@ -89,13 +89,13 @@ class Radix:
         self.b_stride = self.r_stride * (d + 1)
 
 
-def make_radix(q0: torch.Tensor, batch_size: int) -> Radix | None:
-    """The packing for these simplices, or None when the codes would not fit in 62 bits."""
+def make_radix(q0: torch.Tensor, batch_size: int, max_bits: int = 62) -> Radix | None:
+    """The packing for these simplices, or None when the codes would not fit in max_bits."""
     d = q0.shape[0] - 1
     lo = (q0[:d].amin(1) - 2).tolist()  # vertices reach q0 - 1, their neighbours q0 - 2
     hi = (q0[:d].amax(1) + 1).tolist()
     sizes = [h - l + 1 for l, h in zip(lo, hi)]
-    if math.prod(sizes) * (d + 1) * batch_size >= 1 << 62:
+    if math.prod(sizes) * (d + 1) * batch_size >= 1 << max_bits:
         return None
     return Radix(lo, sizes, d)
 

@@ -17,6 +17,9 @@ from deeplabv1.crf.lattice_build import Radix, embed, make_radix, neighbour_delt
 
 __all__ = ["LatticeTables", "lattice_tables"]
 
+# Packed vertex codes must stay below 2**MAX_CODE_BITS, else the slow unique-rows path runs.
+MAX_CODE_BITS = 62
+
 
 @dataclass
 class LatticeTables:
@@ -30,6 +33,9 @@ class LatticeTables:
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]):
+    """A CSR matrix with int32 indices when they fit: torch hands those to MKL without a copy."""
+    if col.numel() < 1 << 31 and max(size) < 1 << 31:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
     return torch.sparse_csr_tensor(crow, col, val, size=size, check_invariants=False)
 
 
@@ -37,49 +43,75 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
     """Build the lattice of features (B, N, d); points of different images never share a vertex."""
     b, n, d = features.shape
     p = b * n
+    dev = features.device
     features_t = features.reshape(p, d).t().contiguous()
     q0, rank, bary = embed(features_t)
-    batch = None
-    if b > 1:
-        batch = torch.arange(b, device=features.device).repeat_interleave(n)
-    radix = make_radix(q0, b)
+    batch = torch.arange(b, device=dev).repeat_interleave(n) if b > 1 else None
+    radix = make_radix(q0, b, MAX_CODE_BITS)
     if radix is not None:
         codes = vertex_codes(q0, rank, batch, radix)
+        if radix.b_stride * b < 1 << 31:
+            codes = codes.to(torch.int32)  # sorts about twice as fast
     else:
         codes = _dense_ids(q0, rank, batch)
-    flat = codes.reshape(-1)  # index r * P + pixel
-    sorted_codes, perm = torch.sort(flat)
-    is_new = torch.ones_like(sorted_codes, dtype=torch.bool)
+    # Pixel-major flat index pixel * (d+1) + r; the stable sort keeps pixels ascending
+    # within each lattice point, so the first entry of a group is its first pixel.
+    sorted_codes, perm = torch.sort(codes.t().reshape(-1), stable=True)
+    k = sorted_codes.numel()
+    is_new = torch.ones(k, dtype=torch.bool, device=dev)
     torch.ne(sorted_codes[1:], sorted_codes[:-1], out=is_new[1:])
     starts = torch.nonzero(is_new).squeeze(1)
     m = starts.numel()
-    unique_codes = sorted_codes[starts]
-    ids = torch.cumsum(is_new, 0) - 1
-    offsets = torch.empty_like(ids).scatter_(0, perm, ids).view(d + 1, p)
-    crow = torch.cat([starts, starts.new_tensor([flat.numel()])])
-    bary_flat = bary.reshape(-1)
-    splat = _csr(crow, perm % p, bary_flat[perm], (m, p))
+    group = torch.cumsum(is_new, 0) - 1  # lattice point (in code order) of each sorted entry
+    # Renumber lattice points by their first pixel: splat and slice then walk the pixels and
+    # the lattice points in nearly the same order (measured: about 2x faster splat on CPU).
+    order = torch.argsort(perm[starts])
+    new_id = torch.empty_like(order).scatter_(0, order, torch.arange(m, device=dev))
+    counts = torch.diff(starts, append=starts.new_tensor([k]))
+    crow = torch.zeros(m + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(counts[order], 0, out=crow[1:])
+    new_group = new_id[group]
+    pos = crow[new_group] + (torch.arange(k, device=dev) - starts[group])
+    bary_pm = bary.t().reshape(-1)  # pixel-major, like perm
+    col = torch.empty_like(perm).scatter_(0, pos, torch.div(perm, d + 1, rounding_mode="floor"))
+    val = torch.empty_like(bary_pm).scatter_(0, pos, bary_pm[perm])
+    splat = _csr(crow, col, val, (m, p))
+    offsets = torch.empty_like(perm).scatter_(0, perm, new_group)  # pixel-major (P, d+1)
     alpha = 1.0 / (1.0 + 2.0 ** (-d))
-    slice_crow = torch.arange(0, p * (d + 1) + 1, d + 1, device=features.device)
-    slice_ = _csr(slice_crow, offsets.t().reshape(-1), (bary.t() * alpha).reshape(-1), (p, m))
+    slice_crow = torch.arange(0, k + 1, d + 1, device=dev)
+    slice_ = _csr(slice_crow, offsets, bary_pm * alpha, (p, m))
     if radix is not None:
-        neighbours = _neighbours(unique_codes, radix)
+        nb = _neighbours(sorted_codes[starts].long(), radix)
     else:
-        neighbours = _neighbours_by_rows(q0, rank, batch, offsets, m)
+        nb = _neighbours_by_rows(q0, rank, batch, group, perm, m)
+    # Relabel to the new numbering (m, the missing marker, stays m).
+    relabel = torch.cat([new_id, new_id.new_tensor([m])])
+    neighbours = torch.empty_like(nb).index_copy_(2, new_id, relabel[nb])
     return LatticeTables(p, m, splat, slice_, neighbours)
 
 
 def _neighbours(unique_codes: torch.Tensor, radix: Radix) -> torch.Tensor:
-    """(d+1, 2, M) neighbour indices by binary search of the neighbour codes; M if missing."""
+    """(d+1, 2, M) neighbour indices (code order) by binary search; M where missing.
+
+    Only neighbour 1 is searched: y = n1_j(x) exactly when x = n2_j(y), so neighbour 2 is
+    the inverse map.
+    """
     d = radix.d
     m = unique_codes.numel()
     remainder = torch.div(unique_codes, radix.r_stride, rounding_mode="floor") % (d + 1)
-    deltas = neighbour_deltas(radix).to(unique_codes.device)  # (d+1, 2, d+1)
-    wanted = unique_codes + deltas[:, :, remainder]  # (d+1, 2, M)
+    deltas = neighbour_deltas(radix).to(unique_codes.device)[:, 0]  # (d+1, d+1)
+    wanted = unique_codes + deltas[:, remainder]  # (d+1, M), sorted within remainder runs
     idx = torch.searchsorted(unique_codes, wanted)
     idx.clamp_(max=m - 1)
     found = unique_codes[idx] == wanted
-    return torch.where(found, idx, torch.full_like(idx, m))
+    out = torch.full((d + 1, 2, m), m, dtype=torch.int64, device=unique_codes.device)
+    out[:, 0] = torch.where(found, idx, m)
+    src = torch.arange(m, device=unique_codes.device).expand(d + 1, m)
+    # Rows with no neighbour 1 scatter into a spare column m that is dropped.
+    spare = torch.full((d + 1, m + 1), m, dtype=torch.int64, device=unique_codes.device)
+    spare.scatter_(1, out[:, 0], src)
+    out[:, 1] = spare[:, :m]
+    return out
 
 
 def _digits(q0: torch.Tensor, rank: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
@@ -105,12 +137,14 @@ def _dense_ids(q0: torch.Tensor, rank: torch.Tensor, batch: torch.Tensor | None)
     return ids.view(keys.shape[0], keys.shape[1])
 
 
-def _neighbours_by_rows(q0, rank, batch, offsets, m) -> torch.Tensor:
-    """Neighbour indices from explicit key rows (slow path, same result as _neighbours)."""
+def _neighbours_by_rows(q0, rank, batch, group, perm, m) -> torch.Tensor:
+    """Neighbour indices (code order) from explicit key rows: slow path, same as _neighbours."""
     d = q0.shape[0] - 1
-    keys = _digits(q0, rank, batch).reshape(-1, d + 2)
+    keys = _digits(q0, rank, batch).reshape(-1, d + 2)  # index r * P + pixel
+    p = q0.shape[1]
+    flat_rp = (perm % (d + 1)) * p + torch.div(perm, d + 1, rounding_mode="floor")
     point_keys = torch.empty(m, d + 2, dtype=keys.dtype, device=keys.device)
-    point_keys[offsets.reshape(-1)] = keys
+    point_keys[group] = keys[flat_rp]
     r = point_keys[:, 1]
     cands = []
     for j in range(d + 1):
