@@ -53,15 +53,18 @@ def test_msc_trains_only_branches_and_optionally_fc8(train_fc8):
     freeze_for_msc(model, train_fc8)
     groups = parameter_groups(model, TrainConfig(data_root="x"))
     names = {n for g in groups for n in g["names"]}
-    branch = {n for n, _ in model.named_parameters() if n.split(".")[0].endswith(
-        ("_data", "_pool1", "_pool2", "_pool3", "_pool4"))}
+    layers = set(model.msc_layer_names)
+    branch = {n for n, _ in model.named_parameters() if n.split(".")[0] in layers}
     assert len(branch) == 30  # 5 branches x 3 convs x (weight, bias)
     expected = branch | ({"fc8.weight", "fc8.bias"} if train_fc8 else set())
     assert names == expected
     mults = {n: g["lr_mult"] for g in groups for n in g["names"]}
-    for src in ("data", "pool1", "pool2", "pool3", "pool4"):
-        assert mults[f"fc8_{src}.weight"] == 10.0 and mults[f"fc8_{src}.bias"] == 20.0
-        assert mults[f"fc1_{src}.weight"] == 1.0 and mults[f"fc2_{src}.bias"] == 2.0
+    branch_classifiers = set(model.classifier_names) - {"fc8"}
+    assert len(branch_classifiers) == 5 and branch_classifiers <= layers
+    for name in branch:
+        module, kind = name.split(".")
+        expect = (10.0 if module in branch_classifiers else 1.0) * (2.0 if kind == "bias" else 1.0)
+        assert mults[name] == expect, name
 
 
 def test_step_schedule_lr_of_every_group_at_given_iterations():

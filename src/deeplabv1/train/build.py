@@ -46,7 +46,9 @@ def load_init_weights(model: nn.Module, path: str) -> list[str]:
 
 def freeze_for_msc(model: nn.Module, train_fc8: bool) -> None:
     """MSc: train only the new branches (and fc8 when ``train_fc8``); freeze the trunk (P)."""
-    trainable = tuple(getattr(model, "msc_layer_names", ())) + (("fc8",) if train_fc8 else ())
+    if not getattr(model, "msc_layer_names", ()):
+        raise DeepLabError(f"{model.arch}: the network does not name its MSc branch layers")
+    trainable = tuple(model.msc_layer_names) + (("fc8",) if train_fc8 else ())
     for name, param in model.named_parameters():
         param.requires_grad_(_under(name, trainable))
 
