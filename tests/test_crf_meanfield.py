@@ -164,3 +164,24 @@ def test_cuda_matches_cpu():
     gpu = mean_field(torch.from_numpy(unary).cuda(), terms, iters=5, method="dense")
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=0)
+
+
+def test_unary_helpers():
+    from deeplabv1.crf.unary import unary_from_labels, unary_from_logits, unary_from_probabilities
+
+    labels = torch.tensor([[0, 2, 255]])
+    u = unary_from_labels(labels, 3, gt_prob=0.6, ignore_index=255)
+    lo, hi, uni = -math.log(0.6), -math.log(0.2), math.log(3.0)
+    expect = torch.tensor([[[lo, hi, uni], [hi, hi, uni], [hi, lo, uni]]])
+    torch.testing.assert_close(u, expect)
+    p = torch.tensor([[[0.0, 0.5], [1.0, 0.5]]])
+    torch.testing.assert_close(unary_from_probabilities(p), -torch.log(p.clamp(1e-5, 1)))
+    s = torch.randn(1, 3, 4)
+    # logits and their softmax probabilities give the same marginals
+    f = gaussian_features(2, 2, 1.0)
+    a = mean_field(unary_from_logits(s), [PairwiseTerm(f, 2.0)], 3, method="dense")
+    b = mean_field(unary_from_probabilities(torch.softmax(s, 1)), [PairwiseTerm(f, 2.0)], 3,
+                   method="dense")  # fmt: skip
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="labels"):
+        unary_from_labels(torch.tensor([[3]]), 3)
