@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_cuda
 from PIL import Image
 
 from deeplabv1 import Segmenter
@@ -140,3 +141,14 @@ def test_bad_inputs(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(DeepLabError, match="no CUDA GPU"):
             Segmenter(model, device="cuda")
+
+
+@requires_cuda
+def test_cuda_matches_cpu(tmp_path):
+    _checkpoint(tmp_path / "m.pt")
+    rgb = _image()
+    cpu = Segmenter.from_checkpoint(tmp_path / "m.pt", device="cpu", test_size=None)
+    gpu = Segmenter.from_checkpoint(tmp_path / "m.pt", device="cuda", test_size=None)
+    a, b = cpu.predict(rgb, crf=True), gpu.predict(rgb, crf=True)
+    np.testing.assert_allclose(b.net_probs, a.net_probs, atol=1e-3)
+    assert (b.crf_labels == a.crf_labels).mean() > 0.99

@@ -129,13 +129,11 @@ class Segmenter:
         rgb = self._as_rgb(image, background)
         scores = self.network_scores(rgb)
         net_probs = torch.softmax(scores, dim=0)
+        net_labels, net_np = _argmax(net_probs), net_probs.cpu().numpy()
         result = Prediction(
-            labels=_argmax(net_probs),
-            probs=net_probs.cpu().numpy(),
-            net_labels=_argmax(net_probs),
-            net_probs=net_probs.cpu().numpy(),
+            labels=net_labels, probs=net_np, net_labels=net_labels, net_probs=net_np,
             scores=scores.cpu().numpy(),
-        )
+        )  # fmt: skip
         if crf:
             from deeplabv1.crf import deeplab_crf
 
