@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
         dest="gt",
         default=None,
         metavar="DIR",
-        help="ground-truth label PNGs <stem>.png or <stem>_label.png for the figure",
+        help="ground-truth label PNGs <stem>_label.png or <stem>.png for the figure",
     )
     add_config_args(p, PredictConfig, skip=("inputs", "output", "weights", "gt", *flags))
     p.set_defaults(func=run)

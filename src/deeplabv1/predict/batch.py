@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class PredictConfig:
     test_size: int = field(
         default=513, metadata={"help": "pad images to this square (0: to the next 8k+1 only)"}
     )
-    background: str = field(
+    background: Literal["white", "black"] = field(
         default="white", metadata={"help": "white or black: what transparent pixels become"}
     )
 
