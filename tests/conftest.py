@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ VOC_SAMPLE_IDS = (
     "2007_000033", "2007_000129", "2007_000332", "2007_000346",
     "2007_000847", "2007_001284", "2007_001288",
 )  # fmt: skip
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per xdist worker: the workers already use every core
+    torch.set_num_threads(1)
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -42,4 +47,4 @@ def voc_samples(shared_data: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-    np.random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 (code under test may use the legacy global RNG)
