@@ -45,7 +45,7 @@ def make_case(tiles: tuple[int, int], num_labels: int, data: Path):
     return np.ascontiguousarray(np.tile(rgb, (ty, tx, 1))), np.tile(scores, (1, ty, tx))
 
 
-def worker(impl: str, tiles: tuple[int, int], num_labels: int, repeats: int, data: Path) -> dict:
+def worker(impl: str, tiles, num_labels: int, repeats: int, data: Path, threads: int = 0) -> dict:
     """Time one implementation in this process; returns timings, peak RSS and labels hash."""
     import numpy as np
 
@@ -55,6 +55,9 @@ def worker(impl: str, tiles: tuple[int, int], num_labels: int, repeats: int, dat
         import torch
 
         from deeplabv1.crf import densecrf as dcrf
+
+        if threads > 0:
+            torch.set_num_threads(threads)
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rgb, scores = make_case(tiles, num_labels, data)
     h, w, _ = rgb.shape
@@ -91,11 +94,12 @@ def worker(impl: str, tiles: tuple[int, int], num_labels: int, repeats: int, dat
     }
 
 
-def run_worker(impl, tiles, num_labels, repeats, data, tmp: Path) -> dict | None:
+def run_worker(impl, tiles, num_labels, repeats, data, tmp: Path, threads=0) -> dict | None:
     """Run ``worker`` in a fresh interpreter; None when the implementation is unavailable."""
     labels_path = tmp / f"{impl}_{tiles[0]}x{tiles[1]}_{num_labels}.npy"
     cmd = [sys.executable, __file__, "--worker", impl, "--tiles", f"{tiles[0]}x{tiles[1]}",
-           "--labels", str(num_labels), "--repeats", str(repeats), "--data", str(data)]  # fmt: skip
+           "--labels", str(num_labels), "--repeats", str(repeats), "--data", str(data),
+           "--threads", str(threads)]  # fmt: skip
     env = dict(os.environ, CRF_BENCH_LABELS=str(labels_path), PYTHONWARNINGS="ignore")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -156,13 +160,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="CUDA batch size")
     ap.add_argument("--no-scaling", action="store_true", help="only the reference case")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for ours (0: default)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--tiles", default="1x1", help=argparse.SUPPRESS)
     ap.add_argument("--labels", type=int, default=21, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         ty, tx = (int(v) for v in args.tiles.split("x"))
-        print(json.dumps(worker(args.worker, (ty, tx), args.labels, args.repeats, args.data)))
+        print(
+            json.dumps(
+                worker(args.worker, (ty, tx), args.labels, args.repeats, args.data, args.threads)
+            )
+        )
         return
     import tempfile
 
@@ -174,7 +183,9 @@ def main() -> None:
         cases += [((1, 2), 21), ((2, 2), 21), ((1, 1), 2)]
     with tempfile.TemporaryDirectory() as tmp:
         for tiles, labels in cases:
-            ours = run_worker("ours", tiles, labels, args.repeats, args.data, Path(tmp))
+            ours = run_worker(
+                "ours", tiles, labels, args.repeats, args.data, Path(tmp), args.threads
+            )
             theirs = run_worker("pydensecrf", tiles, labels, args.repeats, args.data, Path(tmp))
             key = (
                 "reference"
