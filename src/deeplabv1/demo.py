@@ -173,10 +173,18 @@ def run_demo(out: Path, s: DemoSettings, progress: bool = True, threads: int = 1
     """The whole demo into ``out``; returns demo.json's content."""
     import torch
 
-    from deeplabv1.io import atomic_write_json, atomic_write_text
-
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run_demo(out, s, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(out: Path, s: DemoSettings, progress: bool) -> dict:
+    from deeplabv1.io import atomic_write_json, atomic_write_text
+
     timing: dict[str, float] = {}
     t_all = t = time.perf_counter()
 
