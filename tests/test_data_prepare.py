@@ -155,3 +155,16 @@ def test_cli_prepare_into_another_folder(tmp_path: Path, capsys) -> None:
     assert main(["data", "check", "--root", str(out), "--split", "train_aug"]) == 0
     assert main(["data", "prepare", "--voc", str(voc), "--sbd", str(tmp_path / "no")]) == 2
     assert "SBD folder not found" in capsys.readouterr().err
+
+
+def test_corrupt_mat_that_crashes_scipy_is_named(tmp_path: Path) -> None:
+    """A bit flip in an uncompressed .mat makes scipy 1.x's loadmat segfault; prepare reads
+    in worker processes and names the file (or scipy raises and read_sbd_mat names it)."""
+    voc, sbd = build(tmp_path)
+    bad = sbd / "cls" / "2008_f.mat"
+    save_sbd_mat(bad, np.arange(48, dtype=np.uint8).reshape(6, 8) % 21, compress=False)
+    data = bytearray(bad.read_bytes())
+    data[584] ^= 5 ^ 0o307  # found by fuzzing: crashes scipy 1.17's mio5 reader
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DeepLabError, match="2008_f.mat"):
+        prepare_aug(voc, sbd, workers=2)

@@ -8,10 +8,12 @@ destination and is then moved into place, so an interrupted run leaves no half-e
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from deeplabv1.errors import DeepLabError
@@ -63,7 +65,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> list
     dest.mkdir(parents=True, exist_ok=True)
     try:
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed by the with below)
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DeepLabError(f"{archive}: not a readable tar archive ({exc})") from exc
     with tar, tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
         try:
@@ -71,7 +73,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> list
             check_members(archive, members, dest)
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp, members=members, **kwargs)  # members checked above
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise DeepLabError(f"{archive}: extraction failed ({exc})") from exc
         tops = sorted(p.name for p in Path(tmp).iterdir())
         for name in tops:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from PIL import Image
@@ -158,11 +160,7 @@ def prepare_aug(
         raise DeepLabError("; ".join(problems))
 
     result = PrepareResult(out_root, counts, notes=notes)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            done = list(_progress(pool.map(_convert, tasks, chunksize=64), len(tasks), progress))
-    else:
-        done = list(_progress(map(_convert, tasks), len(tasks), progress))
+    done = _run_tasks(tasks, max(1, workers), progress)
     result.written = sum(done)
     result.skipped = len(done) - result.written
     if out_root != voc:
@@ -172,9 +170,42 @@ def prepare_aug(
     return result
 
 
-def _progress(iterable, total: int, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
+_MARK_DIR: str | None = None  # set in worker processes: where each notes the file it reads
 
-    return tqdm(iterable, total=total, desc="labels", unit="file")
+
+def _set_mark_dir(path: str) -> None:
+    global _MARK_DIR
+    _MARK_DIR = path
+
+
+def _convert_marked(task: tuple) -> bool:
+    mark = Path(_MARK_DIR or ".") / f"{os.getpid()}.current"
+    if _MARK_DIR:
+        mark.write_text(task[1])
+    done = _convert(task)
+    if _MARK_DIR:
+        mark.unlink()
+    return done
+
+
+def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[bool]:
+    """Convert in worker processes, even for one worker: scipy's loadmat is not hardened
+    against corrupt files (a bit flip in an uncompressed .mat can crash the interpreter), so a
+    crash costs a worker, and the file it was reading is named in the error."""
+    with tempfile.TemporaryDirectory() as marks, ProcessPoolExecutor(
+        workers, initializer=_set_mark_dir, initargs=(marks,)
+    ) as pool:
+        results = pool.map(_convert_marked, tasks, chunksize=16)
+        if progress:
+            from tqdm import tqdm
+
+            results = tqdm(results, total=len(tasks), desc="labels", unit="file")
+        try:
+            return list(results)
+        except BrokenProcessPool as exc:
+            culprits = sorted(p.read_text() for p in Path(marks).glob("*.current"))
+            raise DeepLabError(
+                f"{', '.join(culprits) or 'an input file'}: a worker process crashed reading "
+                "it (corrupt file? scipy.io.loadmat does not survive every corruption); "
+                "re-extract it from the archive"
+            ) from exc

@@ -81,11 +81,14 @@ def read_sbd_mat(path: str | os.PathLike, num_classes: int = 21) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def write_sbd_mat(path: str | os.PathLike, segmentation: np.ndarray) -> None:
+def write_sbd_mat(
+    path: str | os.PathLike, segmentation: np.ndarray, compress: bool = True
+) -> None:
     """Write class indices as an SBD ``cls/<id>.mat`` (GTcls with the release's three fields).
 
     For tests and synthetic data: ``Boundaries`` holds each class's inner boundary pixels as
     a sparse map (a 20 x 1 cell), ``CategoriesPresent`` the classes present (a column).
+    Compressed (zlib) by default, as MATLAB writes v7 files.
     """
     import scipy.io
     import scipy.sparse
@@ -104,7 +107,7 @@ def write_sbd_mat(path: str | os.PathLike, segmentation: np.ndarray) -> None:
     from deeplabv1.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        scipy.io.savemat(f, {"GTcls": gt})
+        scipy.io.savemat(f, {"GTcls": gt}, do_compression=compress)
 
 
 def sbd_split_ids(sbd_root: Path, split: str) -> list[str]:
