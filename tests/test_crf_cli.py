@@ -23,7 +23,7 @@ def test_single_pair_writes_palette_png(shared_data, tmp_path):
     np.save(tmp_path / "s.npy", scores)
     out = tmp_path / "out.png"
     argv = ["crf", "--image", str(image), "--scores", str(tmp_path / "s.npy"), "-o", str(out)]
-    assert main([*argv, "--params", "deeplab-msc", "--sb", "4", "--iters", "3"]) == 0
+    assert main([*argv, "--params", "deeplab-msc", "--sb", "4", "--iters", "2"]) == 0
     with Image.open(out) as png:
         assert png.mode == "P" and png.size == (labels.shape[1], labels.shape[0])
         got = np.asarray(png)
@@ -31,7 +31,7 @@ def test_single_pair_writes_palette_png(shared_data, tmp_path):
     params = {"w1": 3, "sa": 95, "sb": 4, "w2": 3, "sg": 3}
     from deeplabv1.crf import CRFParams
 
-    expected = deeplab_crf(scores, rgb, CRFParams(**params), iters=3).argmax(0).numpy()
+    expected = deeplab_crf(scores, rgb, CRFParams(**params), iters=2).argmax(0).numpy()
     np.testing.assert_array_equal(got, expected)
 
 
