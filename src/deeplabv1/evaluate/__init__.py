@@ -1,0 +1,8 @@
+"""Evaluation: metrics, trimap bands, the evaluator, saved score maps, CRF search, reports.
+
+Modules (import them directly; this package imports nothing heavy):
+``metrics`` (confusion matrix, IoU, pixel accuracy), ``trimap`` (boundary bands),
+``scores`` (saved coarse score maps), ``evaluator`` (the paper's test procedure over a split),
+``crf_search`` (coarse-to-fine CRF cross-validation), ``report`` (JSON and Markdown),
+``run`` (the ``eval`` / ``crf-search`` commands as functions), ``config`` (their settings).
+"""
