@@ -130,7 +130,7 @@ def main() -> None:
         )
     caption = (
         f"DeepLab-LargeFOV at width {seg.model.width:g} trained from scratch on these 7 images "
-        f"only ({iters} iterations, half resolution): overfit, no VOC-trained weights here. "
+        f"only ({iters} iterations, half resolution):\noverfit, no VOC-trained weights here. "
         "CRF: the LargeFOV parameters."
     )
     side_by_side(rows, args.figure, classes=classes, caption=caption, panel_width=2.0, dpi=90)

@@ -101,7 +101,7 @@ def side_by_side(
 
     ``panels`` is one row ``[(title, rgb), ...]`` or a list of such rows (one row per image;
     titles of later rows are drawn only where they differ from the first row's). ``classes``
-    adds a colour legend under the strip; ``caption`` a line of text under that.
+    adds a colour legend under the strip; ``caption`` text under that (may hold newlines).
     """
     from deeplabv1.viz.plots import _figure, save_figure
 
@@ -111,23 +111,29 @@ def side_by_side(
     n_cols = max(len(r) for r in rows)
     classes = [] if classes is None else sorted({int(c) for c in classes})
     # layout in inches, top to bottom: per row a title band then the panels; legend; caption
-    title_h, gap, legend_h, caption_h = 0.28, 0.06, 0.4 if classes else 0.0, 0.3 if caption else 0
+    gap, legend_h = 0.06, 0.4 if classes else 0.0
+    caption_h = 0.1 + 0.16 * (caption.count("\n") + 1) if caption else 0.0
+    first_titles = [t for t, _ in rows[0]]
+    show_title = [
+        [i == 0 or j >= len(first_titles) or t != first_titles[j] for j, (t, _) in enumerate(r)]
+        for i, r in enumerate(rows)
+    ]
+    band_h = [0.28 if any(flags) else gap * 2 for flags in show_title]  # title band or a gap
     row_h = [
         panel_width * max(_as_rgb(im).shape[0] / _as_rgb(im).shape[1] for _, im in r) for r in rows
     ]
     width = panel_width * n_cols + gap * (n_cols - 1)
-    height = sum(row_h) + title_h * len(rows) + legend_h + caption_h
+    height = sum(row_h) + sum(band_h) + legend_h + caption_h
     fig = _figure(width, height)
-    first_titles = [t for t, _ in rows[0]]
     top = height
     for i, row in enumerate(rows):
-        top -= title_h + row_h[i]
+        top -= band_h[i] + row_h[i]
         for j, (title, img) in enumerate(row):
             left = j * (panel_width + gap)
             ax = fig.add_axes((left / width, top / height, panel_width / width, row_h[i] / height))
             ax.imshow(_as_rgb(img), interpolation="nearest")
             ax.set_axis_off()
-            if i == 0 or j >= len(first_titles) or title != first_titles[j]:
+            if show_title[i][j]:
                 ax.set_title(title, fontsize=10, pad=4)
     if classes:
         from matplotlib.patches import Patch
