@@ -166,6 +166,8 @@ def run_predict(cfg: PredictConfig) -> int:
     for path in tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None):
         try:
             done.append(segment_one(seg, path, _unique_stem(path, used), cfg, out_dir))
+            if "note" in done[-1]:
+                tqdm.write(f"deeplabv1 predict: {path}: {done[-1]['note']}", file=sys.stderr)
         except Exception as exc:  # report the file, keep going with the rest
             msg = str(exc) if isinstance(exc, DeepLabError) else f"{type(exc).__name__}: {exc}"
             msg = msg if str(path) in msg else f"{path}: {msg}"
