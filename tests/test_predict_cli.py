@@ -111,3 +111,15 @@ def test_setup_errors_exit_2(tmp_path, weights, capsys):
     assert main(["predict", str(tmp_path / "in"), "--weights", str(weights), "-o",
                  str(tmp_path / "o"), "--alpha", "2"]) == 2  # fmt: skip
     assert "--alpha" in capsys.readouterr().err
+
+
+def test_missing_ground_truth_is_a_note_not_a_failure(tmp_path, weights, capsys):
+    _images(tmp_path / "in", n=1)
+    (tmp_path / "gt").mkdir()
+    out = tmp_path / "out"
+    rc = main(["predict", str(tmp_path / "in"), "--weights", str(weights), "-o", str(out),
+               "--side-by-side", "--gt", str(tmp_path / "gt"), "--test-size", "0"])  # fmt: skip
+    assert rc == 0
+    assert "no ground truth img0_label.png or img0.png" in capsys.readouterr().err
+    with Image.open(out / "img0_figure.png") as fig:
+        assert fig.width < 2.6 * fig.height  # image | network only
