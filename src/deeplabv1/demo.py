@@ -42,9 +42,19 @@ class DemoSettings:
     test_size: int = 97
     search: bool = True
     search_grid: dict = dataclasses.field(
-        default_factory=lambda: dict(w1_min=2.0, w1_max=4.0, w1_step=2.0, sa_min=5.0,
-                                     sa_max=25.0, sa_step=10.0, sb_min=5.0, sb_max=15.0,
-                                     sb_step=10.0, w2=3.0, sg=3.0)  # fmt: skip
+        default_factory=lambda: dict(
+            w1_min=2.0,
+            w1_max=4.0,
+            w1_step=2.0,
+            sa_min=5.0,
+            sa_max=25.0,
+            sa_step=10.0,
+            sb_min=5.0,
+            sb_max=15.0,
+            sb_step=10.0,
+            w2=3.0,
+            sg=3.0,
+        )  # fmt: skip
     )
     trimap_max_width: int = 20
     num_figure_rows: int = 4
@@ -233,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--quick", action="store_true", help="the miniature run of the tests")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and training")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    demo = run_demo(args.out, QUICK if args.quick else DemoSettings(),
+    settings = dataclasses.replace(QUICK if args.quick else DemoSettings(), seed=args.seed)
+    demo = run_demo(args.out, settings,
                     progress=not args.no_progress, threads=args.threads)  # fmt: skip
     net, crf = demo["summary"]["network"], demo["summary"]["crf"]
     print(f"\nval mean IoU: network {net['mean_iou']:.2f}%  network + CRF {crf['mean_iou']:.2f}%")
