@@ -40,32 +40,48 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 
 
 def _shape_mask(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Boolean mask of one object of shape family ``kind``, placed at random."""
+    """Boolean mask of one object of shape family ``kind``, placed at random.
+
+    Polygons may be star-shaped (sharp concave corners), blobs wobble with up to 9 harmonics,
+    and some objects get limbs 6-9 px wide: detail finer than the stride-8 score grid.
+    """
     r0 = rng.uniform(0.12, 0.28) * min(h, w)
     cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     dy, dx = yy - cy, xx - cx
+    img = Image.new("L", (w, h), 0)
+    draw = ImageDraw.Draw(img)
     if kind == "ellipse":
         theta = rng.uniform(0, np.pi)
         a, b = r0 * rng.uniform(1.0, 1.5), r0 * rng.uniform(0.45, 0.9)
         u = dx * np.cos(theta) + dy * np.sin(theta)
         v = -dx * np.sin(theta) + dy * np.cos(theta)
-        return (u / a) ** 2 + (v / b) ** 2 <= 1.0
-    if kind == "polygon":
-        n = int(rng.integers(3, 7))
+        mask = (u / a) ** 2 + (v / b) ** 2 <= 1.0
+    elif kind == "polygon":
+        n = int(rng.integers(3, 9))
         step = 2 * np.pi / n
         angles = rng.uniform(0, step) + np.arange(n) * step + rng.uniform(-0.3, 0.3, n) * step
         radii = r0 * rng.uniform(0.75, 1.25, n)
-        pts = [(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, angles)]
+        if n >= 6 and rng.random() < 0.5:  # a star: every other vertex pulled inwards
+            radii[1::2] *= rng.uniform(0.35, 0.6)
+        draw.polygon([(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, angles)],
+                     fill=1)
+        mask = np.asarray(img, dtype=bool)
+    else:  # blob: a radius that wobbles with the angle gives an irregular boundary
+        angle = np.arctan2(dy, dx)
+        radius = np.ones_like(angle)
+        for k in range(2, 10):
+            radius += rng.uniform(0, 0.6 / k) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
+        mask = np.hypot(dx, dy) <= r0 * np.clip(radius, 0.4, None)
+    if rng.random() < 0.4:
         img = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(img).polygon(pts, fill=1)
-        return np.asarray(img, dtype=bool)
-    # blob: a radius that wobbles with the angle gives an irregular boundary
-    angle = np.arctan2(dy, dx)
-    radius = np.ones_like(angle)
-    for k in range(2, 7):
-        radius += rng.uniform(0, 0.35 / k * 2) * np.cos(k * angle + rng.uniform(0, 2 * np.pi))
-    return np.hypot(dx, dy) <= r0 * np.clip(radius, 0.4, None)
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(1, 4))):
+            t, length = rng.uniform(0, 2 * np.pi), r0 * rng.uniform(1.3, 1.9)
+            end = (cx + length * np.cos(t), cy + length * np.sin(t))
+            draw.line([(cx, cy), end], fill=1, width=int(rng.integers(6, 10)))
+        mask |= np.asarray(img, dtype=bool)
+    return mask
 
 
 def _texture(kind: int, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
