@@ -50,6 +50,8 @@ def read_sbd_mat(path: str | os.PathLike, num_classes: int = 21) -> np.ndarray:
 
     Errors name the file: unreadable or not MATLAB, no GTcls struct, no 2-D Segmentation,
     values outside 0..num_classes-1 (255 is accepted as void though SBD has none).
+    scipy's reader is not hardened: some corrupt uncompressed files crash the interpreter, so
+    ``data prepare`` calls this in worker processes.
     """
     from scipy.io import loadmat
 
