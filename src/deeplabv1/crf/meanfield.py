@@ -88,27 +88,32 @@ def mean_field_step(neg_unary: torch.Tensor, q: torch.Tensor, terms) -> torch.Te
 
 
 def _iterate_inplace(neg_unary, q, terms, iters: int) -> torch.Tensor:
-    """``iters`` in-place updates of q (B, N, L); buffers allocated once."""
+    """``iters`` in-place updates of q (B, N, L); buffers allocated once. The first term adds
+    straight onto -U (out=logits), which saves a copy pass per iteration."""
     logits = torch.empty_like(q)
     scaled = torch.empty_like(q) if any(t.pre is not None for t in terms) else None
-    flat_logits = logits.view(-1, q.shape[-1])
+    num_labels = q.shape[-1]
     for _ in range(iters):
-        logits.copy_(neg_unary)
+        base = neg_unary
         for term in terms:
             x = q if term.pre is None else torch.mul(q, term.pre, out=scaled)
             f = term.filter.apply(x)
             if term.matrix is not None:
                 if term.post is not None:
                     f.mul_(term.post)
-                flat_logits.addmm_(f.reshape(-1, f.shape[-1]), term.matrix)
+                torch.addmm(base.reshape(-1, num_labels), f.reshape(-1, num_labels),
+                            term.matrix, out=logits.view(-1, num_labels))  # fmt: skip
             elif term.vector is not None:
                 if term.post is not None:
                     f.mul_(term.post)
-                logits.addcmul_(f, term.vector)
+                torch.addcmul(base, f, term.vector, out=logits)
             elif term.post is not None:  # Potts: the weight is folded into post
-                logits.addcmul_(f, term.post)
+                torch.addcmul(base, f, term.post, out=logits)
             else:
-                logits.add_(f, alpha=term.weight)
+                torch.add(base, f, alpha=term.weight, out=logits)
+            base = logits
+        if base is neg_unary:
+            logits.copy_(neg_unary)
         torch.softmax(logits, dim=-1, out=q)
     return q
 
