@@ -79,6 +79,7 @@ def run(args) -> int:
     from deeplabv1.config import resolve_config
 
     cfg = resolve_config(CRFConfig, args)
+    _quiet_warnings()
     params = resolve_params(cfg)
     if cfg.iters < 0:
         raise DeepLabError(f"--iters: must be >= 0, got {cfg.iters}")
@@ -104,6 +105,13 @@ def run(args) -> int:
     from deeplabv1.crf.batch import run_batch
 
     return run_batch(cfg, params, _options(cfg))
+
+
+def _quiet_warnings() -> None:
+    """torch's "sparse CSR is beta" notice says nothing a CLI user can act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def _options(cfg: CRFConfig) -> dict:

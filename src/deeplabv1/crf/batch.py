@@ -17,7 +17,11 @@ __all__ = ["run_batch"]
 
 
 def _init_worker() -> None:
+    import warnings
+
     import torch
+
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
     torch.set_num_threads(1)
 
