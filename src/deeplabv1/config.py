@@ -58,7 +58,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         help_text = field.metadata.get("help", "")
         kwargs: dict[str, Any] = {"default": None, "dest": field.name, "help": help_text}
         if tp is bool:
-            kwargs.update(type=_parse_bool, metavar="BOOL")
+            # `--flag` alone means true; `--flag false` is accepted too
+            kwargs.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
         elif origin in (list, tuple):
             inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
             kwargs.update(type=inner if inner in (int, float) else str, nargs="+")
