@@ -11,6 +11,7 @@ while the rest continue. The exit status is 1 if anything failed or lacked a par
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -57,6 +58,7 @@ def add_parser(subparsers) -> None:
         "crf",
         help="dense CRF post-processing of saved score maps",
         description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-o", "--output", default=None, help="output label PNG (single mode)")
     add_config_args(p, CRFConfig)
