@@ -4,7 +4,7 @@ Single:  deeplabv1 crf --image IMG --scores SCORES.npy -o OUT.png [--params deep
 Batch:   deeplabv1 crf --image-dir IMGS --scores-dir NPYS --out-dir OUT [--workers N]
 
 SCORES.npy is a (C, H, W) float array of raw (pre-softmax) scores at the image's resolution
-(``--probabilities`` for softmax outputs). Batch pairs are matched by file stem; each pair runs
+(``--probabilities true`` for softmax outputs). Batch pairs are matched by file stem; each pair runs
 in a worker process (one thread each, every core by default) and a bad file is reported by name
 while the rest continue. The exit status is 1 if anything failed or lacked a partner.
 """
