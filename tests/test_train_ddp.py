@@ -20,7 +20,7 @@ from deeplabv1.train.logger import read_log
 from deeplabv1.train.loop import train
 
 SETTINGS = dict(arch="deeplab-largefov", width=0.0625, split="train", crop_size=41,
-                batch_size=4, max_iter=4, base_lr=1e-2, step_size=3, dropout=0.0,
+                batch_size=4, max_iter=4, base_lr=1e-3, step_size=3, dropout=0.0,
                 checkpoint_every=2, log_every=1, workers=0, progress=False,
                 tensorboard=False, device="cpu")  # fmt: skip
 
