@@ -12,9 +12,9 @@ Why a short loop here instead of ``deeplabv1 train``: on this 2-core CPU the pap
 overfitting would take hours. This loop uses the same pieces (the network, Caffe input,
 ``shrink_labels`` subsampling, cross-entropy ignoring 255) with Adam, no dropout, whole images at
 half resolution (all seven in one batch, random mirror). Predictions are made at that same half
-resolution. About 15 minutes on 2 busy cores:
+resolution. About 20 minutes on 2 busy cores:
 
-    .venv/bin/python docs/figures/make_predict_figure.py [--iters 400] [--width 0.0625]
+    .venv/bin/python docs/figures/make_predict_figure.py [--iters 300] [--width 0.0625]
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def overfit(width: float, iters: int, lr: float, weights: Path, seed: int = 0):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Make the README's predict figure.")
-    parser.add_argument("--iters", type=int, default=400)
+    parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--width", type=float, default=0.0625)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weights", type=Path, default=REPO / "runs/readme_figure/overfit.pt")
