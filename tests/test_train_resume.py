@@ -96,3 +96,16 @@ def test_resume_rejects_a_plain_model_checkpoint(synth_root, tmp_path):
     # but it initialises a new run
     shutil.rmtree(tmp_path / "y", ignore_errors=True)
     train(_cfg(synth_root, tmp_path / "y", max_iter=1, init=str(tmp_path / "plain.pt")))
+
+
+def test_end_to_end_crf_stage_starts_from_the_final_checkpoint(synth_root, tmp_path, monkeypatch):
+    from deeplabv1.train import crf_finetune
+
+    calls = []
+    monkeypatch.setattr(crf_finetune, "finetune_crf",
+                        lambda cfg, stage1: calls.append((cfg.crf_max_iter, stage1)) or "crf.pt")
+    out = tmp_path / "e2e"
+    assert train(_cfg(synth_root, out, max_iter=1, crf="end-to-end", crf_max_iter=3)) == "crf.pt"
+    assert calls == [(3, out / "final.pt")]
+    assert train(_cfg(synth_root, tmp_path / "plain", max_iter=1)) == tmp_path / "plain/final.pt"
+    assert len(calls) == 1

@@ -81,6 +81,17 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels_last memory format (CUDA)")
     compile: bool = _f(False, "torch.compile the network")
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    # optional second stage, not in the paper (deeplabv1.train.crf_finetune, CRF-as-RNN style)
+    crf: Literal["none", "end-to-end"] = _f(
+        "none", "end-to-end: after training, fine-tune network + CRF jointly (not the paper)")
+    crf_max_iter: int = _f(1000, "CRF stage: joint iterations")
+    crf_base_lr: float = _f(1e-4, "CRF stage: network base lr")
+    crf_lr: float = _f(1e-2, "CRF stage: lr of the CRF parameters")
+    crf_train_iters: int = _f(5, "CRF stage: mean-field updates unrolled in training")
+    crf_test_iters: int = _f(10, "CRF stage: mean-field updates at test time")
+    crf_learn_std: bool = _f(False, "CRF stage: also learn the kernel standard deviations")
+    crf_memory_checkpoint: bool = _f(False, "CRF stage: recompute each update (less memory)")
+    crf_normalization: str = _f("after", "CRF stage: message normalisation (DeepLab: after)")
 
     def resolved_crop_size(self) -> int:
         """The crop size: as set, or 306 for DeepLab and 321 for the others (SPEC 3)."""

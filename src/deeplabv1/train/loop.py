@@ -50,14 +50,20 @@ def seed_process(seed: int, rank: int) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``."""
+    """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``
+    (``crf/final.pt`` with ``crf: end-to-end``)."""
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, info)
+        final = _train(cfg, info)
     finally:
         if owns_group:
             cleanup_distributed()
+    if cfg.crf == "end-to-end":  # optional joint network + CRF stage (rank 0 only)
+        from deeplabv1.train.crf_finetune import finetune_crf
+
+        return finetune_crf(cfg, final)
+    return final
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> Path:
