@@ -23,11 +23,14 @@ def deeplab_terms(images, params: CRFParams, normalization: str = "after", devic
     images = as_rgb_batch(images)
     batch, height, width, _ = images.shape
     device = images.device if device is None else torch.device(device)
+    # LearnedCRFParams (crf/learned.py, trained end to end): matrix compatibilities w_k * mu
+    compat = params.term_compats(device) if hasattr(params, "term_compats") else None
+    w1, w2 = compat if compat is not None else (params.w1, params.w2)
     return [
         PairwiseTerm(bilateral_features(images, params.sa, params.sb, device=device),
-                     params.w1, normalization),
+                     w1, normalization),
         PairwiseTerm(gaussian_features(height, width, params.sg, batch, device=device),
-                     params.w2, normalization),
+                     w2, normalization),
     ]  # fmt: skip
 
 
