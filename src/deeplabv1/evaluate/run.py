@@ -31,14 +31,15 @@ def resolve_device(name: str):
 def resolve_crf_params(cfg: EvalConfig, arch: str | None, checkpoint_crf=None):
     """The CRFParams to use: --crf-params name, else the checkpoint's, else the arch's
     per-variant defaults; then individual --w1/--sa/--sb/--w2/--sg overrides."""
-    from deeplabv1.crf import CRFParams, get_params
+    from deeplabv1.crf import get_params
 
     try:
         if cfg.crf_params is not None:
             params = get_params(cfg.crf_params)
-        elif isinstance(checkpoint_crf, dict):
-            names = ("w1", "sa", "sb", "w2", "sg")
-            params = CRFParams(**{k: float(checkpoint_crf[k]) for k in names})
+        elif isinstance(checkpoint_crf, dict):  # crf-search values or learned end to end
+            from deeplabv1.crf.learned import crf_params_from_checkpoint
+
+            params = crf_params_from_checkpoint(checkpoint_crf)
         elif isinstance(checkpoint_crf, str):
             params = get_params(checkpoint_crf)
         elif arch is not None:
