@@ -94,16 +94,17 @@ class Segmenter:
         """Load a ``deeplabv1 train`` / ``convert`` checkpoint (any arch, any width).
 
         CRF parameters: ``crf_params`` if given, else the checkpoint's ``crf`` entry (a variant
-        name or a dict of CRFParams fields, e.g. from ``crf-search``), else the arch's values.
+        name, a dict of CRFParams fields, e.g. from ``crf-search``, or a CRF learned end to end:
+        ``deeplabv1.crf.learned``), else the arch's values.
         """
         from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
-        from deeplabv1.crf.params import CRFParams
+        from deeplabv1.crf.learned import crf_params_from_checkpoint
 
         ckpt = load_checkpoint(path)
         saved = ckpt.get("crf")
         if kwargs.get("crf_params") is None and saved:
             try:
-                kwargs["crf_params"] = CRFParams(**saved) if isinstance(saved, dict) else saved
+                kwargs["crf_params"] = crf_params_from_checkpoint(saved, str(path))
             except (TypeError, ValueError) as exc:
                 raise DeepLabError(f"{path}: bad 'crf' entry {saved!r} ({exc})") from exc
         model = model_from_checkpoint(ckpt)
