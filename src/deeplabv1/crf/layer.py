@@ -84,7 +84,7 @@ class CRFLayer(nn.Module):
         w1, w2 = (float(x) for x in self.weights.detach().cpu())
         sa, sb, sg = (float(x) for x in self.log_std.detach().cpu().exp())
         mu = self.compat.detach().cpu().double()
-        mu = 0.5 * (mu + mu.T)
+        mu = (0.5 * (mu + mu.T)).float()  # float32 values: what the checkpoint stores
         compat = tuple(tuple(float(x) for x in row) for row in mu.tolist())
         return LearnedCRFParams(w1=w1, sa=sa, sb=sb, w2=w2, sg=sg, compat=compat,
                                 normalization=self.normalization)  # fmt: skip
