@@ -1,4 +1,4 @@
-"""DeepLab V1 (Chen et al., ICLR 2015): atrous VGG16 at output stride 8 plus a fully connected CRF."""
+"""DeepLab V1 (Chen et al., ICLR 2015): atrous VGG16 at output stride 8 plus a dense CRF."""
 
 from deeplabv1.errors import DeepLabError
 

@@ -14,6 +14,7 @@ second training stage of the paper).
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -176,6 +177,9 @@ _MARK_DIR: str | None = None  # set in worker processes: where each notes the fi
 def _set_mark_dir(path: str) -> None:
     global _MARK_DIR
     _MARK_DIR = path
+    # A crash is reported by the parent, naming the file; a forked worker's inherited
+    # faulthandler would only add a stack dump of the parent's frames.
+    faulthandler.disable()
 
 
 def _convert_marked(task: tuple) -> bool:
