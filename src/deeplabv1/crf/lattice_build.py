@@ -100,8 +100,9 @@ def make_radix(q0: torch.Tensor, batch_size: int, max_bits: int = 62) -> Radix |
     return Radix(lo, sizes, d)
 
 
-def vertex_codes(q0: torch.Tensor, rank: torch.Tensor, batch: torch.Tensor | None,
-                 radix: Radix) -> torch.Tensor:
+def vertex_codes(
+    q0: torch.Tensor, rank: torch.Tensor, batch: torch.Tensor | None, radix: Radix
+) -> torch.Tensor:
     """Packed codes (d+1, P) of the d+1 vertices of every point's simplex.
 
     Going from vertex r-1 to vertex r lowers q_i by one for the coordinate of rank d-r+1.
