@@ -43,6 +43,7 @@ class CRFStageSettings:
     crf_learn_std: bool = False  # also learn sa, sb, sg (approximate gradient, see layer)
     crf_memory_checkpoint: bool = False  # torch.utils.checkpoint each update (less memory)
     crf_normalization: str = "after"  # DeepLab's
+    crf_dropout: bool = False  # keep the network's dropout on in the joint stage (see docs)
 
 
 def stage_settings(cfg) -> CRFStageSettings:
@@ -93,7 +94,8 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
         raise DeepLabError("train config: crf_max_iter, crf_train_iters, crf_test_iters >= 1")
     device = resolve_device(cfg.device)
     ckpt = load_checkpoint(stage1)
-    model = model_from_checkpoint(ckpt).to(device).train()
+    # dropout off by default: the CRF should learn on the unaries it will see at test time
+    model = model_from_checkpoint(ckpt).to(device).train(s.crf_dropout)
     num_classes = int(ckpt["num_classes"])
     layer = CRFLayer.from_checkpoint_entry(
         ckpt.get("crf") or ckpt["arch"], num_classes, iters=s.crf_train_iters,
