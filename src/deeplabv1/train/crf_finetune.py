@@ -7,7 +7,8 @@ layer runs ``crf_train_iters`` (5) mean-field updates on them with the crop's RG
 the softmax cross-entropy against the full-resolution labels (255 ignored) trains the network
 (SGD, the paper's lr/decay multipliers on ``crf_base_lr``) and the CRF parameters (their own
 ``crf_lr``, no weight decay: the two kernel weights, the label compatibility initialised from
-Potts, and with ``crf_learn_std`` the kernel standard deviations).
+Potts, and with ``crf_learn_std`` the kernel standard deviations). The network's dropout is
+off in this stage unless ``crf_dropout`` (measured on the demo: docs/crf_end_to_end.md).
 
 Outputs in ``<out_dir>/crf/``: ``log.jsonl`` and ``final.pt``, a normal checkpoint whose ``crf``
 entry holds the learned parameters and ``iters`` = ``crf_test_iters`` (10) for ``eval`` and
