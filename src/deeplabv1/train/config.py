@@ -92,6 +92,8 @@ class TrainConfig:
     crf_learn_std: bool = _f(False, "CRF stage: also learn the kernel standard deviations")
     crf_memory_checkpoint: bool = _f(False, "CRF stage: recompute each update (less memory)")
     crf_normalization: str = _f("after", "CRF stage: message normalisation (DeepLab: after)")
+    crf_dropout: bool = _f(False, "CRF stage: keep the network's dropout on (off by default: "
+                                  "with it the joint stage lost accuracy on the demo data)")
 
     def resolved_crop_size(self) -> int:
         """The crop size: as set, or 306 for DeepLab and 321 for the others (SPEC 3)."""
