@@ -9,6 +9,7 @@ neighbours are found by binary search of their codes among the sorted unique cod
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -30,13 +31,16 @@ class LatticeTables:
     splat: torch.Tensor  # (M, P) CSR, barycentric weights
     slice: torch.Tensor  # (P, M) CSR, barycentric weights times alpha
     neighbours: torch.Tensor  # (d+1, 2, M) int64 indices into M rows; M = missing (zero row)
+    bary: torch.Tensor | None = None  # (P, d+1) barycentric weights (slice values / alpha)
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]):
     """A CSR matrix with int32 indices when they fit: torch hands those to MKL without a copy."""
     if col.numel() < 1 << 31 and max(size) < 1 << 31:
         crow, col = crow.to(torch.int32), col.to(torch.int32)
-    return torch.sparse_csr_tensor(crow, col, val, size=size, check_invariants=False)
+    with warnings.catch_warnings():  # torch's "Sparse CSR tensor support is in beta"
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, val, size=size, check_invariants=False)
 
 
 def lattice_tables(features: torch.Tensor) -> LatticeTables:
@@ -87,7 +91,7 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
     # Relabel to the new numbering (m, the missing marker, stays m).
     relabel = torch.cat([new_id, new_id.new_tensor([m])])
     neighbours = torch.empty_like(nb).index_copy_(2, new_id, relabel[nb])
-    return LatticeTables(p, m, splat, slice_, neighbours)
+    return LatticeTables(p, m, splat, slice_, neighbours, bary_pm.view(p, d + 1))
 
 
 def _neighbours(unique_codes: torch.Tensor, radix: Radix) -> torch.Tensor:

@@ -112,7 +112,10 @@ def prepare_terms(terms, batch: int, num_labels: int, num_points: int, *, device
         pre = post = None
         mode = term.normalization
         if mode != "none":
-            norm = filt.apply(torch.ones(batch, num_points, 1, device=device)) + 1e-20
+            if hasattr(filt, "normalizer"):  # the lattice computes K 1 once and caches it
+                norm = filt.normalizer() + 1e-20
+            else:
+                norm = filt.apply(torch.ones(batch, num_points, 1, device=device)) + 1e-20
             if mode == "symmetric":
                 pre = post = norm.rsqrt()
             elif mode == "after":

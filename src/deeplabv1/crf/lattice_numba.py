@@ -1,0 +1,253 @@
+"""CPU kernels of the permutohedral filter and the mean-field loop, compiled by numba.
+
+The torch path (lattice.py, meanfield.py) runs one memory pass per tensor operation; these
+kernels fuse what can be fused (slice + normalisation + compatibility + unary + softmax in one
+pass over the pixels) and run in numba's thread pool (``numba.set_num_threads`` follows
+``torch.get_num_threads``). They use the tables that ``lattice_index.lattice_tables`` builds,
+so the lattice is the same; only the order of the float additions differs (float tolerance,
+checked in tests/test_crf_lattice.py and tests/test_crf_meanfield.py).
+
+numba is optional: without it (or with ``DEEPLABV1_CRF_NUMBA=0``) everything runs on the
+torch path. Kernels are compiled once and cached on disk (``cache=True``); the first call in a
+fresh environment pays the compilation (a few seconds), later processes only load the cache.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+__all__ = [
+    "available", "blur", "fused_step", "reduce_first", "set_threads", "slice_", "slice_add",
+    "splat_scatter",
+]
+
+_ENABLED = os.environ.get("DEEPLABV1_CRF_NUMBA", "1") not in ("0", "false", "no")
+
+try:  # numba is an optional accelerator of the CPU path
+    if not _ENABLED:
+        raise ImportError
+    import numba
+    from numba import njit, prange
+
+    # numba's OpenMP layer shares libgomp with torch and changes torch's thread count; its
+    # own work queue does not (set NUMBA_THREADING_LAYER to override).
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+_CHUNKS = 64  # work items per parallel loop: enough for load balance on a few cores
+
+
+def available() -> bool:
+    """True when the numba kernels can run (numba importable and not disabled)."""
+    return numba is not None
+
+
+def set_threads(n: int) -> int:
+    """Run the kernels on ``n`` threads (clamped to numba's pool size); returns the count."""
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+if numba is not None:
+    _OPTS = {"parallel": True, "cache": True, "fastmath": False, "nogil": True}
+
+    @njit(**_OPTS)
+    def blur(src, dst, n1, n2):  # pragma: no cover - compiled
+        """dst[m] = src[m] + (src[n1[m]] + src[n2[m]]) / 2; row M of src is the zero row."""
+        rows = n1.shape[0]
+        c = src.shape[1]
+        half = src.dtype.type(0.5)
+        for m in prange(rows):
+            a = n1[m]
+            b = n2[m]
+            for k in range(c):
+                dst[m, k] = src[m, k] + half * (src[a, k] + src[b, k])
+
+    @njit(**_OPTS)
+    def slice_add(base, offs, wts, lat, out):  # pragma: no cover - compiled
+        """out[i] = base[i] + sum_r wts[i, r] * lat[offs[i, r]] (out may be base; lat may
+        have more (padding) columns than out)."""
+        n = offs.shape[0]
+        c = out.shape[1]
+        cp = lat.shape[1]
+        nv = offs.shape[1]
+        step = (n + _CHUNKS - 1) // _CHUNKS
+        for chunk in prange(_CHUNKS):
+            acc = np.empty(cp, dtype=out.dtype)
+            for i in range(chunk * step, min(n, (chunk + 1) * step)):
+                for k in range(cp):
+                    acc[k] = 0
+                for r in range(nv):
+                    w = wts[i, r]
+                    v = offs[i, r]
+                    for k in range(cp):
+                        acc[k] += w * lat[v, k]
+                for k in range(c):
+                    out[i, k] = base[i, k] + acc[k]
+
+    @njit(**_OPTS)
+    def slice_(offs, wts, lat, out):  # pragma: no cover - compiled
+        """out[i] = sum_r wts[i, r] * lat[offs[i, r]]."""
+        n = offs.shape[0]
+        c = lat.shape[1]
+        nv = offs.shape[1]
+        step = (n + _CHUNKS - 1) // _CHUNKS
+        for chunk in prange(_CHUNKS):
+            acc = np.empty(c, dtype=out.dtype)
+            for i in range(chunk * step, min(n, (chunk + 1) * step)):
+                for k in range(c):
+                    acc[k] = 0
+                for r in range(nv):
+                    w = wts[i, r]
+                    v = offs[i, r]
+                    for k in range(c):
+                        acc[k] += w * lat[v, k]
+                for k in range(c):
+                    out[i, k] = acc[k]
+
+    _F = np.float32
+    _LOG2E = _F(1.4426950408889634)
+    _LN2_HI = _F(0.693359375)
+    _LN2_LO = _F(-2.1219444e-4)
+    _MIN_X = _F(-87.0)
+    _HALF = _F(0.5)
+    _ONE = _F(1.0)
+    _C = tuple(_F(1.0 / math.factorial(k)) for k in range(2, 8))
+
+    _BIAS = np.int32(127 << 23)
+    _LOW = _F(-1e30)  # logit of the padding labels
+
+    @njit(inline="always")
+    def _exp_parts(x):  # pragma: no cover - compiled
+        """exp(x) = p * 2^n for float32 -87 <= x <= 0: Cody-Waite reduction and a degree-7
+        Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7). No libm call, so the
+        label loops vectorise; 2^n is assembled from its exponent bits by the caller."""
+        x = x if x > _MIN_X else _MIN_X  # a select, not max(): that one stays scalar
+        n = np.floor(x * _LOG2E + _HALF)
+        r = (x - n * _LN2_HI) - n * _LN2_LO
+        p = _C[5]
+        p = p * r + _C[4]
+        p = p * r + _C[3]
+        p = p * r + _C[2]
+        p = p * r + _C[1]
+        p = p * r + _C[0]
+        p = p * r + _ONE
+        p = p * r + _ONE
+        return p, np.int32(n)
+
+    @njit(**_OPTS)
+    def fused_step(unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2):
+        """One pass over the pixels p of unary energies (P, C):
+        q[p] = softmax(-unary[p] + sum_r wts[p,r] lat[offs[p,r]] + the same for term 2),
+        then scatter bary[p,r] q[p] into acc[t, offs[p,r]] (and acc2), t the worker's private
+        buffer (zeroed first). q, lat and acc have Cp >= C columns (padding to a multiple of
+        8 makes the label loops remainder-free; q's padding stays 0).
+        The slices run over wts' columns, the splats over bary's: 0-column arrays skip a
+        term's slice (the initial softmax) or splat (the last iteration); 0-column offs2,
+        wts2, bary2 for a single term."""
+        n, c = unary.shape
+        cp = q.shape[1]
+        nt = acc.shape[0]
+        step = (n + nt - 1) // nt
+        for t in prange(nt):
+            if bary.shape[1] > 0:
+                acc[t, : acc.shape[1] - 1] = 0
+            if bary2.shape[1] > 0:
+                acc2[t, : acc2.shape[1] - 1] = 0
+            x = np.zeros(cp, dtype=np.float32)
+            y = np.zeros(cp, dtype=np.float32)
+            bits = np.zeros(cp, dtype=np.int32)
+            pow2 = bits.view(np.float32)
+            part = np.zeros(8, dtype=np.float32)
+            for p in range(t * step, min(n, (t + 1) * step)):
+                for k in range(cp):
+                    x[k] = 0
+                    y[k] = 0
+                for r in range(wts.shape[1]):
+                    w = wts[p, r]
+                    v = offs[p, r]
+                    for k in range(cp):
+                        x[k] += w * lat[v, k]
+                for r in range(wts2.shape[1]):
+                    w = wts2[p, r]
+                    v = offs2[p, r]
+                    for k in range(cp):
+                        y[k] += w * lat2[v, k]
+                for k in range(c):
+                    x[k] = (x[k] - unary[p, k]) + y[k]
+                # Softmax. Max and sum over 8 interleaved partial results: a single running
+                # max/sum is a chain of dependent operations that no compiler may vectorise
+                # without fastmath (measured: the softmax took as long as both slices).
+                for k in range(c, cp):
+                    x[k] = _LOW
+                for j in range(8):
+                    part[j] = x[j]
+                for k0 in range(8, cp, 8):
+                    for j in range(8):
+                        part[j] = part[j] if part[j] > x[k0 + j] else x[k0 + j]
+                mx = part[0]
+                for j in range(1, 8):
+                    mx = mx if mx > part[j] else part[j]
+                for k in range(cp):
+                    e, n2 = _exp_parts(x[k] - mx)
+                    x[k] = e
+                    bits[k] = (n2 << 23) + _BIAS
+                for k in range(cp):
+                    x[k] *= pow2[k]
+                for k in range(c, cp):
+                    x[k] = 0
+                for j in range(8):
+                    part[j] = x[j]
+                for k0 in range(8, cp, 8):
+                    for j in range(8):
+                        part[j] += x[k0 + j]
+                s = ((part[0] + part[1]) + (part[2] + part[3])) + (
+                    (part[4] + part[5]) + (part[6] + part[7]))  # fmt: skip
+                inv = _ONE / s
+                for k in range(cp):
+                    x[k] *= inv
+                for k in range(cp):
+                    q[p, k] = x[k]
+                for r in range(bary.shape[1]):
+                    w = bary[p, r]
+                    v = offs[p, r]
+                    for k in range(cp):
+                        acc[t, v, k] += w * x[k]
+                for r in range(bary2.shape[1]):
+                    w = bary2[p, r]
+                    v = offs2[p, r]
+                    for k in range(cp):
+                        acc2[t, v, k] += w * x[k]
+
+    @njit(**_OPTS)
+    def splat_scatter(offs, bary, values, acc):  # pragma: no cover - compiled
+        """acc[t, offs[i,r]] += bary[i,r] values[i] over worker t's pixel range (zeroed first)."""
+        n, c = values.shape
+        nt = acc.shape[0]
+        step = (n + nt - 1) // nt
+        for t in prange(nt):
+            acc[t, : acc.shape[1] - 1] = 0
+            for i in range(t * step, min(n, (t + 1) * step)):
+                for r in range(offs.shape[1]):
+                    w = bary[i, r]
+                    v = offs[i, r]
+                    for k in range(c):
+                        acc[t, v, k] += w * values[i, k]
+
+    @njit(**_OPTS)
+    def reduce_first(acc):  # pragma: no cover - compiled
+        """acc[0] += acc[1] + ... (the workers' private splat buffers)."""
+        rows = acc.shape[1]
+        for m in prange(rows):
+            for t in range(1, acc.shape[0]):
+                for k in range(acc.shape[2]):
+                    acc[0, m, k] += acc[t, m, k]
+
+else:  # pragma: no cover
+    blur = slice_ = slice_add = fused_step = splat_scatter = reduce_first = None

@@ -1,0 +1,87 @@
+"""The numba CPU kernels (crf/lattice_numba.py) against the torch path of the same lattice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deeplabv1.crf import lattice_numba
+from deeplabv1.crf import meanfield as mf
+from deeplabv1.crf.lattice import PermutohedralLattice, clear_cache
+from deeplabv1.crf.meanfield import PairwiseTerm, mean_field
+
+pytestmark = pytest.mark.skipif(not lattice_numba.available(), reason="numba not installed")
+
+
+def _features(batch: int, n: int, d: int, dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, n, d, generator=g, dtype=torch.float64) * 6).to(dtype)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_filter_numba_equals_torch(monkeypatch, d, reverse) -> None:
+    f = _features(2, 300, d, torch.float64, d)
+    v = torch.randn(2, 300, 3, dtype=torch.float64)
+    lat = PermutohedralLattice(f)
+    assert lat.uses_numba()
+    fast = lat.apply(v, reverse=reverse)
+    monkeypatch.setattr(lattice_numba, "numba", None)
+    assert not lat.uses_numba()
+    slow = lat.apply(v, reverse=reverse)
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    lat32 = PermutohedralLattice(f.float())
+    torch.testing.assert_close(lat32.apply(v.float(), reverse=reverse), slow.float(),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def _terms(batch, n, normalization, count):
+    feats = [_features(batch, n, 2, torch.float32, 10), _features(batch, n, 5, torch.float32, 11),
+             _features(batch, n, 3, torch.float32, 12)]  # fmt: skip
+    return [PairwiseTerm(feats[k], (3.0, 4.0, 1.5)[k], normalization) for k in range(count)]
+
+
+@pytest.mark.parametrize("normalization", ["after", "symmetric", "before", "none"])
+@pytest.mark.parametrize("num_labels", [2, 21])
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_meanfield_numba_equals_torch(monkeypatch, normalization, num_labels, count) -> None:
+    batch, n = 2, 400
+    unary = torch.randn(batch, num_labels, n, generator=torch.Generator().manual_seed(1)) * 2
+    terms = _terms(batch, n, normalization, count)
+    calls = []
+    real = mf._iterate_numba
+    monkeypatch.setattr(mf, "_iterate_numba", lambda *a: calls.append(1) or real(*a))
+    for iters in (0, 1, 5):
+        fast = mean_field(unary, terms, iters=iters)
+        assert len(calls) == 1
+        calls.clear()
+        monkeypatch.setattr(mf, "_numba_eligible", lambda u, t: False)
+        slow = mean_field(unary, terms, iters=iters)
+        monkeypatch.undo()
+        monkeypatch.setattr(mf, "_iterate_numba", lambda *a: calls.append(1) or real(*a))
+        assert fast.shape == slow.shape == (batch, num_labels, n)
+        # float32 sums in another order, through up to 5 iterations (unnormalised messages
+        # reach ~100): measured up to 2e-5
+        torch.testing.assert_close(fast, slow, rtol=0, atol=5e-5)
+        torch.testing.assert_close(fast.sum(1), torch.ones(batch, n), rtol=0, atol=1e-5)
+
+
+def test_matrix_compat_uses_torch_path(monkeypatch) -> None:
+    terms = [PairwiseTerm(_features(1, 50, 2, torch.float32, 3), torch.eye(4), "after")]
+    monkeypatch.setattr(mf, "_iterate_numba", lambda *a: pytest.fail("numba path taken"))
+    q = mean_field(torch.randn(1, 4, 50), terms, iters=2)
+    assert q.shape == (1, 4, 50)
+
+
+def test_lattice_cache_reuses_equal_features() -> None:
+    clear_cache()
+    f = _features(1, 200, 2, torch.float32, 5)
+    a, b = PermutohedralLattice(f), PermutohedralLattice(f.clone())
+    assert a.tables is b.tables
+    assert a.normalizer() is b.normalizer()
+    g = f.clone()
+    g[0, 0, 0] += 1.0
+    c = PermutohedralLattice(g)
+    assert c.tables is not a.tables
+    torch.testing.assert_close(PermutohedralLattice(f).apply(torch.ones(1, 200, 1)),
+                               a.normalizer())  # fmt: skip
