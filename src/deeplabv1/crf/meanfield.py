@@ -197,7 +197,7 @@ def _iterate_numba(unary: torch.Tensor, terms, iters: int) -> torch.Tensor:
 
     threads = lattice_numba.set_threads(torch.get_num_threads())
     batch, num_labels, n = unary.shape
-    un = unary.transpose(1, 2).reshape(batch * n, num_labels).numpy()
+    un = unary.transpose(1, 2).contiguous().view(batch * n, num_labels).numpy()  # C order
     # Labels padded to a multiple of 8 (AVX width; the kernels rely on it): the label loops
     # then have no remainder (measured: slice/splat/blur about 1.4x faster at 21 -> 24).
     padded = -(-num_labels // 8) * 8
