@@ -85,3 +85,21 @@ def test_lattice_cache_reuses_equal_features() -> None:
     assert c.tables is not a.tables
     torch.testing.assert_close(PermutohedralLattice(f).apply(torch.ones(1, 200, 1)),
                                a.normalizer())  # fmt: skip
+
+
+@pytest.mark.parametrize("params", ["deeplab-largefov", "deeplab", "deeplab-msc"])
+def test_embed_numba_is_bitwise_torch(monkeypatch, voc_samples, params) -> None:
+    """The numba embedding (float32) gives exactly the torch embedding's simplices/weights."""
+    from deeplabv1.crf import deeplab_terms
+    from deeplabv1.crf import lattice_build as lb
+    from deeplabv1.crf.params import get_params
+
+    for _, rgb, _ in voc_samples:
+        for term in deeplab_terms(rgb, get_params(params)):
+            ft = term.features.reshape(-1, term.features.shape[2]).t().contiguous()
+            fast = lb._embed_numba(ft, lb.scale_factors(ft.shape[0]))
+            with monkeypatch.context() as m:
+                m.setattr(lb, "available", lambda: False)
+                slow = lb.embed(ft)
+            for a, b in zip(fast, slow):
+                assert torch.equal(a, b)

@@ -23,6 +23,9 @@ import math
 
 import torch
 
+from deeplabv1.crf.lattice_numba import available, set_threads
+from deeplabv1.crf.lattice_numba import embed as numba_embed
+
 __all__ = ["embed", "Radix", "make_radix", "vertex_codes", "neighbour_deltas"]
 
 
@@ -39,6 +42,8 @@ def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """
     d, p = features_t.shape
     scale = scale_factors(d)
+    if features_t.dtype == torch.float32 and features_t.device.type == "cpu" and available():
+        return _embed_numba(features_t, scale)
     # Elevation, summed in the same order as the reference code.
     elevated = features_t.new_empty(d + 1, p)
     sm = torch.zeros_like(features_t[0])
@@ -75,6 +80,19 @@ def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     bary = torch.empty_like(t)
     torch.sub(s[1:], s[:-1], out=bary[1:])
     bary[0] = s[0] - s[d] + 1.0
+    return q0, rank, bary
+
+
+def _embed_numba(features_t: torch.Tensor, scale: list[float]):
+    """``embed`` by the numba kernel: the same float32 arithmetic, one pass, no temporaries
+    (measured at 500x375, d=5: 19.6 -> 3 ms on one thread)."""
+    d, p = features_t.shape
+    q0 = torch.empty(d + 1, p, dtype=torch.int64)
+    rank = torch.empty(d + 1, p, dtype=torch.int64)
+    bary = torch.empty(d + 1, p, dtype=torch.float32)
+    set_threads(torch.get_num_threads())
+    numba_embed(features_t.contiguous().numpy(), torch.tensor(scale).float().numpy(),
+                q0.numpy(), rank.numpy(), bary.numpy())  # fmt: skip
     return q0, rank, bary
 
 

@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 __all__ = [
-    "available", "blur", "fused_step", "reduce_first", "set_threads", "slice_", "slice_add",
-    "splat_scatter",
+    "available", "blur", "embed", "fused_step", "reduce_first", "set_threads", "slice_",
+    "slice_add", "splat_scatter",
 ]
 
 _ENABLED = os.environ.get("DEEPLABV1_CRF_NUMBA", "1") not in ("0", "false", "no")
@@ -241,6 +241,59 @@ if numba is not None:
                         acc[t, v, k] += w * values[i, k]
 
     @njit(**_OPTS)
+    def embed(features_t, scale, q0, rank, bary):  # pragma: no cover - compiled
+        """lattice_build.embed for float32 features (d, P), point by point, with the same
+        float32 operations in the same order (torch's ``sub(alpha=j)`` is a fused
+        multiply-add: emulated exactly through float64, where the product is exact)."""
+        d, n = features_t.shape
+        d1 = _F(d + 1)
+        inv = _F(1.0 / (d + 1))
+        step = (n + _CHUNKS - 1) // _CHUNKS
+        for chunk in prange(_CHUNKS):
+            e = np.empty(d + 1, dtype=np.float32)
+            resid = np.empty(d + 1, dtype=np.float32)
+            s = np.empty(d + 1, dtype=np.float32)
+            qi = np.empty(d + 1, dtype=np.int64)
+            rk = np.empty(d + 1, dtype=np.int64)
+            for p in range(chunk * step, min(n, (chunk + 1) * step)):
+                sm = _F(0)
+                for j in range(d, 0, -1):
+                    cf = features_t[j - 1, p] * scale[j - 1]
+                    e[j] = np.float32(np.float64(sm) - np.float64(j) * np.float64(cf))
+                    sm = sm + cf
+                e[0] = sm
+                total = 0
+                for i in range(d + 1):
+                    v = e[i] * inv
+                    up = np.ceil(v)
+                    down = np.floor(v)
+                    qf = up if up * d1 - e[i] < e[i] - down * d1 else down
+                    resid[i] = e[i] - qf * d1
+                    qi[i] = np.int64(qf)
+                    rk[i] = 0
+                    total += qi[i]
+                for i in range(d):
+                    for j in range(i + 1, d + 1):
+                        if resid[i] < resid[j]:
+                            rk[i] += 1
+                        else:
+                            rk[j] += 1
+                for i in range(d + 1):
+                    r = rk[i] + total
+                    if r < 0:
+                        r += d + 1
+                        qi[i] += 1
+                    elif r > d:
+                        r -= d + 1
+                        qi[i] -= 1
+                    rank[i, p] = r
+                    q0[i, p] = qi[i]
+                    s[d - r] = (e[i] - np.float32(qi[i]) * d1) * inv
+                for k in range(1, d + 1):
+                    bary[k, p] = s[k] - s[k - 1]
+                bary[0, p] = (s[0] - s[d]) + _ONE
+
+    @njit(**_OPTS)
     def reduce_first(acc):  # pragma: no cover - compiled
         """acc[0] += acc[1] + ... (the workers' private splat buffers)."""
         rows = acc.shape[1]
@@ -250,4 +303,4 @@ if numba is not None:
                     acc[0, m, k] += acc[t, m, k]
 
 else:  # pragma: no cover
-    blur = slice_ = slice_add = fused_step = splat_scatter = reduce_first = None
+    blur = embed = slice_ = slice_add = fused_step = splat_scatter = reduce_first = None
