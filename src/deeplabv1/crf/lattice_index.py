@@ -48,25 +48,35 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
     b, n, d = features.shape
     p = b * n
     dev = features.device
-    features_t = features.reshape(p, d).t().contiguous()
-    q0, rank, bary = embed(features_t)
+    # Temporaries are dropped as soon as they are used (``del``): the build's peak memory is
+    # that of the few int64 (P (d+1),) arrays alive at once.
+    q0, rank, bary = embed(features.reshape(p, d).t().contiguous())
     batch = torch.arange(b, device=dev).repeat_interleave(n) if b > 1 else None
     radix = make_radix(q0, b, MAX_CODE_BITS)
     if radix is not None:
         codes = vertex_codes(q0, rank, batch, radix)
         if radix.b_stride * b < 1 << 31:
             codes = codes.to(torch.int32)  # sorts about twice as fast
+        del q0, rank
     else:
         codes = _dense_ids(q0, rank, batch)
     # Pixel-major flat index pixel * (d+1) + r; the stable sort keeps pixels ascending
     # within each lattice point, so the first entry of a group is its first pixel.
     sorted_codes, perm = torch.sort(codes.t().reshape(-1), stable=True)
+    del codes
     k = sorted_codes.numel()
     is_new = torch.ones(k, dtype=torch.bool, device=dev)
     torch.ne(sorted_codes[1:], sorted_codes[:-1], out=is_new[1:])
     starts = torch.nonzero(is_new).squeeze(1)
     m = starts.numel()
     group = torch.cumsum(is_new, 0) - 1  # lattice point (in code order) of each sorted entry
+    del is_new
+    if radix is not None:
+        nb = _neighbours(sorted_codes[starts].long(), radix)
+    else:
+        nb = _neighbours_by_rows(q0, rank, batch, group, perm, m)
+        del q0, rank
+    del sorted_codes
     # Renumber lattice points by their first pixel: splat and slice then walk the pixels and
     # the lattice points in nearly the same order (measured: about 2x faster splat on CPU).
     order = torch.argsort(perm[starts])
@@ -74,20 +84,25 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
     counts = torch.diff(starts, append=starts.new_tensor([k]))
     crow = torch.zeros(m + 1, dtype=torch.int64, device=dev)
     torch.cumsum(counts[order], 0, out=crow[1:])
+    del counts, order
     new_group = new_id[group]
-    pos = crow[new_group] + (torch.arange(k, device=dev) - starts[group])
+    pos = torch.arange(k, device=dev)
+    pos -= starts[group]
+    del group
+    pos += crow[new_group]
     bary_pm = bary.t().reshape(-1)  # pixel-major, like perm
+    del bary
     col = torch.empty_like(perm).scatter_(0, pos, torch.div(perm, d + 1, rounding_mode="floor"))
     val = torch.empty_like(bary_pm).scatter_(0, pos, bary_pm[perm])
+    del pos
     splat = _csr(crow, col, val, (m, p))
+    del crow, col, val
     offsets = torch.empty_like(perm).scatter_(0, perm, new_group)  # pixel-major (P, d+1)
+    del perm, new_group
     alpha = 1.0 / (1.0 + 2.0 ** (-d))
     slice_crow = torch.arange(0, k + 1, d + 1, device=dev)
     slice_ = _csr(slice_crow, offsets, bary_pm * alpha, (p, m))
-    if radix is not None:
-        nb = _neighbours(sorted_codes[starts].long(), radix)
-    else:
-        nb = _neighbours_by_rows(q0, rank, batch, group, perm, m)
+    del slice_crow, offsets
     # Relabel to the new numbering (m, the missing marker, stays m).
     relabel = torch.cat([new_id, new_id.new_tensor([m])])
     neighbours = torch.empty_like(nb).index_copy_(2, new_id, relabel[nb])
