@@ -142,7 +142,7 @@ if numba is not None:
         return p, np.int32(n)
 
     @njit(**_OPTS)
-    def fused_step(unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2):
+    def fused_step(unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2, store):
         """One pass over the pixels p of unary energies (P, C):
         q[p] = softmax(-unary[p] + sum_r wts[p,r] lat[offs[p,r]] + the same for term 2),
         then scatter bary[p,r] q[p] into acc[t, offs[p,r]] (and acc2), t the worker's private
@@ -150,7 +150,8 @@ if numba is not None:
         8 makes the label loops remainder-free; q's padding stays 0).
         The slices run over wts' columns, the splats over bary's: 0-column arrays skip a
         term's slice (the initial softmax) or splat (the last iteration); 0-column offs2,
-        wts2, bary2 for a single term."""
+        wts2, bary2 for a single term. q is written only when ``store`` is true (the last
+        iteration, or when further terms need Q)."""
         n, c = unary.shape
         cp = q.shape[1]
         nt = acc.shape[0]
@@ -212,8 +213,9 @@ if numba is not None:
                 inv = _ONE / s
                 for k in range(cp):
                     x[k] *= inv
-                for k in range(cp):
-                    q[p, k] = x[k]
+                if store:
+                    for k in range(cp):
+                        q[p, k] = x[k]
                 for r in range(bary.shape[1]):
                     w = bary[p, r]
                     v = offs[p, r]
