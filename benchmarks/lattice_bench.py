@@ -1,5 +1,7 @@
 """Permutohedral lattice build and apply times on the DeepLab reference case; prints JSON.
 
+Builds are cold (the lattice cache is cleared before each). Apply runs the numba kernels on
+the CPU when numba is installed (DEEPLABV1_CRF_NUMBA=0: the torch path).
 Reference image: the 500x375 VOC sample 2007_000346 (../shared/data), tiled to 2x and 4x
 the pixels. Kernels as DeepLab-LargeFOV: Gaussian d=2 (positions / 3) and bilateral d=5
 (positions / 121, RGB / 5). Times are medians (and minima) of --repeats runs in ms.
@@ -56,7 +58,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from deeplabv1.crf.lattice import PermutohedralLattice
+    from deeplabv1.crf import lattice_numba
+    from deeplabv1.crf.lattice import PermutohedralLattice, clear_cache
 
     rss_after_import = _rss_mib()
     base = np.asarray(Image.open(args.image).convert("RGB"))
@@ -65,7 +68,10 @@ def main() -> None:
                         (4, np.tile(base, (2, 2, 1)))):  # fmt: skip
         for name, sxy, srgb in (("gaussian", 3.0, None), ("bilateral", 121.0, 5.0)):
             feats = _features(img, sxy, srgb)
-            build_med, build_min = _time(lambda f=feats: PermutohedralLattice(f), args.repeats)
+            # The lattice cache would answer every repeat: clear it (a cold build each time).
+            build_med, build_min = _time(
+                lambda f=feats: (clear_cache(), PermutohedralLattice(f)), args.repeats
+            )
             lat = PermutohedralLattice(feats)
             row = {
                 "kernel": name, "d": feats.shape[2], "pixels_factor": factor,
@@ -84,6 +90,7 @@ def main() -> None:
             {
                 "image": str(args.image.name),
                 "threads": torch.get_num_threads(),
+                "numba_kernels": lattice_numba.available(),
                 "torch": torch.__version__,
                 "repeats": args.repeats,
                 "peak_rss_mib": round(_rss_mib(), 1),

@@ -7,8 +7,12 @@
 in O(N (d+1) C) per call, following Kraehenbuehl's dense-CRF code (SPEC section 4a): splat
 with barycentric weights, blur with [1/2, 1, 1/2] along each of the d+1 lattice axes (missing
 neighbours count as 0), slice with the same weights times alpha = 1/(1 + 2^-d). The lattice
-is built once (``lattice_tables``) and reused for every call; splat and slice are CSR sparse
-matrices (MKL-backed, multithreaded on CPU), the blur gathers neighbour rows.
+is built once (``lattice_tables``) and reused for every call. On the CPU with numba installed
+the filter runs the kernels of lattice_numba.py (scatter splat into per-thread buffers, blur,
+slice); otherwise (CUDA, no numba, DEEPLABV1_CRF_NUMBA=0) splat and slice are CSR sparse
+matrices (MKL / cuSPARSE) and the blur gathers neighbour rows. Lattices are cached by their
+features (``CACHE_SIZE`` = 2, see ``_cached``): the position-only lattice of an image size is
+built once per process. Not thread-safe: use processes (as ``deeplabv1 crf`` batch mode does).
 
 Gradients. The map values -> out is linear: out = S^T B_d ... B_0 S values with symmetric
 axis blurs B_j. Its adjoint blurs in the reverse order (the blurs do not exactly commute on
