@@ -274,12 +274,11 @@ if numba is not None:
                     qi[i] = np.int64(qf)
                     rk[i] = 0
                     total += qi[i]
-                for i in range(d):
+                for i in range(d):  # branch-free: the comparisons are unpredictable
                     for j in range(i + 1, d + 1):
-                        if resid[i] < resid[j]:
-                            rk[i] += 1
-                        else:
-                            rk[j] += 1
+                        lower = np.int64(resid[i] < resid[j])
+                        rk[i] += lower
+                        rk[j] += 1 - lower
                 for i in range(d + 1):
                     r = rk[i] + total
                     if r < 0:
