@@ -103,3 +103,28 @@ def test_embed_numba_is_bitwise_torch(monkeypatch, voc_samples, params) -> None:
                 slow = lb.embed(ft)
             for a, b in zip(fast, slow):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("batch", "n", "d", "spread"),
+                         [(1, 3000, 2, 3.0), (2, 500, 5, 6.0), (3, 400, 1, 4.0),
+                          (1, 6000, 5, 30.0), (1, 1, 3, 1.0)])  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_hash_build_equals_sort_build(monkeypatch, batch, n, d, spread, dtype) -> None:
+    """The numba hash-table build gives exactly the sort-based build's tables (numbering,
+    splat/slice CSR, neighbours); (1, 6000, 5, 30) has more lattice points than the hash
+    table's first capacity, so it grows."""
+    from deeplabv1.crf import lattice_index as li
+
+    g = torch.Generator().manual_seed(d + n)
+    f = (torch.rand(batch, n, d, generator=g, dtype=torch.float64) * spread).to(dtype)
+    fast = li.lattice_tables(f)
+    with monkeypatch.context() as m:
+        m.setattr(li.lattice_numba, "available", lambda: False)
+        slow = li.lattice_tables(f)
+    assert fast.num_lattice == slow.num_lattice and fast.num_points == batch * n
+    for a, b in [(fast.splat, slow.splat), (fast.slice, slow.slice)]:
+        assert torch.equal(a.crow_indices().long(), b.crow_indices().long())
+        assert torch.equal(a.col_indices().long(), b.col_indices().long())
+        assert torch.equal(a.values(), b.values())
+    assert torch.equal(fast.neighbours, slow.neighbours)
+    assert torch.equal(fast.bary, slow.bary)

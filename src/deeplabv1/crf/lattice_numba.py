@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 __all__ = [
-    "available", "blur", "embed", "fused_step", "reduce_first", "set_threads", "slice_",
-    "slice_add", "splat_scatter",
+    "available", "blur", "embed", "fused_step", "hash_vertices", "lattice_csr", "neighbours",
+    "reduce_first", "set_threads", "slice_", "slice_add", "splat_scatter",
 ]
 
 _ENABLED = os.environ.get("DEEPLABV1_CRF_NUMBA", "1") not in ("0", "false", "no")
@@ -303,5 +303,117 @@ if numba is not None:
                 for k in range(acc.shape[2]):
                     acc[0, m, k] += acc[t, m, k]
 
+    _SEQ = {"cache": True, "nogil": True}
+    _EMPTY = -(1 << 62)  # no packed code is negative
+    _MIX = np.int64(-7046029254386353131)  # odd 64-bit multiplier (0x9E3779B97F4A7C15)
+
+    @njit(inline="always")
+    def _slot(code, mask):  # pragma: no cover - compiled
+        """Home slot of a code: the high bits of a multiplicative hash."""
+        return (np.int64(code) * _MIX >> np.int64(20)) & mask
+
+    @njit(**_SEQ)
+    def _grow(keys, ids):  # pragma: no cover - compiled
+        """The table at twice the capacity, entries rehashed."""
+        cap = keys.shape[0] * 2
+        mask = cap - 1
+        nkeys = np.full(cap, _EMPTY, dtype=np.int64)
+        nids = np.empty(cap, dtype=np.int32)
+        for s in range(keys.shape[0]):
+            code = keys[s]
+            if code != _EMPTY:
+                h = _slot(code, mask)
+                while nkeys[h] != _EMPTY:
+                    h = (h + 1) & mask
+                nkeys[h] = code
+                nids[h] = ids[s]
+        return nkeys, nids
+
+    @njit(**_SEQ)
+    def hash_vertices(codes, ids):  # pragma: no cover - compiled
+        """Number the distinct codes (d+1, P) by first occurrence in pixel-major order.
+
+        ids (P, d+1) receives the lattice point of each vertex; returns (unique codes in
+        number order, the open-addressing table's keys and ids) for neighbour look-ups.
+        Pixel-major first occurrence is the order of the sort-based build (lattice points
+        renumbered by their first pixel), so the tables are identical.
+        """
+        nv, p = codes.shape
+        cap = 1024
+        while cap < 2 * (p + 64):  # about the number of lattice points of smooth features
+            cap *= 2
+        keys = np.full(cap, _EMPTY, dtype=np.int64)
+        tids = np.empty(cap, dtype=np.int32)
+        uniq = np.empty(nv * p, dtype=np.int64)
+        m = 0
+        mask = cap - 1
+        for i in range(p):
+            for r in range(nv):
+                code = np.int64(codes[r, i])
+                h = _slot(code, mask)
+                while True:
+                    k = keys[h]
+                    if k == code:
+                        ids[i, r] = tids[h]
+                        break
+                    if k == _EMPTY:
+                        keys[h] = code
+                        tids[h] = m
+                        ids[i, r] = m
+                        uniq[m] = code
+                        m += 1
+                        if 2 * m > cap:
+                            keys, tids = _grow(keys, tids)
+                            cap = keys.shape[0]
+                            mask = cap - 1
+                        break
+                    h = (h + 1) & mask
+        return uniq[:m].copy(), keys, tids
+
+    @njit(**_SEQ)
+    def neighbours(uniq, keys, tids, r_stride, deltas, out):  # pragma: no cover - compiled
+        """out (d+1, 2, M): blur neighbour 1 of each lattice point by look-up of its code
+        (code + deltas[j, remainder]), neighbour 2 as its inverse map; M where missing."""
+        nv = deltas.shape[0]
+        m = uniq.shape[0]
+        mask = keys.shape[0] - 1
+        out[:] = m
+        for x in range(m):
+            code = uniq[x]
+            rem = (code // r_stride) % nv
+            for j in range(nv):
+                want = code + deltas[j, rem]
+                h = _slot(want, mask)
+                while True:
+                    k = keys[h]
+                    if k == want:
+                        y = tids[h]
+                        out[j, 0, x] = y
+                        out[j, 1, y] = x
+                        break
+                    if k == _EMPTY:
+                        break
+                    h = (h + 1) & mask
+
+    @njit(**_SEQ)
+    def lattice_csr(ids, bary, m, crow, col, val):  # pragma: no cover - compiled
+        """Splat matrix (M, P) in CSR: the pixels of each lattice point in ascending order."""
+        p, nv = ids.shape
+        crow[:] = 0
+        for i in range(p):
+            for r in range(nv):
+                crow[ids[i, r] + 1] += 1
+        for x in range(m):
+            crow[x + 1] += crow[x]
+        fill = crow[:m].copy()
+        for i in range(p):
+            for r in range(nv):
+                x = ids[i, r]
+                k = fill[x]
+                fill[x] = k + 1
+                col[k] = i
+                val[k] = bary[i, r]
+
 else:  # pragma: no cover
     blur = embed = slice_ = slice_add = fused_step = splat_scatter = reduce_first = None
+    hash_vertices = neighbours = lattice_csr = None
