@@ -55,10 +55,9 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
     batch = torch.arange(b, device=dev).repeat_interleave(n) if b > 1 else None
     radix = make_radix(q0, b, MAX_CODE_BITS)
     if radix is not None:
-        codes = vertex_codes(q0, rank, batch, radix)
         if dev.type == "cpu" and lattice_numba.available():
-            del q0, rank
-            return _tables_numba(codes, bary, radix, p)
+            return _tables_numba(q0, rank, bary, radix, n)
+        codes = vertex_codes(q0, rank, batch, radix)
         if radix.b_stride * b < 1 << 31:
             codes = codes.to(torch.int32)  # sorts about twice as fast
         del q0, rank
@@ -113,15 +112,20 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
     return LatticeTables(p, m, splat, slice_, neighbours, bary_pm.view(p, d + 1))
 
 
-def _tables_numba(codes: torch.Tensor, bary: torch.Tensor, radix: Radix, p: int) -> LatticeTables:
+def _tables_numba(q0, rank, bary, radix: Radix, n: int) -> LatticeTables:
     """The same tables by the numba kernels: an open-addressing hash table numbers the vertex
     codes by first occurrence (pixel-major), which is the sort path's numbering, so splat,
     slice and neighbours are identical (measured at 500x375, 1 thread: see docs/crf.md)."""
     d = radix.d
+    p = q0.shape[1]
     k = p * (d + 1)
     ids = torch.empty(p, d + 1, dtype=torch.int32)
-    uniq, keys, tids = lattice_numba.hash_vertices(codes.numpy(), ids.numpy())
-    del codes
+    lo = torch.tensor(radix.lo, dtype=torch.int64).numpy()
+    strides = torch.tensor(radix.strides, dtype=torch.int64).numpy()
+    uniq, keys, tids = lattice_numba.hash_vertices(
+        q0.numpy(), rank.numpy(), lo, strides, radix.r_stride, radix.b_stride, n, ids.numpy()
+    )
+    del q0, rank
     m = uniq.shape[0]
     neighbours = torch.empty(d + 1, 2, m, dtype=torch.int64)
     deltas = neighbour_deltas(radix)[:, 0].numpy()

@@ -330,26 +330,36 @@ if numba is not None:
         return nkeys, nids
 
     @njit(**_SEQ)
-    def hash_vertices(codes, ids):  # pragma: no cover - compiled
-        """Number the distinct codes (d+1, P) by first occurrence in pixel-major order.
+    def hash_vertices(q0, rank, lo, strides, r_stride, b_stride, n, ids):  # pragma: no cover
+        """Number the distinct vertex codes by first occurrence in pixel-major order.
 
-        ids (P, d+1) receives the lattice point of each vertex; returns (unique codes in
-        number order, the open-addressing table's keys and ids) for neighbour look-ups.
-        Pixel-major first occurrence is the order of the sort-based build (lattice points
-        renumbered by their first pixel), so the tables are identical.
+        The code of vertex r of point p is lattice_build.vertex_codes' packing, computed here
+        from q0 and rank (d+1, P) (image p // n). ids (P, d+1) receives the lattice point of
+        each vertex; returns (unique codes in number order, the open-addressing table's keys
+        and ids) for neighbour look-ups. Pixel-major first occurrence is the order of the
+        sort-based build (lattice points renumbered by their first pixel), so the tables are
+        identical.
         """
-        nv, p = codes.shape
+        nv, p = q0.shape
+        d = nv - 1
         cap = 1024
         while cap < 2 * (p + 64):  # about the number of lattice points of smooth features
             cap *= 2
         keys = np.full(cap, _EMPTY, dtype=np.int64)
         tids = np.empty(cap, dtype=np.int32)
         uniq = np.empty(nv * p, dtype=np.int64)
+        stride_of_rank = np.zeros(nv, dtype=np.int64)
         m = 0
         mask = cap - 1
         for i in range(p):
+            code = (i // n) * b_stride
+            for c in range(d):
+                code += (q0[c, i] - lo[c]) * strides[c]
+                stride_of_rank[rank[c, i]] = strides[c]
+            stride_of_rank[rank[d, i]] = 0
             for r in range(nv):
-                code = np.int64(codes[r, i])
+                if r > 0:  # vertex r: the coordinate of rank d-r+1 drops by one
+                    code += r_stride - stride_of_rank[d - r + 1]
                 h = _slot(code, mask)
                 while True:
                     k = keys[h]
@@ -370,7 +380,7 @@ if numba is not None:
                     h = (h + 1) & mask
         return uniq[:m].copy(), keys, tids
 
-    @njit(**_SEQ)
+    @njit(**_OPTS)
     def neighbours(uniq, keys, tids, r_stride, deltas, out):  # pragma: no cover - compiled
         """out (d+1, 2, M): blur neighbour 1 of each lattice point by look-up of its code
         (code + deltas[j, remainder]), neighbour 2 as its inverse map; M where missing."""
@@ -378,7 +388,7 @@ if numba is not None:
         m = uniq.shape[0]
         mask = keys.shape[0] - 1
         out[:] = m
-        for x in range(m):
+        for x in prange(m):  # n1 and n2 are inverse bijections: no two writes collide
             code = uniq[x]
             rem = (code // r_stride) % nv
             for j in range(nv):
