@@ -100,7 +100,7 @@ class PermutohedralLattice:
         if not flat.is_contiguous():
             flat = flat.contiguous()
         cur, nxt, gathered, spare = self._workspace(c)
-        torch.addmm(cur[:m], t.splat, flat, beta=0.0, out=cur[:m])
+        torch.addmm(cur[:m], t.splat_csr(), flat, beta=0.0, out=cur[:m])
         axes = range(self.dim, -1, -1) if reverse else range(self.dim + 1)
         for j in axes:
             # nxt = cur + (cur[n1] + cur[n2]) / 2; row m of cur is the zero "missing" row.

@@ -29,10 +29,17 @@ class LatticeTables:
 
     num_points: int  # P
     num_lattice: int  # M
-    splat: torch.Tensor  # (M, P) CSR, barycentric weights
+    splat: torch.Tensor | None  # (M, P) CSR, barycentric weights (None: see splat_csr)
     slice: torch.Tensor  # (P, M) CSR, barycentric weights times alpha
     neighbours: torch.Tensor  # (d+1, 2, M) int64 indices into M rows; M = missing (zero row)
     bary: torch.Tensor | None = None  # (P, d+1) barycentric weights (slice values / alpha)
+
+    def splat_csr(self) -> torch.Tensor:
+        """The splat matrix; the numba build leaves it to the first call (its kernels splat
+        from the slice's pixel-major tables; only the torch filter path needs it)."""
+        if self.splat is None:
+            self.splat = _splat_numba(self.slice.col_indices(), self.bary, self.num_lattice)
+        return self.splat
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[int, int]):
@@ -134,18 +141,24 @@ def _tables_numba(q0, rank, bary, radix: Radix, n: int) -> LatticeTables:
     bary_pm = bary.t().contiguous()  # (P, d+1) pixel-major
     del bary
     index = torch.int32 if k < 1 << 31 else torch.int64
-    crow = torch.empty(m + 1, dtype=index)
-    col = torch.empty(k, dtype=index)
-    val = torch.empty(k, dtype=bary_pm.dtype)
-    lattice_numba.lattice_csr(
-        ids.numpy(), bary_pm.numpy(), m, crow.numpy(), col.numpy(), val.numpy()
-    )
-    splat = _csr(crow, col, val, (m, p))
-    del crow, col, val
     alpha = 1.0 / (1.0 + 2.0 ** (-d))
     slice_crow = torch.arange(0, k + 1, d + 1, dtype=index)
     slice_ = _csr(slice_crow, ids.view(-1).to(index), bary_pm.view(-1) * alpha, (p, m))
-    return LatticeTables(p, m, splat, slice_, neighbours, bary_pm)
+    return LatticeTables(p, m, None, slice_, neighbours, bary_pm)
+
+
+def _splat_numba(ids: torch.Tensor, bary: torch.Tensor, m: int) -> torch.Tensor:
+    """Splat CSR (M, P) from the pixel-major vertex ids (P (d+1),) and weights (P, d+1): the
+    pixels of each lattice point ascending, as the sort build orders them."""
+    p, nv = bary.shape
+    ids = ids.view(p, nv)
+    crow = torch.empty(m + 1, dtype=ids.dtype)
+    col = torch.empty(p * nv, dtype=ids.dtype)
+    val = torch.empty(p * nv, dtype=bary.dtype)
+    lattice_numba.lattice_csr(
+        ids.numpy(), bary.numpy(), m, crow.numpy(), col.numpy(), val.numpy()
+    )
+    return _csr(crow, col, val, (m, p))
 
 
 def _neighbours(unique_codes: torch.Tensor, radix: Radix) -> torch.Tensor:
