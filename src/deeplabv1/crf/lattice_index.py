@@ -5,6 +5,13 @@ codes are adjacent, so the sorted order gives the unique lattice points (in code
 rows of the splat matrix (lattice points x pixels, CSR) and, scattered back, the vertex ->
 lattice point offsets that form the slice matrix (pixels x lattice points, CSR). Blur
 neighbours are found by binary search of their codes among the sorted unique codes.
+
+On the CPU with numba (``_tables_numba``) an open-addressing hash table replaces the sort:
+vertices are numbered in order of first occurrence (pixel-major), which is exactly the sort
+path's numbering after its renumbering by first pixel, so every table is identical
+(tests/test_crf_numba.py); the splat CSR, which only the torch filter path uses, is then
+built on first use (``LatticeTables.splat_csr``). The sort path serves CUDA and numba-less
+installs.
 """
 
 from __future__ import annotations
