@@ -141,6 +141,10 @@ if numba is not None:
         p = p * r + _ONE
         return p, np.int32(n)
 
+    # Pixels per softmax block: exp runs over the block as one long loop (measured at
+    # 500x375, 21 labels: the fused pass 22 -> 19.5 ms on 1 thread).
+    _BLOCK = 32
+
     @njit(**_OPTS)
     def fused_step(unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2, store):
         """One pass over the pixels p of unary energies (P, C):
@@ -151,7 +155,8 @@ if numba is not None:
         The slices run over wts' columns, the splats over bary's: 0-column arrays skip a
         term's slice (the initial softmax) or splat (the last iteration); 0-column offs2,
         wts2, bary2 for a single term. q is written only when ``store`` is true (the last
-        iteration, or when further terms need Q)."""
+        iteration, or when further terms need Q). Pixels go in blocks of _BLOCK: slices and
+        max per pixel, exp over the whole block, then sum, normalisation and splat per pixel."""
         n, c = unary.shape
         cp = q.shape[1]
         nt = acc.shape[0]
@@ -163,69 +168,83 @@ if numba is not None:
                 acc2[t, : acc2.shape[1] - 1] = 0
             x = np.zeros(cp, dtype=np.float32)
             y = np.zeros(cp, dtype=np.float32)
-            bits = np.zeros(cp, dtype=np.int32)
+            blk = np.zeros((_BLOCK, cp), dtype=np.float32)
+            flat = blk.reshape(_BLOCK * cp)
+            bits = np.zeros(_BLOCK * cp, dtype=np.int32)
             pow2 = bits.view(np.float32)
             part = np.zeros(8, dtype=np.float32)
-            for p in range(t * step, min(n, (t + 1) * step)):
-                for k in range(cp):
-                    x[k] = 0
-                    y[k] = 0
-                for r in range(wts.shape[1]):
-                    w = wts[p, r]
-                    v = offs[p, r]
+            hi = min(n, (t + 1) * step)
+            for p0 in range(t * step, hi, _BLOCK):
+                nb = min(_BLOCK, hi - p0)
+                for i in range(nb):
+                    p = p0 + i
                     for k in range(cp):
-                        x[k] += w * lat[v, k]
-                for r in range(wts2.shape[1]):
-                    w = wts2[p, r]
-                    v = offs2[p, r]
-                    for k in range(cp):
-                        y[k] += w * lat2[v, k]
-                for k in range(c):
-                    x[k] = (x[k] - unary[p, k]) + y[k]
-                # Softmax. Max and sum over 8 interleaved partial results: a single running
-                # max/sum is a chain of dependent operations that no compiler may vectorise
-                # without fastmath (measured: the softmax took as long as both slices).
-                for k in range(c, cp):
-                    x[k] = _LOW
-                for j in range(8):
-                    part[j] = x[j]
-                for k0 in range(8, cp, 8):
+                        x[k] = 0
+                        y[k] = 0
+                    for r in range(wts.shape[1]):
+                        w = wts[p, r]
+                        v = offs[p, r]
+                        for k in range(cp):
+                            x[k] += w * lat[v, k]
+                    for r in range(wts2.shape[1]):
+                        w = wts2[p, r]
+                        v = offs2[p, r]
+                        for k in range(cp):
+                            y[k] += w * lat2[v, k]
+                    for k in range(c):
+                        x[k] = (x[k] - unary[p, k]) + y[k]
+                    # Softmax. Max and sum over 8 interleaved partial results: a single
+                    # running max/sum is a chain of dependent operations that no compiler may
+                    # vectorise without fastmath.
+                    for k in range(c, cp):
+                        x[k] = _LOW
                     for j in range(8):
-                        part[j] = part[j] if part[j] > x[k0 + j] else x[k0 + j]
-                mx = part[0]
-                for j in range(1, 8):
-                    mx = mx if mx > part[j] else part[j]
-                for k in range(cp):
-                    e, n2 = _exp_parts(x[k] - mx)
-                    x[k] = e
+                        part[j] = x[j]
+                    for k0 in range(8, cp, 8):
+                        for j in range(8):
+                            part[j] = part[j] if part[j] > x[k0 + j] else x[k0 + j]
+                    mx = part[0]
+                    for j in range(1, 8):
+                        mx = mx if mx > part[j] else part[j]
+                    for k in range(cp):
+                        blk[i, k] = x[k] - mx
+                # exp over the whole block in one long loop (vectorises without remainders)
+                m = nb * cp
+                for k in range(m):
+                    e, n2 = _exp_parts(flat[k])
+                    flat[k] = e
                     bits[k] = (n2 << 23) + _BIAS
-                for k in range(cp):
-                    x[k] *= pow2[k]
-                for k in range(c, cp):
-                    x[k] = 0
-                for j in range(8):
-                    part[j] = x[j]
-                for k0 in range(8, cp, 8):
+                for k in range(m):
+                    flat[k] *= pow2[k]
+                for i in range(nb):
+                    p = p0 + i
+                    for k in range(cp):
+                        x[k] = blk[i, k]
+                    for k in range(c, cp):
+                        x[k] = 0
                     for j in range(8):
-                        part[j] += x[k0 + j]
-                s = ((part[0] + part[1]) + (part[2] + part[3])) + (
-                    (part[4] + part[5]) + (part[6] + part[7]))  # fmt: skip
-                inv = _ONE / s
-                for k in range(cp):
-                    x[k] *= inv
-                if store:
+                        part[j] = x[j]
+                    for k0 in range(8, cp, 8):
+                        for j in range(8):
+                            part[j] += x[k0 + j]
+                    s = ((part[0] + part[1]) + (part[2] + part[3])) + (
+                        (part[4] + part[5]) + (part[6] + part[7]))  # fmt: skip
+                    inv = _ONE / s
                     for k in range(cp):
-                        q[p, k] = x[k]
-                for r in range(bary.shape[1]):
-                    w = bary[p, r]
-                    v = offs[p, r]
-                    for k in range(cp):
-                        acc[t, v, k] += w * x[k]
-                for r in range(bary2.shape[1]):
-                    w = bary2[p, r]
-                    v = offs2[p, r]
-                    for k in range(cp):
-                        acc2[t, v, k] += w * x[k]
+                        x[k] *= inv
+                    if store:
+                        for k in range(cp):
+                            q[p, k] = x[k]
+                    for r in range(bary.shape[1]):
+                        w = bary[p, r]
+                        v = offs[p, r]
+                        for k in range(cp):
+                            acc[t, v, k] += w * x[k]
+                    for r in range(bary2.shape[1]):
+                        w = bary2[p, r]
+                        v = offs2[p, r]
+                        for k in range(cp):
+                            acc2[t, v, k] += w * x[k]
 
     @njit(**_OPTS)
     def splat_scatter(offs, bary, values, acc):  # pragma: no cover - compiled
