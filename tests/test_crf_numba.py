@@ -66,6 +66,31 @@ def test_meanfield_numba_equals_torch(monkeypatch, normalization, num_labels, co
         torch.testing.assert_close(fast.sum(1), torch.ones(batch, n), rtol=0, atol=1e-5)
 
 
+def test_meanfield_one_thread_runs_serial_kernels(monkeypatch) -> None:
+    batch, n, num_labels = 1, 500, 21
+    unary = torch.randn(batch, num_labels, n, generator=torch.Generator().manual_seed(2)) * 2
+    terms = _terms(batch, n, "after", 2)
+    used = []
+    for name in ("fused_step", "fused_step_serial", "blur", "blur_serial"):
+        real = getattr(lattice_numba, name)
+        monkeypatch.setattr(lattice_numba, name,
+                            lambda *a, _r=real, _n=name: used.append(_n) or _r(*a))  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = mean_field(unary, terms, iters=5)
+        assert set(used) == {"fused_step_serial", "blur_serial"}
+        used.clear()
+        torch.set_num_threads(2)
+        two = mean_field(unary, terms, iters=5)
+    finally:
+        torch.set_num_threads(before)
+    if lattice_numba.set_threads(2) == 2:  # the pool may have a single thread
+        assert set(used) == {"fused_step", "blur"}
+    # the workers' splat buffers sum in another order
+    torch.testing.assert_close(one, two, rtol=0, atol=1e-6)
+
+
 def test_matrix_compat_uses_torch_path(monkeypatch) -> None:
     terms = [PairwiseTerm(_features(1, 50, 2, torch.float32, 3), torch.eye(4), "after")]
     monkeypatch.setattr(mf, "_iterate_numba", lambda *a: pytest.fail("numba path taken"))

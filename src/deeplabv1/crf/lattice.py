@@ -207,10 +207,15 @@ class NumbaTables:
     def blur(self, acc, a, b, reverse: bool = False):
         """Blur the splatted acc[0] (rows: M lattice points + a zero row) along every axis,
         ping-ponging between a and b; returns the buffer holding the result."""
-        if acc.shape[0] > 1:
-            lattice_numba.reduce_first(acc)
-        cur = acc[0]
         axes = range(len(self.n1) - 1, -1, -1) if reverse else range(len(self.n1))
+        if acc.shape[0] == 1:  # one worker: serial kernels (no parallel-region launches)
+            cur = acc[0]
+            for j in axes:
+                lattice_numba.blur_serial(cur, a, self.n1[j], self.n2[j])
+                cur, a, b = a, b, a
+            return cur
+        lattice_numba.reduce_first(acc)
+        cur = acc[0]
         for j in axes:
             lattice_numba.blur(cur, a, self.n1[j], self.n2[j])
             cur, a, b = a, b, a

@@ -221,7 +221,8 @@ def _iterate_numba(unary: torch.Tensor, terms, iters: int) -> torch.Tensor:
         for (nb, wts, bary, ws), lat in zip(pair, lats or (None, None)):
             args += [nb.offs, wts if lat is not None else wts[:, :0],
                      ws[1] if lat is None else lat, bary if splat else bary[:, :0], ws[0]]
-        lattice_numba.fused_step(energies, qn, *args, bool(extra) or not splat)
+        kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
+        kernel(energies, qn, *args, bool(extra) or not splat)
 
     fused(un, None, iters > 0)
     for it in range(iters):
