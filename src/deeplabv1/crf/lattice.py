@@ -23,18 +23,16 @@ tests). Images of a batch never share lattice points.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from deeplabv1.crf import lattice_numba
+from deeplabv1.crf import lattice_numba, numpy_lattice
 from deeplabv1.crf.dense import check_features, check_values
 from deeplabv1.crf.lattice_index import LatticeTables, lattice_tables
+from deeplabv1.crf.numpy_lattice import MAX_FEATURE as _MAX_FEATURE
+from deeplabv1.crf.numpy_lattice import NumpyLattice
 
 __all__ = ["PermutohedralLattice", "clear_cache"]
 
-# Lattice coordinates are int64 (and float32 is exact to 2**24 only): beyond this magnitude
-# every point is alone in its simplex anyway.
-_MAX_FEATURE = 2.0**40
 
 
 class PermutohedralLattice:
@@ -83,10 +81,18 @@ class PermutohedralLattice:
         """True when filtering runs the numba kernels (CPU, numba available)."""
         return self.device.type == "cpu" and lattice_numba.available()
 
-    def numba_tables(self) -> NumbaTables:
-        """The tables as numpy arrays for the numba kernels (views, built once)."""
+    def numba_tables(self) -> NumpyLattice:
+        """The tables as a numpy_lattice.NumpyLattice (views, built once) for the numba kernels."""
         if self._entry.numba is None:
-            self._entry.numba = NumbaTables(self.tables)
+            t = self.tables
+            offs = t.slice.col_indices()
+            nv = offs.numel() // max(t.num_points, 1)
+            self._entry.numba = NumpyLattice(
+                offs.numpy().reshape(t.num_points, nv),
+                t.slice.values().numpy().reshape(t.num_points, nv),
+                t.bary.numpy(),
+                t.neighbours.numpy(),
+            )
         return self._entry.numba
 
     def filter(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -114,29 +120,10 @@ class PermutohedralLattice:
         return out.view(self.batch, self.num_points, c)
 
     def _filter_numba(self, values: torch.Tensor, reverse: bool) -> torch.Tensor:
-        """The same filter by the numba kernels (splat, d+1 blurs, slice)."""
-        nb = self.numba_tables()
-        c = values.shape[-1]
-        flat = values.reshape(self.tables.num_points, c).contiguous().numpy()
-        threads = lattice_numba.set_threads(torch.get_num_threads())
-        acc, a, b = self.numba_workspace(c, threads)
-        lattice_numba.splat_scatter(nb.offs, nb.bary, flat, acc)
-        lat = nb.blur(acc, a, b, reverse)
-        out = np.empty_like(flat)
-        lattice_numba.slice_(nb.offs, nb.wts, lat, out)
-        return torch.from_numpy(out).view(self.batch, self.num_points, c)
-
-    def numba_workspace(self, c: int, threads: int) -> tuple[np.ndarray, ...]:
-        """Splat buffers (threads, M+1, c) and two blur buffers (M+1, c), all with a zero last
-        row, cached for the last (c, threads)."""
-        ws = getattr(self, "_nbws", None)
-        if ws is None or ws[1].shape[1] != c or ws[0].shape[0] != threads:
-            dt = np.float64 if self.dtype == torch.float64 else np.float32
-            rows = self.num_lattice + 1
-            ws = (np.zeros((threads, rows, c), dt), np.zeros((rows, c), dt),
-                  np.zeros((rows, c), dt))  # fmt: skip
-            self._nbws = ws
-        return ws
+        """The same filter by the numba kernels (numpy_lattice: splat, d+1 blurs, slice)."""
+        flat = values.reshape(self.tables.num_points, values.shape[-1]).contiguous().numpy()
+        out = self.numba_tables().filter(flat, reverse, threads=torch.get_num_threads())
+        return torch.from_numpy(out).view(self.batch, self.num_points, -1)
 
     def _workspace(self, c: int) -> tuple[torch.Tensor, ...]:
         """Four lattice-sized buffers, cached for the last channel count (rows m of the
@@ -160,7 +147,7 @@ class _Entry:
         self.features = features
         self.tables = tables
         self.normalizer: torch.Tensor | None = None
-        self.numba: NumbaTables | None = None
+        self.numba: NumpyLattice | None = None
 
 
 # The last CACHE_SIZE lattices by their features. The position-only (Gaussian) lattice
@@ -189,37 +176,9 @@ def _cached(features: torch.Tensor) -> _Entry:
 
 
 def clear_cache() -> None:
-    """Forget the cached lattices (they are rebuilt on demand)."""
+    """Forget the cached lattices, the torch-free engine's too (they are rebuilt on demand)."""
     _CACHE.clear()
-
-
-class NumbaTables:
-    """numpy views of LatticeTables for the numba kernels (pixel-major vertex tables)."""
-
-    def __init__(self, t: LatticeTables) -> None:
-        nv = t.slice.col_indices().numel() // max(t.num_points, 1)
-        self.offs = t.slice.col_indices().numpy().reshape(t.num_points, nv)
-        self.wts = t.slice.values().numpy().reshape(t.num_points, nv)
-        self.bary = t.bary.numpy()
-        self.n1 = [a.numpy() for a in t.neighbours[:, 0]]
-        self.n2 = [a.numpy() for a in t.neighbours[:, 1]]
-
-    def blur(self, acc, a, b, reverse: bool = False):
-        """Blur the splatted acc[0] (rows: M lattice points + a zero row) along every axis,
-        ping-ponging between a and b; returns the buffer holding the result."""
-        axes = range(len(self.n1) - 1, -1, -1) if reverse else range(len(self.n1))
-        if acc.shape[0] == 1:  # one worker: serial kernels (no parallel-region launches)
-            cur = acc[0]
-            for j in axes:
-                lattice_numba.blur_serial(cur, a, self.n1[j], self.n2[j])
-                cur, a, b = a, b, a
-            return cur
-        lattice_numba.reduce_first(acc)
-        cur = acc[0]
-        for j in axes:
-            lattice_numba.blur(cur, a, self.n1[j], self.n2[j])
-            cur, a, b = a, b, a
-        return cur
+    numpy_lattice.clear_cache()
 
 
 class _LatticeFilter(torch.autograd.Function):

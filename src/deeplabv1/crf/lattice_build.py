@@ -19,19 +19,13 @@ row-wise sorts and scatters. SPEC section 4a, step by step:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from deeplabv1.crf.lattice_numba import available, set_threads
-from deeplabv1.crf.lattice_numba import embed as numba_embed
+from deeplabv1.crf import numpy_lattice
+from deeplabv1.crf.lattice_numba import available
+from deeplabv1.crf.numpy_lattice import Radix, scale_factors
 
 __all__ = ["embed", "Radix", "make_radix", "vertex_codes", "neighbour_deltas"]
-
-
-def scale_factors(d: int) -> list[float]:
-    """scale[i] = sqrt(2/3) (d+1) / sqrt((i+1)(i+2)): features in units of the lattice."""
-    return [math.sqrt(2.0 / 3.0) * (d + 1) / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
 
 
 def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,38 +78,19 @@ def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def _embed_numba(features_t: torch.Tensor, scale: list[float]):
-    """``embed`` by the numba kernel: the same float32 arithmetic, one pass, no temporaries
-    (measured at 500x375, d=5: 19.6 -> 3 ms on one thread)."""
-    d, p = features_t.shape
-    q0 = torch.empty(d + 1, p, dtype=torch.int64)
-    rank = torch.empty(d + 1, p, dtype=torch.int64)
-    bary = torch.empty(d + 1, p, dtype=torch.float32)
-    set_threads(torch.get_num_threads())
-    numba_embed(features_t.contiguous().numpy(), torch.tensor(scale).float().numpy(),
-                q0.numpy(), rank.numpy(), bary.numpy())  # fmt: skip
-    return q0, rank, bary
-
-
-class Radix:
-    """Mixed-radix packing of (batch, r, q_0..q_{d-1}) into one int64 per lattice point."""
-
-    def __init__(self, lo: list[int], sizes: list[int], d: int) -> None:
-        self.d = d
-        self.lo = lo
-        self.strides = [math.prod(sizes[i + 1 :]) for i in range(d)]
-        self.r_stride = math.prod(sizes)
-        self.b_stride = self.r_stride * (d + 1)
+    """``embed`` by the numba kernel (numpy_lattice.embed): the same float32 arithmetic, one
+    pass, no temporaries (measured at 500x375, d=5: 19.6 -> 3 ms on one thread)."""
+    del scale  # numpy_lattice.embed uses the same scale_factors
+    arrays = numpy_lattice.embed(features_t.contiguous().numpy(), torch.get_num_threads())
+    return tuple(torch.from_numpy(a) for a in arrays)
 
 
 def make_radix(q0: torch.Tensor, batch_size: int, max_bits: int = 62) -> Radix | None:
     """The packing for these simplices, or None when the codes would not fit in max_bits."""
     d = q0.shape[0] - 1
-    lo = (q0[:d].amin(1) - 2).tolist()  # vertices reach q0 - 1, their neighbours q0 - 2
-    hi = (q0[:d].amax(1) + 1).tolist()
-    sizes = [h - l + 1 for l, h in zip(lo, hi)]
-    if math.prod(sizes) * (d + 1) * batch_size >= 1 << max_bits:
-        return None
-    return Radix(lo, sizes, d)
+    return numpy_lattice.radix_from_bounds(
+        q0[:d].amin(1).tolist(), q0[:d].amax(1).tolist(), d, batch_size, max_bits
+    )
 
 
 def vertex_codes(
@@ -143,19 +118,6 @@ def vertex_codes(
 
 
 def neighbour_deltas(radix: Radix) -> torch.Tensor:
-    """(d+1 axes, 2, d+1 remainders) code offsets of the two blur neighbours along each axis.
-
-    Neighbour 1 is key - 1 except key_j + d (r -> r-1); neighbour 2 is key + 1 except key_j - d
-    (r -> r+1). With k = (d+1) q + r: n1 lowers every q_i by [r == 0] and raises q_j by one;
-    n2 raises every q_i by [r == d] and lowers q_j by one. Axis j = d has no digit of its own
-    (the implicit last coordinate absorbs the change).
-    """
-    d = radix.d
-    all_q = sum(radix.strides)
-    out = torch.zeros(d + 1, 2, d + 1, dtype=torch.int64)
-    for j in range(d + 1):
-        sj = radix.strides[j] if j < d else 0
-        for r in range(d + 1):
-            out[j, 0, r] = ((r - 1) % (d + 1) - r) * radix.r_stride - (r == 0) * all_q + sj
-            out[j, 1, r] = ((r + 1) % (d + 1) - r) * radix.r_stride + (r == d) * all_q - sj
-    return out
+    """(d+1 axes, 2, d+1 remainders) code offsets of the two blur neighbours along each axis
+    (numpy_lattice.neighbour_deltas as a tensor)."""
+    return torch.from_numpy(numpy_lattice.neighbour_deltas(radix))

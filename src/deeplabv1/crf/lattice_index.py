@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from deeplabv1.crf import lattice_numba
+from deeplabv1.crf import lattice_numba, numpy_lattice
 from deeplabv1.crf.lattice_build import Radix, embed, make_radix, neighbour_deltas, vertex_codes
 
 __all__ = ["LatticeTables", "lattice_tables"]
@@ -127,31 +127,24 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
 
 
 def _tables_numba(q0, rank, bary, radix: Radix, n: int) -> LatticeTables:
-    """The same tables by the numba kernels: an open-addressing hash table numbers the vertex
-    codes by first occurrence (pixel-major), which is the sort path's numbering, so splat,
-    slice and neighbours are identical (measured at 500x375, 1 thread: see docs/crf.md)."""
+    """The same tables by the numba build of numpy_lattice (``build_tables``): an
+    open-addressing hash table numbers the vertex codes by first occurrence (pixel-major),
+    which is the sort path's numbering, so splat, slice and neighbours are identical; the
+    arrays are wrapped without copies."""
     d = radix.d
     p = q0.shape[1]
     k = p * (d + 1)
-    ids = torch.empty(p, d + 1, dtype=torch.int32)
-    lo = torch.tensor(radix.lo, dtype=torch.int64).numpy()
-    strides = torch.tensor(radix.strides, dtype=torch.int64).numpy()
-    uniq, keys, tids = lattice_numba.hash_vertices(
-        q0.numpy(), rank.numpy(), lo, strides, radix.r_stride, radix.b_stride, n, ids.numpy()
-    )
+    ids, nbrs = numpy_lattice.build_tables(q0.numpy(), rank.numpy(), radix, n)
     del q0, rank
-    m = uniq.shape[0]
-    neighbours = torch.empty(d + 1, 2, m, dtype=torch.int64)
-    deltas = neighbour_deltas(radix)[:, 0].numpy()
-    lattice_numba.neighbours(uniq, keys, tids, radix.r_stride, deltas, neighbours.numpy())
-    del uniq, keys, tids
     bary_pm = bary.t().contiguous()  # (P, d+1) pixel-major
     del bary
     index = torch.int32 if k < 1 << 31 else torch.int64
-    alpha = 1.0 / (1.0 + 2.0 ** (-d))
+    alpha = numpy_lattice.slice_alpha(d)
     slice_crow = torch.arange(0, k + 1, d + 1, dtype=index)
-    slice_ = _csr(slice_crow, ids.view(-1).to(index), bary_pm.view(-1) * alpha, (p, m))
-    return LatticeTables(p, m, None, slice_, neighbours, bary_pm)
+    m = nbrs.shape[2]
+    ids_t = torch.from_numpy(ids).view(-1).to(index)
+    slice_ = _csr(slice_crow, ids_t, bary_pm.view(-1) * alpha, (p, m))
+    return LatticeTables(p, m, None, slice_, torch.from_numpy(nbrs), bary_pm)
 
 
 def _splat_numba(ids: torch.Tensor, bary: torch.Tensor, m: int) -> torch.Tensor:

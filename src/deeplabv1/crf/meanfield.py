@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from numbers import Number
 
-import numpy as np
 import torch
 
 from deeplabv1.crf.terms import PreparedTerm, as_unary, prepare_terms
@@ -186,65 +185,14 @@ def _numba_eligible(unary: torch.Tensor, terms) -> bool:
 
 
 def _iterate_numba(unary: torch.Tensor, terms, iters: int) -> torch.Tensor:
-    """Mean field for Potts lattice terms with the numba kernels; unary (B, L, N) -> Q (B, L, N).
+    """Mean field for Potts lattice terms by the torch-free engine (numpy_meanfield, fused
+    numba kernels) on views of the tensors; unary (B, L, N) -> Q (B, L, N)."""
+    from deeplabv1.crf import numpy_meanfield
 
-    Per iteration and term d+1 blurs, then one fused pass over the pixels: -U + the last two
-    terms' slices (post-normaliser and Potts weight folded into the slice weights) + softmax
-    + splat of the new Q (pre-normaliser folded into the splat weights). Further terms slice
-    and splat in their own passes. No per-iteration allocation.
-    """
-    from deeplabv1.crf import lattice_numba
+    def vector(t: torch.Tensor | None):
+        return None if t is None else t.reshape(-1).numpy()
 
-    threads = lattice_numba.set_threads(torch.get_num_threads())
-    batch, num_labels, n = unary.shape
-    un = unary.transpose(1, 2).contiguous().view(batch * n, num_labels).numpy()  # C order
-    # Labels padded to a multiple of 8 (AVX width; the kernels rely on it): the label loops
-    # then have no remainder (measured: slice/splat/blur about 1.4x faster at 21 -> 24).
-    padded = -(-num_labels // 8) * 8
-    plans = []  # (tables, slice weights, splat weights, (splat buffers, blur a, blur b))
-    for t in terms:
-        nb = t.filter.numba_tables()
-        bary = nb.bary if t.pre is None else nb.bary * t.pre.reshape(-1, 1).numpy()
-        post = t.post.reshape(-1, 1).numpy() if t.post is not None else np.float32(t.weight)
-        wts = np.multiply(nb.wts, post, dtype=np.float32)
-        plans.append((nb, wts, bary, t.filter.numba_workspace(padded, threads)))
-    extra, pair = plans[:-2], plans[-2:]
-    if len(pair) == 1:  # the fused pass takes two terms: add one without vertices
-        z = np.zeros((batch * n, 0), np.float32)
-        acc = np.zeros((threads, 1, padded), np.float32)
-        pair.append((_NoVertices(pair[0][0].offs[:, :0]), z, z, (acc, acc[0], acc[0])))
-    qn = np.zeros((batch * n, padded), np.float32)
-    base = np.empty_like(un) if extra else un
-
-    def fused(energies, lats, splat: bool) -> None:
-        args = []
-        for (nb, wts, bary, ws), lat in zip(pair, lats or (None, None)):
-            args += [nb.offs, wts if lat is not None else wts[:, :0],
-                     ws[1] if lat is None else lat, bary if splat else bary[:, :0], ws[0]]
-        kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
-        kernel(energies, qn, *args, bool(extra) or not splat)
-
-    fused(un, None, iters > 0)
-    for it in range(iters):
-        lats = []
-        for k, (nb, _, bary, (acc, a, b)) in enumerate(plans):
-            if k < len(extra):
-                lattice_numba.splat_scatter(nb.offs, bary, qn, acc)
-            lats.append(nb.blur(acc, a, b) if nb.n1 else acc[0])
-        if extra:  # base = U - (the extra terms' messages)
-            np.copyto(base, un)
-            for (nb, wts, _, _), lat in zip(extra, lats):
-                lattice_numba.slice_add(base, nb.offs, -wts, lat, base)
-        pair_lats = lats[len(extra):] + [pair[1][3][1]] * (2 - len(lats[len(extra):]))
-        fused(base, pair_lats, it < iters - 1)
-    del un, base  # before the output copy: a lower peak
-    out = torch.from_numpy(qn[:, :num_labels]).view(batch, n, num_labels)
-    return out.transpose(1, 2).contiguous()
-
-
-class _NoVertices:
-    """Tables of an empty term (pads the fused pass to two terms)."""
-
-    def __init__(self, offs: np.ndarray) -> None:
-        self.offs = offs
-        self.n1 = []
+    nterms = [numpy_meanfield.NumpyTerm(t.filter.numba_tables(), vector(t.pre),
+                                        vector(t.post), t.weight) for t in terms]  # fmt: skip
+    q = numpy_meanfield.mean_field(unary.numpy(), nterms, iters, torch.get_num_threads())
+    return torch.from_numpy(q)
