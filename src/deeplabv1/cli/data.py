@@ -1,65 +1,99 @@
-"""``deeplabv1 data prepare|download|synth|check``: get, merge, synthesise and validate datasets."""
+"""``deeplabv1 data prepare|download|synth|check``: get, merge, synthesise and validate datasets.
+
+Each action has a typed config in ``deeplabv1.data.config`` (PrepareConfig, DownloadConfig,
+SynthConfig, CheckConfig): dataclass defaults < ``--config FILE.yaml`` < flags. prepare, download
+and synth save the resolved config beside their outputs (docs/data.md says where).
+
+    deeplabv1 data synth --out synth --num 300 --size 160 120
+    deeplabv1 data synth --config synth.yaml --seed 3          # the flag wins over the file
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
 
+def _action(sub, name: str, cls: type, help_text: str) -> argparse.ArgumentParser:
+    """A sub-parser whose description is the config's docstring."""
+    return sub.add_parser(name, help=help_text, description=inspect.getdoc(cls),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+
+def _help(cls: type, name: str) -> str:
+    from dataclasses import fields
+
+    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
 def add_parser(subparsers) -> None:
-    """Register ``data`` and its four sub-commands."""
+    """Register ``data`` and its four sub-commands (one flag per config field, plus --config).
+
+    ``deeplabv1.config.add_config_args`` covers most fields; three flag shapes it cannot express
+    are added here with the same ``dest`` so that ``resolve_config`` merges them like the rest:
+    ``--only`` (repeatable, with choices), ``--no-extract`` (sets ``extract`` false, beside the
+    generic ``--extract [BOOL]``) and ``--size W H`` (exactly two integers).
+    """
+    from deeplabv1.config import add_config_args
+    from deeplabv1.data.config import (
+        ARCHIVE_NAMES,
+        CheckConfig,
+        DownloadConfig,
+        PrepareConfig,
+        SynthConfig,
+    )
+
     p = subparsers.add_parser("data", help="prepare, download, synthesise or check datasets",
-                              description=__doc__)
+                              description=__doc__.split("\n\n")[0])  # fmt: skip
     sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
-    q = sub.add_parser("prepare", help="merge VOC2012 + SBD into SegmentationClassAug/train_aug")
-    q.add_argument("--voc", type=Path, required=True, help="VOCdevkit/VOC2012 (or a parent)")
-    q.add_argument("--sbd", type=Path, required=True, help="benchmark_RELEASE (or its dataset/)")
-    q.add_argument("--out", type=Path, default=None,
-                   help="output root (default: the VOC root itself)")
-    q.add_argument("--workers", type=int, default=1, help="processes for the label conversion")
-    q.add_argument("--strict", action="store_true",
-                   help="require the list sizes of the full official releases")
-    q.add_argument("--num-classes", type=int, default=21)
+    q = _action(sub, "prepare", PrepareConfig,
+                "merge VOC2012 + SBD into SegmentationClassAug/train_aug")  # fmt: skip
+    add_config_args(q, PrepareConfig)
     q.set_defaults(func=run_prepare)
 
-    d = sub.add_parser("download", help="fetch and extract the VOC2012 and SBD archives")
-    d.add_argument("--root", type=Path, required=True, help="folder for archives and datasets")
-    d.add_argument("--source", default=None,
-                   help="mirror: a URL or a folder holding the archive files by their names")
-    d.add_argument("--only", choices=("voc2012", "sbd"), action="append", default=None,
-                   help="fetch only this archive (repeatable)")
-    d.add_argument("--voc2012-md5", default=None, help="expected md5 of the VOC2012 archive")
-    d.add_argument("--sbd-md5", default=None, help="expected md5 of the SBD archive")
-    d.add_argument("--no-extract", action="store_true", help="download and verify only")
+    d = _action(sub, "download", DownloadConfig, "fetch and extract the VOC2012 and SBD archives")
+    add_config_args(d, DownloadConfig, skip=("only",))
+    d.add_argument("--only", dest="only", choices=ARCHIVE_NAMES, action="append", default=None,
+                   help=_help(DownloadConfig, "only"))  # fmt: skip
+    d.add_argument("--no-extract", dest="extract", action="store_const", const=False,
+                   default=None, help="download and verify only (extract: false)")  # fmt: skip
     d.set_defaults(func=run_download)
 
-    s = sub.add_parser("synth", help="write a small synthetic dataset in the VOC2012 layout")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--num", type=int, default=200, help="number of images")
-    s.add_argument("--size", type=int, nargs=2, default=(160, 120), metavar=("W", "H"))
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-classes", type=int, default=6, help="including background")
-    s.add_argument("--val-fraction", type=float, default=0.25)
-    s.add_argument("--void-width", type=int, default=4, help="void band width in pixels")
+    s = _action(sub, "synth", SynthConfig, "write a small synthetic dataset in the VOC2012 layout")
+    add_config_args(s, SynthConfig, skip=("size",))
+    s.add_argument("--size", dest="size", type=int, nargs=2, default=None, metavar=("W", "H"),
+                   help=_help(SynthConfig, "size"))  # fmt: skip
     s.set_defaults(func=run_synth)
 
-    c = sub.add_parser("check", help="validate a split: missing files, bad label values")
-    c.add_argument("--root", type=Path, required=True, help="VOC-layout root")
-    c.add_argument("--split", default="val", help="list name under ImageSets/Segmentation")
-    c.add_argument("--label-dir", default=None,
-                   help="label folder (default: SegmentationClassAug for *_aug splits)")
-    c.add_argument("--num-classes", type=int, default=21)
-    c.add_argument("--workers", type=int, default=4)
+    c = _action(sub, "check", CheckConfig, "validate a split: missing files, bad label values")
+    add_config_args(c, CheckConfig)
     c.set_defaults(func=run_check)
 
 
-def run_prepare(args: argparse.Namespace) -> int:
-    from deeplabv1.data.prepare import prepare_aug
+def _resolve(cls: type, args: argparse.Namespace):
+    """Defaults < --config < flags, then ``validate()``."""
+    from deeplabv1.config import resolve_config
 
-    res = prepare_aug(args.voc, args.sbd, args.out, workers=args.workers, strict=args.strict,
-                      num_classes=args.num_classes, progress=sys.stderr.isatty())
+    cfg = resolve_config(cls, args)
+    cfg.validate()
+    return cfg
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from deeplabv1.config import save_config
+    from deeplabv1.data.config import PREPARE_CONFIG_NAME, PrepareConfig
+    from deeplabv1.data.prepare import prepare_aug
+    from deeplabv1.data.voc import SEGMENTATION_LISTS
+
+    cfg = _resolve(PrepareConfig, args)
+    res = prepare_aug(Path(cfg.voc), Path(cfg.sbd), None if cfg.out is None else Path(cfg.out),
+                      workers=cfg.workers, strict=cfg.strict, num_classes=cfg.num_classes,
+                      progress=sys.stderr.isatty())  # fmt: skip
+    saved = res.out_root / SEGMENTATION_LISTS / PREPARE_CONFIG_NAME
+    save_config(cfg, saved)
     for note in res.notes:
         print(f"note: {note}")
     c = res.counts
@@ -68,39 +102,50 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(f"train_aug: {c['train_aug']:,} ids; labels: {c['labels']:,} "
           f"({res.written:,} written, {res.skipped:,} up to date) in "
           f"{res.out_root / 'SegmentationClassAug'}")
+    print(f"config: {saved}")
     return 0
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from deeplabv1.data.download import ARCHIVES, download_datasets
+    from deeplabv1.config import save_config
+    from deeplabv1.data.config import DOWNLOAD_CONFIG_NAME, DownloadConfig
+    from deeplabv1.data.download import download_datasets
 
-    md5 = {"voc2012": args.voc2012_md5, "sbd": args.sbd_md5}
-    names = args.only or list(ARCHIVES)
-    paths = download_datasets(args.root, names=names, source=args.source,
-                              md5={k: v for k, v in md5.items() if v},
-                              extract=not args.no_extract, progress=sys.stderr.isatty())
+    cfg = _resolve(DownloadConfig, args)
+    paths = download_datasets(Path(cfg.root), names=cfg.archive_names(), source=cfg.source,
+                              md5=cfg.md5_overrides(), extract=cfg.extract,
+                              progress=sys.stderr.isatty())  # fmt: skip
+    saved = Path(cfg.root) / DOWNLOAD_CONFIG_NAME
+    save_config(cfg, saved)
     for name, path in paths.items():
         print(f"{name}: {path}")
+    print(f"config: {saved}")
     return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
     import time
 
+    from deeplabv1.config import save_config
+    from deeplabv1.data.config import SYNTH_CONFIG_NAME, SynthConfig
     from deeplabv1.data.synth import make_synthetic_voc
 
+    cfg = _resolve(SynthConfig, args)
     start = time.perf_counter()
-    root = make_synthetic_voc(args.out, args.num, size=tuple(args.size), seed=args.seed,
-                              num_classes=args.num_classes, val_fraction=args.val_fraction,
-                              void_width=args.void_width)
-    print(f"wrote {args.num} images ({args.size[0]}x{args.size[1]}) to {root} in "
-          f"{time.perf_counter() - start:.1f} s")
+    root = make_synthetic_voc(Path(cfg.out), cfg.num, size=cfg.size, seed=cfg.seed,
+                              num_classes=cfg.num_classes, val_fraction=cfg.val_fraction,
+                              void_width=cfg.void_width)  # fmt: skip
+    save_config(cfg, root / SYNTH_CONFIG_NAME)
+    print(f"wrote {cfg.num} images ({cfg.size[0]}x{cfg.size[1]}) to {root} in "
+          f"{time.perf_counter() - start:.1f} s; config: {root / SYNTH_CONFIG_NAME}")
     return 0
 
 
 def run_check(args: argparse.Namespace) -> int:
     from deeplabv1.data.check import check_dataset
+    from deeplabv1.data.config import CheckConfig
 
-    res = check_dataset(args.root, args.split, args.label_dir, args.num_classes, args.workers)
+    cfg = _resolve(CheckConfig, args)
+    res = check_dataset(Path(cfg.root), cfg.split, cfg.label_dir, cfg.num_classes, cfg.workers)
     print(res.summary())
     return 0 if res.ok else 1
