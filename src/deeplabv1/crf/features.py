@@ -11,11 +11,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Number
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-__all__ = ["bilateral_features", "check_std", "gaussian_features"]
+if TYPE_CHECKING:  # torch is imported by the functions that need it (the drop-in runs without)
+    import torch
+
+__all__ = [
+    "bilateral_features",
+    "bilateral_features_np",
+    "check_std",
+    "gaussian_features",
+    "gaussian_features_np",
+    "position_grid",
+]
 
 
 def check_std(value: float | Sequence[float], n: int, name: str) -> tuple[float, ...]:
@@ -32,13 +42,32 @@ def check_std(value: float | Sequence[float], n: int, name: str) -> tuple[float,
     return values
 
 
-def _grid(height: int, width: int, sx: float, sy: float, device) -> torch.Tensor:
-    """(N, 2) float32 position features (x / sx, y / sy), pixel index y * W + x."""
-    xs = torch.arange(width, dtype=torch.float32, device=device) / sx
-    ys = torch.arange(height, dtype=torch.float32, device=device) / sy
-    return torch.stack(
-        [xs.expand(height, width).reshape(-1), ys[:, None].expand(height, width).reshape(-1)], 1
-    )
+def position_grid(height: int, width: int, sx: float, sy: float) -> np.ndarray:
+    """(N, 2) float32 position features (x / sx, y / sy), pixel index y * W + x (float32
+    division, bitwise as torch computes it)."""
+    out = np.empty((height, width, 2), np.float32)
+    out[:, :, 0] = np.arange(width, dtype=np.float32) / np.float32(sx)
+    out[:, :, 1] = (np.arange(height, dtype=np.float32) / np.float32(sy))[:, None]
+    return out.reshape(height * width, 2)
+
+
+def gaussian_features_np(height: int, width: int, sxy: float | Sequence[float]) -> np.ndarray:
+    """:func:`gaussian_features` of one image as an (H*W, 2) float32 array (no torch)."""
+    if int(height) < 1 or int(width) < 1:
+        raise ValueError(f"gaussian_features: bad size H={height} W={width}")
+    sx, sy = check_std(sxy, 2, "sxy")
+    return position_grid(int(height), int(width), sx, sy)
+
+
+def bilateral_features_np(image: np.ndarray, sxy, srgb) -> np.ndarray:
+    """:func:`bilateral_features` of one (H, W, 3) uint8 image as an (H*W, 5) float32 array."""
+    sx, sy = check_std(sxy, 2, "sxy")
+    scol = np.asarray(check_std(srgb, 3, "srgb"), np.float32)
+    height, width, _ = image.shape
+    out = np.empty((height * width, 5), np.float32)
+    out[:, :2] = position_grid(height, width, sx, sy)
+    np.divide(image.reshape(-1, 3), scol, out=out[:, 2:], dtype=np.float32)
+    return out
 
 
 def gaussian_features(
@@ -55,13 +84,16 @@ def gaussian_features(
     """
     if int(height) < 1 or int(width) < 1 or int(batch) < 1:
         raise ValueError(f"gaussian_features: bad size H={height} W={width} batch={batch}")
-    sx, sy = check_std(sxy, 2, "sxy")
-    grid = _grid(int(height), int(width), sx, sy, device)
+    import torch
+
+    grid = torch.from_numpy(gaussian_features_np(height, width, sxy)).to(device)
     return grid.unsqueeze(0).expand(int(batch), -1, -1).contiguous()
 
 
 def as_rgb_batch(images) -> torch.Tensor:
     """(H, W, 3) or (B, H, W, 3) uint8 RGB (numpy or torch) as a (B, H, W, 3) uint8 tensor."""
+    import torch
+
     if isinstance(images, np.ndarray):
         images = np.ascontiguousarray(images)
         images = torch.from_numpy(images if images.flags.writeable else images.copy())
@@ -90,13 +122,15 @@ def bilateral_features(
     ``images`` is (B, H, W, 3) (or a single (H, W, 3)) uint8 RGB, numpy or torch; ``sxy`` one
     number or (sx, sy) in pixels; ``srgb`` one number or three, in 0-255 colour units.
     """
+    import torch
+
     images = as_rgb_batch(images)
     sx, sy = check_std(sxy, 2, "sxy")
     scol = check_std(srgb, 3, "srgb")
     batch, height, width, _ = images.shape
     device = images.device if device is None else torch.device(device)
     out = torch.empty(batch, height * width, 5, dtype=torch.float32, device=device)
-    out[:, :, :2] = _grid(height, width, sx, sy, device)
+    out[:, :, :2] = torch.from_numpy(position_grid(height, width, sx, sy)).to(device)
     colours = images.to(device).reshape(batch, height * width, 3).to(torch.float32)
     out[:, :, 2:] = colours / torch.tensor(scol, dtype=torch.float32, device=device)
     return out
