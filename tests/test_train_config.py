@@ -91,3 +91,15 @@ def test_msc_from_a_largefov_checkpoint_freezes_the_trunk(tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert len(trainable) == 30  # the five branches' three convs; fc8 frozen (MSc-LargeFOV)
     assert all(n.split(".")[0] in model.msc_layer_names for n in trainable)
+
+
+def test_a_lone_value_for_a_list_setting_is_named_not_split():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Cfg:
+        only: list[str] = field(default_factory=list)
+
+    assert config_from_dict(Cfg, {"only": ["sbd"]}).only == ["sbd"]
+    with pytest.raises(DeepLabError, match="only: expected a list, got 'sbd'"):
+        config_from_dict(Cfg, {"only": "sbd"})

@@ -96,6 +96,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if origin in (list, tuple):
             inner = typing.get_args(base)[0] if typing.get_args(base) else Any
+            if isinstance(value, (str, int, float)):  # a lone value, not its characters
+                raise DeepLabError(f"{where}: expected a list, got {value!r}")
             items = [_coerce(v, inner, where) for v in value]
             return tuple(items) if origin is tuple else items
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
