@@ -100,6 +100,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 raise DeepLabError(f"{where}: expected a list, got {value!r}")
             items = [_coerce(v, inner, where) for v in value]
             return tuple(items) if origin is tuple else items
+    except DeepLabError:
+        raise
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         raise DeepLabError(f"{where}: cannot use {value!r} as {base}") from exc
     return value
