@@ -192,7 +192,7 @@ BAD = [
     (["check", "--root", "{t}", "--num-classes", "0"], "num_classes (--num-classes)"),
     (["synth", "--config", "{t}/bad.yaml"], "unknown setting(s) nmu"),
     (["synth", "--config", "{t}/typed.yaml"], "num: cannot use 'many'"),
-    (["download", "--config", "{t}/only.yaml"], "only: cannot use ['vocc']"),
+    (["download", "--config", "{t}/only.yaml"], "only: cannot use 'vocc'"),
     (["prepare", "--config", "{t}/missing.yaml"], "missing.yaml: config file not found"),
 ]
 
