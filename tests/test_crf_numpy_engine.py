@@ -1,0 +1,307 @@
+"""The torch-free CPU engine (crf/numpy_lattice.py, numpy_meanfield.py) and the drop-in on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from deeplabv1.crf import densecrf as dcrf
+from deeplabv1.crf import lattice_numba, numpy_lattice, numpy_meanfield
+from deeplabv1.crf.features import (
+    bilateral_features,
+    bilateral_features_np,
+    gaussian_features,
+    gaussian_features_np,
+)
+
+pytestmark = pytest.mark.skipif(not lattice_numba.available(), reason="numba not installed")
+
+
+def _crop(img: np.ndarray, h: int = 24, w: int = 32) -> np.ndarray:
+    top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+    return np.ascontiguousarray(img[top : top + h, left : left + w])
+
+
+def _blocky_unary(labels: np.ndarray, num_labels: int, seed: int) -> np.ndarray:
+    """Energies (L, N) of a confident but blocky (stride-8) labelling with noise."""
+    lab = labels.astype(np.int64) % num_labels
+    coarse = lab[::8, ::8].repeat(8, 0).repeat(8, 1)[: lab.shape[0], : lab.shape[1]]
+    rng = np.random.default_rng(seed)
+    scores = 3.0 * np.eye(num_labels)[coarse].transpose(2, 0, 1) + rng.normal(
+        scale=1.0, size=(num_labels,) + lab.shape
+    )
+    return np.ascontiguousarray(-scores.reshape(num_labels, -1), dtype=np.float32)
+
+
+def _crf(img, u, method="lattice", norm=dcrf.NORMALIZE_AFTER, compat=(3.0, 4.0)):
+    h, w, _ = img.shape
+    d = dcrf.DenseCRF2D(w, h, u.shape[0], method=method)
+    d.setUnaryEnergy(u)
+    d.addPairwiseGaussian(sxy=3, compat=compat[0], normalization=norm)
+    d.addPairwiseBilateral(sxy=20, srgb=10, rgbim=img, compat=compat[1], normalization=norm)
+    return d
+
+
+def test_dropin_inference_does_not_import_torch(tmp_path) -> None:
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        from deeplabv1.crf import densecrf as dcrf, set_num_threads
+        from deeplabv1.crf.utils import unary_from_softmax, create_pairwise_gaussian
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        set_num_threads(1)
+        d = dcrf.DenseCRF2D(16, 12, 4)
+        d.setUnaryEnergy(unary_from_softmax(rng.dirichlet(np.ones(4), 192).T.reshape(4, 12, 16)))
+        d.addPairwiseGaussian(sxy=3, compat=3)
+        d.addPairwiseBilateral(sxy=20, srgb=13, rgbim=img, compat=10)
+        d.addPairwiseEnergy(create_pairwise_gaussian((2, 2), (12, 16)), compat=1.5)
+        q = d.inference(3)
+        Q, t1, t2 = d.startInference()
+        d.stepInference(Q, t1, t2)
+        d.klDivergence(Q)
+        assert q.shape == (4, 192) and abs(q.sum(0) - 1).max() < 1e-5
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, check=True)  # fmt: skip
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("batch", "n", "d", "spread"),
+                         [(1, 2000, 2, 3.0), (2, 400, 5, 6.0), (3, 300, 1, 4.0),
+                          (1, 5000, 5, 30.0), (1, 1, 3, 1.0)])  # fmt: skip
+def test_tables_equal_torch_sort_build(monkeypatch, batch, n, d, spread) -> None:
+    """The numpy build gives exactly the torch sort-based build's tables."""
+    from deeplabv1.crf import lattice_index as li
+
+    g = torch.Generator().manual_seed(d + n)
+    f = (torch.rand(batch, n, d, generator=g, dtype=torch.float64) * spread).float()
+    lat = numpy_lattice.build_lattice(f.reshape(-1, d).numpy(), n)
+    with monkeypatch.context() as m:
+        m.setattr(li.lattice_numba, "available", lambda: False)
+        slow = li.lattice_tables(f)
+    assert lat.num_lattice == slow.num_lattice and lat.num_points == batch * n
+    assert lat.offs.dtype == np.int32 and lat.offs.shape == (batch * n, d + 1)
+    np.testing.assert_array_equal(lat.offs.reshape(-1), slow.slice.col_indices().numpy())
+    np.testing.assert_array_equal(lat.wts.reshape(-1), slow.slice.values().numpy())
+    np.testing.assert_array_equal(lat.bary, slow.bary.numpy())
+    np.testing.assert_array_equal(lat.neighbours, slow.neighbours.numpy())
+
+
+def _dense_filter(f: np.ndarray, v: np.ndarray) -> np.ndarray:
+    d2 = ((f[:, None, :].astype(np.float64) - f[None, :, :]) ** 2).sum(-1)
+    return np.exp(-0.5 * d2) @ v.astype(np.float64)
+
+
+def test_filter_against_exact_and_torch_csr(monkeypatch, voc_samples) -> None:
+    """Normalised lattice filtering is close to the exact O(N^2) one and equal (to float
+    rounding) to the torch CSR filter of the same lattice, forward and reverse."""
+    from deeplabv1.crf.lattice import PermutohedralLattice
+
+    rng = np.random.default_rng(3)
+    for _, rgb, _ in voc_samples[:3]:
+        img = _crop(rgb)
+        for f, bound in [(gaussian_features_np(24, 32, 3.0), 0.01),
+                         (bilateral_features_np(img, 20.0, 10.0), 0.05)]:  # fmt: skip
+            v = rng.random((f.shape[0], 3), dtype=np.float32)
+            lat = numpy_lattice.build_lattice(f, f.shape[0])
+            out, norm = lat.filter(v), lat.normalizer()
+            exact, exact_norm = _dense_filter(f, v), _dense_filter(f, np.ones((len(f), 1)))
+            err = np.linalg.norm(out / norm - exact / exact_norm) / np.linalg.norm(
+                exact / exact_norm
+            )
+            assert err < bound
+            fast = [lat.filter(v, reverse=reverse) for reverse in (False, True)]
+            with monkeypatch.context() as m:
+                m.setattr(lattice_numba, "numba", None)  # the torch CSR filter
+                torch_lat = PermutohedralLattice(torch.from_numpy(f)[None])
+                for reverse in (False, True):
+                    ref = torch_lat.apply(torch.from_numpy(v)[None], reverse=reverse)[0]
+                    np.testing.assert_allclose(fast[reverse], ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [dcrf.NORMALIZE_AFTER, dcrf.NORMALIZE_SYMMETRIC])
+def test_meanfield_against_exact_and_torch_path(monkeypatch, voc_samples, norm) -> None:
+    """Drop-in inference on real crops: labels agree with exact dense inference (lattice
+    approximation) and the marginals equal the torch path's (numba disabled) to 1e-4."""
+    agree = []
+    for k, (_, rgb, lab) in enumerate(voc_samples[:3]):
+        img, lab = _crop(rgb, 20, 28), _crop(lab, 20, 28)
+        u = _blocky_unary(lab, 5, k)
+        crf = _crf(img, u, norm=norm)
+        assert crf._numpy_engine()
+        ours = crf.inference(10)
+        exact = _crf(img, u, method="dense", norm=norm).inference(10)
+        agree.append(float((ours.argmax(0) == exact.argmax(0)).mean()))
+        with monkeypatch.context() as m:
+            m.setattr(lattice_numba, "numba", None)
+            slow = _crf(img, u, norm=norm)
+            assert slow._torch is not None
+            ref = slow.inference(10)
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
+        assert (ours.argmax(0) == ref.argmax(0)).mean() >= 0.999
+    assert min(agree) >= 0.98 and np.mean(agree) >= 0.99
+
+
+@pytest.mark.parametrize("mode", ["none", "before", "after", "symmetric"])
+def test_numpy_meanfield_terms_and_modes(monkeypatch, mode) -> None:
+    """numpy_meanfield.mean_field (fused kernels) with 1-3 terms and a batch of 2 equals the
+    same iteration written with message/step (filter per term) and the torch path's
+    mean_field with numba disabled (CSR filters on the sort-built lattice)."""
+    from deeplabv1.crf.meanfield import PairwiseTerm, mean_field
+
+    rng = np.random.default_rng(4)
+    batch, n, num_labels = 2, 60, 3
+    feats = [rng.random((batch * n, d)).astype(np.float32) * 6 for d in (2, 5, 3)]
+    u = (rng.normal(size=(batch, num_labels, n)) * 2).astype(np.float32)
+    weights = (3.0, 4.0, 1.5)
+    for count in (1, 2, 3):
+        terms = [numpy_meanfield.prepare_term(numpy_lattice.build_lattice(f, n), w, mode)
+                 for f, w in zip(feats[:count], weights)]  # fmt: skip
+        q = numpy_meanfield.mean_field(u, terms, 5)
+        assert q.shape == (batch, num_labels, n) and q.dtype == np.float32
+        np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
+        neg = np.ascontiguousarray(-u.transpose(0, 2, 1).reshape(-1, num_labels))
+        step = numpy_meanfield.step(neg, np.zeros_like(neg), [])
+        for _ in range(5):
+            step = numpy_meanfield.step(neg, step, terms)
+        step = step.reshape(batch, n, num_labels).transpose(0, 2, 1)
+        np.testing.assert_allclose(q, step, rtol=0, atol=5e-5)
+        pts = [PairwiseTerm(torch.from_numpy(f).view(batch, n, -1), w, mode)
+               for f, w in zip(feats[:count], weights)]  # fmt: skip
+        with monkeypatch.context() as m:
+            m.setattr(lattice_numba, "numba", None)
+            ref = mean_field(torch.from_numpy(u), pts, iters=5).numpy()
+        np.testing.assert_allclose(q, ref, rtol=0, atol=5e-5)
+
+
+def test_features_bitwise_equal_torch(voc_samples) -> None:
+    for h, w, s in [(375, 500, 3.0), (17, 23, (0.7, 7.3)), (5, 4, 121.0)]:
+        np.testing.assert_array_equal(gaussian_features_np(h, w, s),
+                                      gaussian_features(h, w, s)[0].numpy())  # fmt: skip
+    for _, rgb, _ in voc_samples[:2]:
+        for sxy, srgb in [(121.0, 5.0), (80.0, (13.0, 7.3, 0.9))]:
+            ref = bilateral_features(rgb, sxy, srgb)[0].numpy()
+            np.testing.assert_array_equal(bilateral_features_np(rgb, sxy, srgb), ref)
+
+
+def test_cache_reuses_equal_features_and_clears() -> None:
+    from deeplabv1.crf.lattice import clear_cache
+
+    numpy_lattice.clear_cache()
+    f = gaussian_features_np(20, 30, 3.0)
+    a = numpy_lattice.cached_lattice(f, 600)
+    assert numpy_lattice.cached_lattice(f.copy(), 600) is a
+    assert numpy_lattice.cached_lattice(f, 300) is not a  # another batch split
+    g = f.copy()
+    g[0, 0] += 1.0
+    b = numpy_lattice.cached_lattice(g, 600)
+    assert b is not a and numpy_lattice.cached_lattice(g, 600) is b
+    assert len(numpy_lattice._CACHE) == numpy_lattice.CACHE_SIZE == 2
+    c = numpy_lattice.cached_lattice(f, 600)  # evicted by the two newer ones: rebuilt
+    assert c is not a
+    np.testing.assert_array_equal(c.offs, a.offs)
+    assert c.normalizer() is c.normalizer()
+    clear_cache()  # the torch module's clear_cache clears this cache too
+    assert numpy_lattice._CACHE == []
+    # the drop-in builds the position-only lattice of an image size once
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    lats = []
+    for _ in range(2):
+        crf = _crf(img, rng.normal(size=(3, 600)).astype(np.float32))
+        lats.append(crf._np_terms[0].lattice)
+    assert lats[0] is lats[1]
+
+
+def test_threads_setting(monkeypatch) -> None:
+    from deeplabv1.crf import get_num_threads, set_num_threads
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (20, 25, 3), dtype=np.uint8)
+    u = rng.normal(size=(6, 500)).astype(np.float32)
+    used = []
+    for name in ("fused_step", "fused_step_serial"):
+        real = getattr(lattice_numba, name)
+        monkeypatch.setattr(lattice_numba, name,
+                            lambda *a, _r=real, _n=name: used.append(_n) or _r(*a))  # fmt: skip
+    with pytest.raises(ValueError, match="n >= 1"):
+        set_num_threads(0)
+    before = numpy_lattice._THREADS
+    try:
+        set_num_threads(1)
+        assert get_num_threads() == 1
+        one = _crf(img, u).inference(5)
+        assert set(used) == {"fused_step_serial"}
+        used.clear()
+        set_num_threads(2)
+        two = _crf(img, u).inference(5)
+        if lattice_numba.numba.config.NUMBA_NUM_THREADS >= 2:
+            assert get_num_threads() == 2 and set(used) == {"fused_step"}
+        np.testing.assert_allclose(one, two, rtol=0, atol=1e-6)
+        # the torch API keeps following torch's thread count
+        used.clear()
+        set_num_threads(1)
+        torch_before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            from deeplabv1.crf import PairwiseTerm, mean_field
+
+            feats = torch.from_numpy(gaussian_features_np(20, 25, 3.0))[None]
+            mean_field(torch.from_numpy(u)[None], [PairwiseTerm(feats, 3.0, "after")], iters=2)
+        finally:
+            torch.set_num_threads(torch_before)
+        if lattice_numba.numba.config.NUMBA_NUM_THREADS >= 2:
+            assert set(used) == {"fused_step"}
+    finally:
+        numpy_lattice._THREADS = before
+
+
+def test_codes_beyond_62_bits_fall_back_to_torch() -> None:
+    rng = np.random.default_rng(6)
+    f = (rng.normal(size=(80, 5)) * 1e6).astype(np.float32)
+    assert numpy_lattice.build_lattice(f, 80) is None
+    u = rng.normal(size=(3, 80)).astype(np.float32)
+    crf = dcrf.DenseCRF(80, 3)
+    crf.setUnaryEnergy(u)
+    crf.addPairwiseEnergy(f.T, compat=3.0)
+    assert crf._torch is not None
+    q = crf.inference(3)
+    # every point is alone in its simplex: the message is a constant multiple of Q
+    assert q.shape == (3, 80) and np.isfinite(q).all()
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
+
+
+def test_non_potts_and_steps_match_torch_path(monkeypatch) -> None:
+    """A diagonal compatibility moves the drop-in to the torch path; stepInference and
+    klDivergence of the numpy engine equal the torch path's."""
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    u = rng.normal(size=(4, 120)).astype(np.float32)
+    fast = _crf(img, u, norm=dcrf.NORMALIZE_SYMMETRIC)
+    assert fast._numpy_engine()
+    with monkeypatch.context() as m:
+        m.setattr(lattice_numba, "numba", None)
+        slow = _crf(img, u, norm=dcrf.NORMALIZE_SYMMETRIC)
+        q_slow, _, _ = slow.startInference()
+        for _ in range(3):
+            slow.stepInference(q_slow)
+        kl_slow = slow.klDivergence(q_slow)
+    q_fast, _, _ = fast.startInference()
+    for _ in range(3):
+        fast.stepInference(q_fast)
+    np.testing.assert_allclose(q_fast, q_slow, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(q_fast, fast.inference(3), rtol=0, atol=1e-5)
+    assert fast.klDivergence(q_fast) == pytest.approx(kl_slow, rel=1e-5)
+    fast.addPairwiseGaussian(sxy=2, compat=dcrf.DiagonalCompatibility(np.ones(4) * 2))
+    assert fast._torch is not None and not fast._numpy_engine()
+    ref = _crf(img, u, method="dense", norm=dcrf.NORMALIZE_SYMMETRIC)
+    ref.addPairwiseGaussian(sxy=2, compat=dcrf.DiagonalCompatibility(np.ones(4) * 2))
+    same = (fast.inference(5).argmax(0) == ref.inference(5).argmax(0)).mean()
+    assert same >= 0.95
