@@ -8,19 +8,26 @@ the softmax cross-entropy against the full-resolution labels (255 ignored) train
 (SGD, the paper's lr/decay multipliers on ``crf_base_lr``) and the CRF parameters (their own
 ``crf_lr``, no weight decay: the two kernel weights, the label compatibility initialised from
 Potts, and with ``crf_learn_std`` the kernel standard deviations). The network's dropout is
-off in this stage unless ``crf_dropout`` (measured on the demo: docs/crf_end_to_end.md).
+off in this stage unless ``crf_dropout`` (measured on the demo: docs/crf_end_to_end.md). MSc
+networks keep stage 1's freeze (``build.freeze_for_msc``): trunk frozen, branches trained, fc8
+as ``msc_train_fc8`` resolves.
 
-Outputs in ``<out_dir>/crf/``: ``log.jsonl`` and ``final.pt``, a normal checkpoint whose ``crf``
-entry holds the learned parameters and ``iters`` = ``crf_test_iters`` (10) for ``eval`` and
-``predict``. Single process (under torchrun only rank 0 runs this stage); not resumable: a
-crash leaves stage 1's ``final.pt`` intact and the stage reruns from it.
+Outputs in ``<out_dir>/crf/``: ``log.jsonl``, ``checkpoint_<iter>.pt`` every ``checkpoint_every``
+iterations (the newest ``keep_checkpoints`` kept) and ``final.pt``, all resumable training
+checkpoints (``train.state``: network, optimizer, iteration, data position, RNG states) that
+also carry ``stage`` = ``"crf-end-to-end"``, ``crf_state`` (the layer's exact parameters),
+``stage1_iteration`` and the ``crf`` entry (``iters`` = ``crf_test_iters``, 10) that ``eval``
+and ``predict`` read. ``resume: auto`` continues from the newest of them (stage 1, finished,
+runs no iteration); ``resume: <one of them>`` skips stage 1 (``loop.train``). Single process
+(under torchrun only rank 0 runs this stage).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.train import state as st
 
 STAGE_DIR = "crf"
+STAGE_MARK = "crf-end-to-end"  # the ``stage`` entry of this stage's checkpoints
 
 
 @dataclass
@@ -71,32 +80,117 @@ def full_resolution(scores: torch.Tensor, height: int, width: int) -> torch.Tens
     return full[..., :height, :width]
 
 
+class StreamSampler(torch.utils.data.Sampler):
+    """Items ``start .. stop - 1`` of the stage's data stream: indices drawn uniformly with
+    replacement by ``RandomSampler`` seeded with ``seed``.
+
+    The stream does not depend on ``stop`` (each draw extends it), so a resumed or a longer run
+    continues exactly where the interrupted one stopped.
+    """
+
+    def __init__(self, num_items: int, *, seed: int, start: int, stop: int) -> None:
+        self.num_items, self.seed, self.start, self.stop = num_items, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self):
+        if self.stop <= self.start:
+            return iter(())
+        stream = torch.utils.data.RandomSampler(
+            range(self.num_items), replacement=True, num_samples=self.stop,
+            generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
+        return itertools.islice(iter(stream), self.start, None)
+
+
+def is_stage_checkpoint(ckpt: dict) -> bool:
+    """Whether a checkpoint dict was written by this stage."""
+    return ckpt.get("stage") == STAGE_MARK
+
+
+def resumes_joint_stage(cfg) -> bool:
+    """Whether ``cfg.resume`` names a checkpoint of this stage (then stage 1 is skipped)."""
+    from deeplabv1.checkpoint import load_checkpoint
+
+    if getattr(cfg, "crf", "none") != "end-to-end" or cfg.resume in (None, "auto"):
+        return False
+    return is_stage_checkpoint(load_checkpoint(st.find_resume(cfg.out_dir, cfg.resume)))
+
+
+def _resume_state(cfg, out_dir: Path, stage1) -> tuple[Path, dict] | None:
+    """The checkpoint this stage continues from and its contents, or None (a fresh start).
+
+    ``resume: auto`` = the newest in ``out_dir``, refused when it followed another stage 1;
+    a path = that checkpoint when it is one of this stage's (a stage-1 path resumed stage 1).
+    """
+    from deeplabv1.checkpoint import load_checkpoint
+
+    if not cfg.resume:
+        return None
+    path = st.find_resume(out_dir, cfg.resume)
+    if path is None:
+        return None
+    ckpt = st.load_training_checkpoint(path)
+    if not is_stage_checkpoint(ckpt):
+        if cfg.resume == "auto":
+            raise DeepLabError(f"{path}: not a checkpoint of the joint CRF stage")
+        return None
+    if cfg.resume == "auto" and Path(stage1).is_file():
+        stage1_iter = load_checkpoint(stage1).get("iteration")
+        if ckpt.get("stage1_iteration") != stage1_iter:
+            raise DeepLabError(
+                f"{path}: continues a stage 1 of {ckpt.get('stage1_iteration')} iterations, but "
+                f"{stage1} has {stage1_iter}: move {out_dir} away to restart the joint stage")
+    return path, ckpt
+
+
+def _freeze_like_stage1(model, cfg, arch: str) -> list[str]:
+    """MSc networks: the trunk stays frozen as in stage 1 (SPEC 1: only the branches train)."""
+    from deeplabv1.train.build import freeze_for_msc
+    from deeplabv1.train.config import replace
+
+    if not getattr(model, "msc_branch_names", ()):
+        return []
+    train_fc8 = replace(cfg, arch=arch).resolved_msc_train_fc8()
+    freeze_for_msc(model, train_fc8)
+    fc8 = "trained" if train_fc8 else "frozen"
+    return [f"CRF stage, MSc: trunk frozen, branches trained, fc8 {fc8}"]
+
+
 def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | None = None) -> Path:
     """Joint fine-tuning from the stage-1 checkpoint; returns ``<out_dir>/crf/final.pt``.
 
-    ``cfg`` is the run's TrainConfig (data, batch, device, seed, out_dir, ...); ``settings``
-    default to ``stage_settings(cfg)``.
+    ``cfg`` is the run's TrainConfig (data, batch, device, seed, out_dir, checkpoint_every,
+    keep_checkpoints, resume, ...); ``settings`` default to ``stage_settings(cfg)``. With
+    ``cfg.resume`` set (see the module docstring) the stage continues from its own checkpoint
+    exactly: same parameters, optimizer, data stream and RNG states as an uninterrupted run.
     """
-    from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
     from deeplabv1.config import config_to_dict
     from deeplabv1.crf.layer import CRFLayer
     from deeplabv1.train.build import build_dataset
     from deeplabv1.train.config import replace
     from deeplabv1.train.distributed import resolve_device
     from deeplabv1.train.logger import TrainLogger
-    from deeplabv1.train.optim import build_optimizer
+    from deeplabv1.train.optim import build_optimizer, build_scheduler
 
     s = settings if settings is not None else stage_settings(cfg)
     out_dir = Path(cfg.out_dir) / STAGE_DIR
-    final = out_dir / "final.pt"
+    final = out_dir / st.FINAL_NAME
     if int(os.environ.get("RANK", "0")) != 0:
         return final
     if s.crf_max_iter < 1 or s.crf_train_iters < 1 or s.crf_test_iters < 1:
         raise DeepLabError("train config: crf_max_iter, crf_train_iters, crf_test_iters >= 1")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    ckpt = load_checkpoint(stage1)
+    resumed = _resume_state(cfg, out_dir, stage1)
+    ckpt = resumed[1] if resumed else load_checkpoint(stage1)
+    source = ckpt["source"] if resumed else str(stage1)
+    stage1_iter = ckpt.get("stage1_iteration") if resumed else ckpt.get("iteration")
     # dropout off by default: the CRF should learn on the unaries it will see at test time
     model = model_from_checkpoint(ckpt).to(device).train(s.crf_dropout)
+    notes = _freeze_like_stage1(model, cfg, ckpt["arch"])
     num_classes = int(ckpt["num_classes"])
     layer = CRFLayer.from_checkpoint_entry(
         ckpt.get("crf") or ckpt["arch"], num_classes, iters=s.crf_train_iters,
@@ -107,22 +201,54 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     crf_params = [p for p in layer.parameters() if p.requires_grad]
     optimizer.add_param_group({"params": crf_params, "lr": s.crf_lr, "lr_mult": 1.0,
                                "weight_decay": 0.0, "names": ["crf"]})  # fmt: skip
+    # the stage's lr is constant; the scheduler is the training state's usual companion
+    scheduler = build_scheduler(optimizer, replace(cfg, lr_policy="fixed"))
+    start_iter = position = 0
+    if resumed:
+        path, state = resumed
+        try:
+            layer.load_state_dict(state["crf_state"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise DeepLabError(f"{path}: does not fit this run's network/CRF settings: {exc}") \
+                from exc
+        scheduler.load_state_dict(state["scheduler"])
+        start_iter = int(state["iteration"])
+        position = int(state.get("data_position", start_iter * cfg.batch_size))
+        notes.append(f"CRF stage: resumed from {path} at iteration {start_iter}")
     dataset = build_dataset(cfg)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True,
-                                             num_samples=s.crf_max_iter * cfg.batch_size,
-                                             generator=generator)  # fmt: skip
+    sampler = StreamSampler(len(dataset), seed=cfg.seed + 1, start=position,
+                            stop=s.crf_max_iter * cfg.batch_size)  # fmt: skip
+    # the loader's own generator: creating it never draws from the global RNG (dropout's)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                         num_workers=cfg.workers, drop_last=True)  # fmt: skip
+                                         num_workers=cfg.workers, drop_last=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed + 1))
     out_dir.mkdir(parents=True, exist_ok=True)
-    logger = TrainLogger(out_dir, start_iter=0, max_iter=s.crf_max_iter, progress=cfg.progress,
-                         tensorboard=cfg.tensorboard)  # fmt: skip
-    logger.message(f"CRF stage: joint fine-tuning from {stage1}, {layer}")
-    torch.manual_seed(cfg.seed + 1)
+    logger = TrainLogger(out_dir, start_iter=start_iter, max_iter=s.crf_max_iter,
+                         progress=cfg.progress, tensorboard=cfg.tensorboard)  # fmt: skip
+    logger.message(f"CRF stage: joint fine-tuning from {source}, {layer}")
+    for note in notes:
+        logger.message(note)
+
+    def save(path: Path, iteration: int) -> None:
+        st.save_training_checkpoint(
+            path, model, config=config_to_dict(cfg), optimizer=optimizer, scheduler=scheduler,
+            iteration=iteration, data_position=position, rng=[st.get_rng_state()],
+            stage=STAGE_MARK, crf=layer.checkpoint_entry(s.crf_test_iters),
+            crf_state={k: v.detach().cpu() for k, v in layer.state_dict().items()},
+            crf_stage=asdict(s), source=source, stage1_iteration=stage1_iter,
+        )  # fmt: skip
+
+    if resumed:
+        st.set_rng_state(resumed[1]["rng"][0])
+    else:
+        torch.manual_seed(cfg.seed + 1)
     t_start = t_window = time.perf_counter()
     window, window_loss = 0, 0.0
     log_every = max(1, min(cfg.log_every, s.crf_max_iter))
-    for it, batch in enumerate(loader, start=1):
+    batches = iter(loader)
+    for it in range(start_iter, s.crf_max_iter):
+        batch = next(batches)
         images = batch["image"].to(device)
         labels = batch["label"].to(device)
         scores = full_resolution(model(images), *labels.shape[-2:])
@@ -131,21 +257,26 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        scheduler.step()
+        position += cfg.batch_size
         window_loss += loss.item()
         window += 1
-        if it % log_every == 0 or it == s.crf_max_iter:
+        done = it + 1
+        if done % log_every == 0 or done == s.crf_max_iter:
             if not np.isfinite(window_loss):
-                raise DeepLabError(f"CRF stage diverged at iteration {it} (lower crf_lr)")
+                raise DeepLabError(f"CRF stage diverged at iteration {done} (lower crf_lr)")
             now = time.perf_counter()
             w1, w2 = (float(x) for x in layer.weights.detach().cpu())
-            logger.log({"iter": it, "loss": window_loss / window, "lr": s.crf_base_lr,
+            logger.log({"iter": done, "loss": window_loss / window, "lr": s.crf_base_lr,
                         "images_per_s": window * cfg.batch_size / max(now - t_window, 1e-9),
                         "time": now - t_start, "crf_w1": w1, "crf_w2": w2})  # fmt: skip
             window, window_loss, t_window = 0, 0.0, now
-    save_checkpoint(final, model.state_dict(), arch=ckpt["arch"], num_classes=num_classes,
-                    width=ckpt["width"], model_kwargs=ckpt["model_kwargs"],
-                    config=config_to_dict(cfg), crf=layer.checkpoint_entry(s.crf_test_iters),
-                    iteration=s.crf_max_iter, source=str(stage1))  # fmt: skip
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < s.crf_max_iter:
+            t_save = time.perf_counter()
+            save(st.checkpoint_path(out_dir, done), done)
+            st.prune_checkpoints(out_dir, cfg.keep_checkpoints)
+            t_window += time.perf_counter() - t_save  # keep images/s about training only
+    save(final, max(start_iter, s.crf_max_iter))
     logger.message(f"CRF stage: final checkpoint {final} ({layer.crf_params()})")
     logger.close()
     return final

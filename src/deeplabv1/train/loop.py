@@ -52,6 +52,11 @@ def seed_process(seed: int, rank: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``
     (``crf/final.pt`` with ``crf: end-to-end``)."""
+    if cfg.crf == "end-to-end":
+        from deeplabv1.train import crf_finetune
+
+        if crf_finetune.resumes_joint_stage(cfg):  # a joint-stage checkpoint: stage 1 is done
+            return crf_finetune.finetune_crf(cfg, Path(cfg.out_dir) / st.FINAL_NAME)
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
     try:

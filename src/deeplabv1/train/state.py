@@ -112,8 +112,10 @@ def save_training_checkpoint(
     iteration: int,
     data_position: int,
     rng: list[dict],
+    **extra: Any,
 ) -> None:
-    """Write a resumable checkpoint atomically (checkpoint format + training state)."""
+    """Write a resumable checkpoint atomically (checkpoint format + training state + ``extra``
+    keys, e.g. the joint CRF stage's layer state)."""
     save_checkpoint(
         path,
         model.state_dict(),
@@ -128,6 +130,7 @@ def save_training_checkpoint(
         data_position=int(data_position),
         rng=rng,
         world_size=len(rng),
+        **extra,
     )
 
 
