@@ -89,6 +89,11 @@ def test_train_crf_end_to_end(synth_root, tmp_path):
     assert float((entry["compat"] - potts).abs().max()) > 1e-4  # the compatibility learned
     assert (entry["sa"], entry["sb"], entry["sg"]) == pytest.approx((121, 5, 3))  # not learned
     assert any(not torch.equal(stage1["model"][k], joint["model"][k]) for k in joint["model"])
+    # the final checkpoint is a resumable training checkpoint of the stage (no periodic ones)
+    assert joint["stage"] == "crf-end-to-end" and joint["iteration"] == 3
+    assert joint["data_position"] == 6 and joint["source"] == str(tmp_path / "final.pt")
+    assert {"optimizer", "scheduler", "rng", "crf_state", "stage1_iteration"} <= joint.keys()
+    assert sorted(p.name for p in (tmp_path / "crf").glob("*.pt")) == ["final.pt"]
     records = [json.loads(x) for x in (tmp_path / "crf" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1, 2, 3]
     assert all({"loss", "lr", "images_per_s", "time", "crf_w1"} <= r.keys() for r in records)
