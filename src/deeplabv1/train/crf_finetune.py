@@ -186,7 +186,7 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     device = resolve_device(cfg.device)
     resumed = _resume_state(cfg, out_dir, stage1)
     ckpt = resumed[1] if resumed else load_checkpoint(stage1)
-    source = ckpt["source"] if resumed else str(stage1)
+    source = ckpt.get("source", str(stage1)) if resumed else str(stage1)
     stage1_iter = ckpt.get("stage1_iteration") if resumed else ckpt.get("iteration")
     # dropout off by default: the CRF should learn on the unaries it will see at test time
     model = model_from_checkpoint(ckpt).to(device).train(s.crf_dropout)
