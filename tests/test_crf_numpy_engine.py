@@ -305,3 +305,27 @@ def test_non_potts_and_steps_match_torch_path(monkeypatch) -> None:
     ref.addPairwiseGaussian(sxy=2, compat=dcrf.DiagonalCompatibility(np.ones(4) * 2))
     same = (fast.inference(5).argmax(0) == ref.inference(5).argmax(0)).mean()
     assert same >= 0.95
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 5])
+def test_filter_threads_and_axis_parity_equal_torch_csr(monkeypatch, d) -> None:
+    """The blur's buffer rotation (even and odd axis counts, 1 and 2 workers) gives the torch
+    CSR filter's result to float64 rounding, forward and reverse, twice in a row (reused
+    workspaces)."""
+    from deeplabv1.crf.lattice import PermutohedralLattice
+
+    rng = np.random.default_rng(d)
+    f = rng.random((2, 150, d)) * 5
+    v = rng.random((300, 3))
+    lat = PermutohedralLattice(torch.from_numpy(f)).numba_tables()  # float64 NumpyLattice
+    assert isinstance(lat, numpy_lattice.NumpyLattice) and lat.dtype == np.float64
+    fast = {(t, r): [lat.filter(v, reverse=r, threads=t) for _ in range(2)]
+            for t in (1, 2) for r in (False, True)}  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(lattice_numba, "numba", None)
+        ref_lat = PermutohedralLattice(torch.from_numpy(f))
+        for (_, r), outs in fast.items():
+            ref = ref_lat.apply(torch.from_numpy(v).view(2, 150, 3), reverse=r).reshape(300, 3)
+            for out in outs:
+                np.testing.assert_allclose(out, ref.numpy(), rtol=1e-12, atol=1e-12)
+

@@ -110,7 +110,7 @@ class DenseCRF:
     ) -> None:
         """A Gaussian-kernel term over features (d, nvar) already divided by their std devs."""
         feats = as_float_matrix(features, "pairwise features", (None, self._nvar))
-        self._add(np.ascontiguousarray(feats.T), compat, kernel, normalization)
+        self._add(np.array(feats.T, order="C"), compat, kernel, normalization)  # a private copy
 
     def _add(self, feats: np.ndarray, compat, kernel, normalization) -> None:
         """Add a term over float32 features (nvar, d)."""
@@ -122,7 +122,7 @@ class DenseCRF:
         mode = _MODES[int(normalization)]
         self._specs.append((feats, compat, mode))
         if self._torch is None and self._fast and isinstance(compat, float):
-            lat = numpy_lattice.cached_lattice(feats, self._nvar)
+            lat = numpy_lattice.cached_lattice(feats, self._nvar, copy=False)  # feats: ours
             if lat is not None:  # None: codes beyond 62 bits (the torch path handles those)
                 self._np_terms.append(numpy_meanfield.prepare_term(lat, compat, mode))
                 return

@@ -235,33 +235,45 @@ class NumpyLattice:
         return self._norm
 
     def workspace(self, c: int, threads: int) -> tuple[np.ndarray, ...]:
-        """Splat buffers (threads, M+1, c) and two blur buffers (M+1, c), all with a zero last
-        row, cached for the last (c, threads): reuse saves the page faults of new buffers."""
+        """Splat buffers acc (threads, M+1, c), the blur result buffer a (M+1, c) and the blur's
+        spare b (acc[1] with several workers; its own buffer on one worker for an even axis
+        count; else None), all with a zero last row, cached for the last (c, threads):
+        reuse saves the page faults of new buffers."""
         ws = self._ws
         if ws is None or ws[1].shape[1] != c or ws[0].shape[0] != threads:
             rows = self.num_lattice + 1
-            self._ws = None  # free the old buffers first
-            ws = (np.zeros((threads, rows, c), self.dtype), np.zeros((rows, c), self.dtype),
-                  np.zeros((rows, c), self.dtype))  # fmt: skip
-            self._ws = ws
+            self._ws = ws = None  # free the old buffers first
+            acc = np.zeros((threads, rows, c), self.dtype)
+            if threads > 1:
+                spare = acc[1]
+            elif len(self.n1) % 2 == 0:
+                spare = np.zeros((rows, c), self.dtype)
+            else:
+                spare = None
+            ws = self._ws = (acc, np.zeros((rows, c), self.dtype), spare)
         return ws
 
     def blur(self, acc, a, b, reverse: bool = False):
-        """Blur the splatted acc (rows: M lattice points + a zero row) along every axis,
-        ping-ponging between a and b; returns the buffer holding the result."""
-        axes = range(len(self.n1) - 1, -1, -1) if reverse else range(len(self.n1))
+        """Blur the splatted acc (rows: M lattice points + a zero row) along every axis into a
+        (returned). acc[0] is the ping-pong partner of a; an even axis count goes through b
+        first (acc[1] or a spare buffer) so that the result lands in a, outside acc (the
+        fused mean-field pass splats into acc while it slices the result)."""
+        axes = list(range(len(self.n1) - 1, -1, -1) if reverse else range(len(self.n1)))
         if acc.shape[0] == 1:  # one worker: serial kernels (no parallel-region launches)
-            cur = acc[0]
-            for j in axes:
-                lattice_numba.blur_serial(cur, a, self.n1[j], self.n2[j])
-                cur, a, b = a, b, a
-            return cur
-        lattice_numba.reduce_first(acc)
-        cur = acc[0]
-        for j in axes:
-            lattice_numba.blur(cur, a, self.n1[j], self.n2[j])
-            cur, a, b = a, b, a
-        return cur
+            kernel = lattice_numba.blur_serial
+        else:
+            lattice_numba.reduce_first(acc)
+            kernel = lattice_numba.blur
+        src = acc[0]
+        if len(axes) % 2 == 0:
+            j = axes.pop(0)
+            kernel(src, b, self.n1[j], self.n2[j])
+            src = b
+        for k, j in enumerate(axes):  # an odd count left: src -> a -> acc[0] -> ... -> a
+            dst = a if k % 2 == 0 else acc[0]
+            kernel(src, dst, self.n1[j], self.n2[j])
+            src = dst
+        return a
 
 
 # The last CACHE_SIZE lattices by their features. The position-only (Gaussian) lattice
@@ -271,8 +283,12 @@ CACHE_SIZE = 2
 _CACHE: list[tuple[np.ndarray, int, NumpyLattice]] = []
 
 
-def cached_lattice(features: np.ndarray, n: int, threads: int | None = None):
-    """``build_lattice(features, n)`` through the cache (None when the codes do not fit)."""
+def cached_lattice(features: np.ndarray, n: int, threads: int | None = None, copy: bool = True):
+    """``build_lattice(features, n)`` through the cache (None when the codes do not fit).
+
+    The cache keeps a copy of the features, or with ``copy=False`` the array itself (the
+    caller then promises never to modify it: the drop-in's private feature arrays).
+    """
     for k, (f, fn, lat) in enumerate(_CACHE):
         if fn == n and f.shape == features.shape and np.array_equal(f, features):
             _CACHE.insert(0, _CACHE.pop(k))
@@ -281,7 +297,7 @@ def cached_lattice(features: np.ndarray, n: int, threads: int | None = None):
         _CACHE.pop()  # evict before building: the peak memory then holds one lattice less
     lat = build_lattice(features, n, threads)
     if CACHE_SIZE > 0 and lat is not None:
-        _CACHE.insert(0, (features.copy(), n, lat))
+        _CACHE.insert(0, (features.copy() if copy else features, n, lat))
     return lat
 
 
