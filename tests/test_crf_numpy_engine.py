@@ -329,3 +329,16 @@ def test_filter_threads_and_axis_parity_equal_torch_csr(monkeypatch, d) -> None:
             for out in outs:
                 np.testing.assert_allclose(out, ref.numpy(), rtol=1e-12, atol=1e-12)
 
+
+
+def test_no_pairwise_term_is_the_softmax() -> None:
+    rng = np.random.default_rng(8)
+    u = rng.normal(size=(4, 30)).astype(np.float32) * 3
+    crf = dcrf.DenseCRF(30, 4)
+    crf.setUnaryEnergy(u)
+    assert crf._numpy_engine()
+    e = np.exp(-u.astype(np.float64) + u.min(0))
+    for iters in (0, 3):
+        np.testing.assert_allclose(crf.inference(iters), e / e.sum(0), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="iters"):
+        crf.inference(-1)

@@ -91,6 +91,10 @@ def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None) -> np
     # Labels padded to a multiple of 8 (AVX width; the kernels rely on it): the label loops
     # then have no remainder (measured: slice/splat/blur about 1.4x faster at 21 -> 24).
     padded = -(-num_labels // 8) * 8
+    if not terms:  # no pairwise term: Q = softmax(-U) whatever the iteration count
+        qn = np.zeros((p, padded), np.float32)
+        qn[:, :num_labels] = step(-un, None, [])
+        return qn
     plans = []  # (lattice, slice weights, splat weights, (splat buffers, blur a, blur b))
     for t in terms:
         lat = t.lattice
