@@ -153,7 +153,8 @@ if numba is not None:
         q[p] = softmax(-unary[p] + sum_r wts[p,r] lat[offs[p,r]] + the same for term 2),
         then scatter bary[p,r] q[p] into acc[t, offs[p,r]] (and acc2), t the worker's private
         buffer (zeroed first). q, lat and acc have Cp >= C columns (padding to a multiple of
-        8 makes the label loops remainder-free; q's padding stays 0).
+        8 makes the label loops remainder-free; q's padding stays 0; any Cp >= 1 works, e.g.
+        Cp = C for a few labels).
         The slices run over wts' columns, the splats over bary's: 0-column arrays skip a
         term's slice (the initial softmax) or splat (the last iteration); 0-column offs2,
         wts2, bary2 for a single term. q is written only when ``store`` is true (the last
@@ -161,6 +162,7 @@ if numba is not None:
         max per pixel, exp over the whole block, then sum, normalisation and splat per pixel."""
         n, c = unary.shape
         cp = q.shape[1]
+        wide = cp % 8 == 0  # label loops without a remainder (else: the lanes check bounds)
         nt = acc.shape[0]
         step = (n + nt - 1) // nt
         for t in prange(nt):
@@ -180,19 +182,50 @@ if numba is not None:
                 nb = min(_BLOCK, hi - p0)
                 for i in range(nb):
                     p = p0 + i
-                    for k in range(cp):
-                        x[k] = 0
-                        y[k] = 0
-                    for r in range(wts.shape[1]):
-                        w = wts[p, r]
-                        v = offs[p, r]
+                    nv = wts.shape[1]
+                    if nv == 6:  # d = 5: vertices written out, labels vectorise
+                        w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                        w3, w4, w5 = wts[p, 3], wts[p, 4], wts[p, 5]
+                        v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
+                        v3, v4, v5 = offs[p, 3], offs[p, 4], offs[p, 5]
                         for k in range(cp):
-                            x[k] += w * lat[v, k]
-                    for r in range(wts2.shape[1]):
-                        w = wts2[p, r]
-                        v = offs2[p, r]
+                            a = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
+                            x[k] = ((a + w3 * lat[v3, k]) + w4 * lat[v4, k]) + w5 * lat[v5, k]
+                    elif nv == 3:  # d = 2
+                        w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                        v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
                         for k in range(cp):
-                            y[k] += w * lat2[v, k]
+                            x[k] = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
+                    else:
+                        for k in range(cp):
+                            x[k] = 0
+                        for r in range(nv):
+                            w = wts[p, r]
+                            v = offs[p, r]
+                            for k in range(cp):
+                                x[k] += w * lat[v, k]
+                    nv = wts2.shape[1]
+                    if nv == 6:  # d = 5: vertices written out, labels vectorise
+                        w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                        w3, w4, w5 = wts2[p, 3], wts2[p, 4], wts2[p, 5]
+                        v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
+                        v3, v4, v5 = offs2[p, 3], offs2[p, 4], offs2[p, 5]
+                        for k in range(cp):
+                            a = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
+                            y[k] = ((a + w3 * lat2[v3, k]) + w4 * lat2[v4, k]) + w5 * lat2[v5, k]
+                    elif nv == 3:  # d = 2
+                        w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                        v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
+                        for k in range(cp):
+                            y[k] = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
+                    else:
+                        for k in range(cp):
+                            y[k] = 0
+                        for r in range(nv):
+                            w = wts2[p, r]
+                            v = offs2[p, r]
+                            for k in range(cp):
+                                y[k] += w * lat2[v, k]
                     for k in range(c):
                         x[k] = (x[k] - unary[p, k]) + y[k]
                     # Softmax. Max and sum over 8 interleaved partial results: a single
@@ -200,11 +233,18 @@ if numba is not None:
                     # vectorise without fastmath.
                     for k in range(c, cp):
                         x[k] = _LOW
-                    for j in range(8):
-                        part[j] = x[j]
-                    for k0 in range(8, cp, 8):
+                    if wide:
                         for j in range(8):
-                            part[j] = part[j] if part[j] > x[k0 + j] else x[k0 + j]
+                            part[j] = x[j]
+                        for k0 in range(8, cp, 8):
+                            for j in range(8):
+                                part[j] = part[j] if part[j] > x[k0 + j] else x[k0 + j]
+                    else:  # the same lanes, missing labels as padding: same bits
+                        for j in range(8):
+                            part[j] = x[j] if j < cp else _LOW
+                        for k0 in range(8, cp, 8):
+                            for j in range(min(8, cp - k0)):
+                                part[j] = part[j] if part[j] > x[k0 + j] else x[k0 + j]
                     mx = part[0]
                     for j in range(1, 8):
                         mx = mx if mx > part[j] else part[j]
@@ -224,11 +264,18 @@ if numba is not None:
                         x[k] = blk[i, k]
                     for k in range(c, cp):
                         x[k] = 0
-                    for j in range(8):
-                        part[j] = x[j]
-                    for k0 in range(8, cp, 8):
+                    if wide:
                         for j in range(8):
-                            part[j] += x[k0 + j]
+                            part[j] = x[j]
+                        for k0 in range(8, cp, 8):
+                            for j in range(8):
+                                part[j] += x[k0 + j]
+                    else:
+                        for j in range(8):
+                            part[j] = x[j] if j < cp else 0
+                        for k0 in range(8, cp, 8):
+                            for j in range(min(8, cp - k0)):
+                                part[j] += x[k0 + j]
                     s = ((part[0] + part[1]) + (part[2] + part[3])) + (
                         (part[4] + part[5]) + (part[6] + part[7]))  # fmt: skip
                     inv = _ONE / s

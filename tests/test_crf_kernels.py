@@ -1,0 +1,112 @@
+"""The fused mean-field kernel of crf/lattice_numba.py against a float64 numpy reference, on
+random lattice tables (any vertex count: the written-out 3- and 6-vertex slices and the
+generic loop), any padded label width (a multiple of 8 or the label count itself), one and
+two workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deeplabv1.crf import lattice_numba
+
+pytestmark = pytest.mark.skipif(not lattice_numba.available(), reason="numba not installed")
+
+
+def _term(rng, p: int, m: int, nv: int):
+    """Random tables of one term: offs (P, nv) distinct vertex ids per point, slice and
+    splat weights."""
+    offs = np.stack([rng.choice(m, nv, replace=False) for _ in range(p)]).astype(np.int32)
+    offs = offs.reshape(p, nv)
+    wts = rng.uniform(0.0, 2.0, (p, nv)).astype(np.float32)
+    bary = rng.uniform(0.0, 1.0, (p, nv)).astype(np.float32)
+    return offs, wts, bary
+
+
+def _reference(unary, terms, lats, cp):
+    """Q (P, cp) = softmax(-U + sum of slices), padding 0; splat sums (M+1, cp) per term."""
+    p, c = unary.shape
+    logits = -unary.astype(np.float64)
+    for (offs, wts, _), lat in zip(terms, lats):
+        logits += np.einsum("pr,prk->pk", wts, lat[offs][:, :, :c].astype(np.float64))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    q = np.zeros((p, cp))
+    q[:, :c] = e / e.sum(1, keepdims=True)
+    splats = []
+    for (offs, _, bary), lat in zip(terms, lats):
+        acc = np.zeros((lat.shape[0], cp))
+        np.add.at(acc, offs.reshape(-1), (bary[:, :, None] * q[:, None, :]).reshape(-1, cp))
+        splats.append(acc)
+    return q, splats
+
+
+def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True):
+    """fused_step on the tables; returns q and the per-term splat sums over the workers."""
+    p, _ = unary.shape
+    q = np.zeros((p, cp), np.float32)
+    args = []
+    accs = []
+    for (offs, wts, bary), lat in zip(terms, lats):
+        acc = np.full((threads, lat.shape[0], cp), 7.0, np.float32)  # zeroed by the splat
+        acc[:, -1] = 0
+        accs.append(acc)
+        args.append((offs, wts, bary, acc))
+    call = []
+    for (offs, wts, bary, acc), lat in zip(args, lats):
+        call += [offs, wts if slices else wts[:, :0], lat, bary if splat else bary[:, :0], acc]
+    kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
+    if threads > 1:
+        lattice_numba.set_threads(threads)
+    kernel(unary, q, *call, store)
+    return q, [a.sum(0) for a in accs]
+
+
+def _case(seed: int, p: int, c: int, cp: int, nvs, m: int = 40):
+    rng = np.random.default_rng(seed)
+    unary = rng.normal(0.0, 2.0, (p, c)).astype(np.float32)
+    terms = [_term(rng, p, m, nv) for nv in nvs]
+    lats = []
+    for _ in nvs:
+        lat = np.zeros((m + 1, cp), np.float32)
+        lat[:m, :c] = rng.uniform(0.0, 3.0, (m, c))
+        lats.append(lat)
+    return unary, terms, lats
+
+
+@pytest.mark.parametrize("nvs", [(6, 3), (3, 6), (2, 4), (6, 6), (3, 0)])
+@pytest.mark.parametrize(("c", "cp"), [(21, 24), (2, 2), (2, 8), (5, 5), (1, 8), (9, 16)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_matches_reference(nvs, c, cp, threads) -> None:
+    unary, terms, lats = _case(nvs[0] * 7 + c + cp, 300, c, cp, nvs)
+    q, splats = _run(unary, terms, lats, cp, threads)
+    ref_q, ref_splats = _reference(unary, terms, lats, cp)
+    np.testing.assert_allclose(q, ref_q, rtol=0, atol=2e-6)
+    assert np.all(q[:, c:] == 0)
+    for got, want, nv in zip(splats, ref_splats, nvs):
+        if nv:  # a term without vertices splats nothing (its buffers are not even zeroed)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nvs", [(6, 3), (2, 4)])
+@pytest.mark.parametrize("c", [1, 2, 3, 5])
+def test_fused_step_unpadded_equals_padded(nvs, c) -> None:
+    """Few labels need no padding to 8: the same results, bit for bit."""
+    unary, terms, lats8 = _case(c, 257, c, 8, nvs)
+    lats = [np.ascontiguousarray(lat[:, :c]) for lat in lats8]
+    for threads in (1, 2):
+        q, splats = _run(unary, terms, lats, c, threads)
+        q8, splats8 = _run(unary, terms, lats8, 8, threads)
+        assert np.array_equal(q, q8[:, :c])
+        for a, b in zip(splats, splats8):
+            assert np.array_equal(a, b[:, :c])
+
+
+def test_fused_step_skips_slices_splats_and_store() -> None:
+    unary, terms, lats = _case(3, 200, 21, 24, (6, 3))
+    q, splats = _run(unary, terms, lats, 24, 2, slices=False)  # the initial softmax
+    e = np.exp(-unary.astype(np.float64) - (-unary).max(1, keepdims=True))
+    np.testing.assert_allclose(q[:, :21], e / e.sum(1, keepdims=True), rtol=0, atol=2e-6)
+    q, splats = _run(unary, terms, lats, 24, 2, splat=False)
+    assert all(np.all(s[:-1] == 14.0) for s in splats)  # buffers untouched (7 + 7)
+    q, _ = _run(unary, terms, lats, 24, 1, store=False)
+    assert np.all(q == 0)
