@@ -77,7 +77,8 @@ def test_train_crf_end_to_end(synth_root, tmp_path):
                       data_root=str(synth_root), split="train", crop_size=41, batch_size=2,
                       max_iter=2, checkpoint_every=0, log_every=1, out_dir=str(tmp_path),
                       workers=0, progress=False, tensorboard=False, device="cpu",
-                      crf="end-to-end", crf_max_iter=3, crf_lr=0.05)  # fmt: skip
+                      crf="end-to-end", crf_max_iter=3, crf_lr=0.05,
+                      crf_checkpoint_every=0)  # fmt: skip
     final = train(cfg)
     assert final == tmp_path / "crf" / "final.pt"
     stage1, joint = load_checkpoint(tmp_path / "final.pt"), load_checkpoint(final)

@@ -30,7 +30,8 @@ def _cfg(root, out, **kw) -> TrainConfig:
     # crf_dropout on: the global RNG drives the stage, so its restoration is tested too
     base = dict(arch="deeplab-largefov", num_classes=NUM_CLASSES, width=1 / 16,
                 data_root=str(root), split="train", crop_size=41, batch_size=2, max_iter=1,
-                checkpoint_every=2, keep_checkpoints=0, log_every=1, out_dir=str(out),
+                checkpoint_every=2, crf_checkpoint_every=2, keep_checkpoints=0, log_every=1,
+                out_dir=str(out),
                 workers=0, progress=False, tensorboard=False, device="cpu", crf="end-to-end",
                 crf_max_iter=4, crf_lr=0.05, crf_dropout=True)  # fmt: skip
     base.update(kw)
@@ -165,7 +166,7 @@ def test_msc_trunk_stays_frozen_in_the_joint_stage(synth_root, tmp_path, arch, f
 
     out = tmp_path / arch
     final = train(_cfg(synth_root, out, arch=arch, crf_max_iter=2, checkpoint_every=0,
-                       crf_dropout=False))  # fmt: skip
+                       crf_checkpoint_every=0, crf_dropout=False))  # fmt: skip
     stage1, joint = load_checkpoint(out / "final.pt")["model"], load_checkpoint(final)["model"]
     changed = {k for k in stage1 if not torch.equal(stage1[k], joint[k])}
     msc_layers = build_model(arch, num_classes=NUM_CLASSES, width=1 / 16).msc_layer_names

@@ -85,6 +85,7 @@ class TrainConfig:
     crf: Literal["none", "end-to-end"] = _f(
         "none", "end-to-end: after training, fine-tune network + CRF jointly (not the paper)")
     crf_max_iter: int = _f(1000, "CRF stage: joint iterations")
+    crf_checkpoint_every: int = _f(200, "CRF stage: snapshot every K iterations (0 = off)")
     crf_base_lr: float = _f(1e-4, "CRF stage: network base lr")
     crf_lr: float = _f(1e-2, "CRF stage: lr of the CRF parameters")
     crf_train_iters: int = _f(5, "CRF stage: mean-field updates unrolled in training")
@@ -117,6 +118,7 @@ class TrainConfig:
             (self.step_size >= 1, "step_size must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.crf_checkpoint_every >= 0, "crf_checkpoint_every must be >= 0"),
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
             (self.width > 0, "width must be > 0"),

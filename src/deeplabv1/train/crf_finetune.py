@@ -12,15 +12,14 @@ off in this stage unless ``crf_dropout`` (measured on the demo: docs/crf_end_to_
 networks keep stage 1's freeze (``build.freeze_for_msc``): trunk frozen, branches trained, fc8
 as ``msc_train_fc8`` resolves.
 
-Outputs in ``<out_dir>/crf/``: ``log.jsonl``, ``checkpoint_<iter>.pt`` every ``checkpoint_every``
-iterations (the newest ``keep_checkpoints`` kept) and ``final.pt``, all resumable training
-checkpoints (``train.state``: network, optimizer, iteration, data position, RNG states) that
-also carry ``stage`` = ``"crf-end-to-end"``, ``crf_state`` (the layer's exact parameters),
-``stage1_iteration`` and the ``crf`` entry (``iters`` = ``crf_test_iters``, 10) that ``eval``
-and ``predict`` read. ``resume: auto`` continues from the newest of them (stage 1, finished,
-runs no iteration); ``resume: <one of them>`` skips stage 1 (``loop.train``). Single process
-(under torchrun only rank 0 runs this stage).
-"""
+Outputs in ``<out_dir>/crf/``: ``log.jsonl``, ``checkpoint_<iter>.pt`` every
+``crf_checkpoint_every`` iterations (the newest ``keep_checkpoints`` kept) and ``final.pt``, all
+resumable training checkpoints (``train.state``: network, optimizer, iteration, data position,
+RNG states) that also carry ``stage`` = ``"crf-end-to-end"``, ``crf_state`` (the layer's exact
+parameters), ``stage1_iteration`` and the ``crf`` entry (``iters`` = ``crf_test_iters``, 10)
+that ``eval`` and ``predict`` read. ``resume: auto`` continues from the newest of them (stage 1,
+finished, runs no iteration); ``resume: <one of them>`` skips stage 1 (``loop.train``). Single
+process (under torchrun only rank 0 runs this stage). """
 
 from __future__ import annotations
 
@@ -46,6 +45,7 @@ class CRFStageSettings:
     """The stage's settings; ``TrainConfig`` carries them as fields of the same names."""
 
     crf_max_iter: int = 1000  # joint iterations
+    crf_checkpoint_every: int = 200  # resumable snapshot every K joint iterations (0: off)
     crf_base_lr: float = 1e-4  # network base lr in the joint stage (x10 classifier as usual)
     crf_lr: float = 1e-2  # lr of the CRF parameters
     crf_train_iters: int = 5  # mean-field updates unrolled in training (CRF-as-RNN: 5)
@@ -271,7 +271,7 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
                         "images_per_s": window * cfg.batch_size / max(now - t_window, 1e-9),
                         "time": now - t_start, "crf_w1": w1, "crf_w2": w2})  # fmt: skip
             window, window_loss, t_window = 0, 0.0, now
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < s.crf_max_iter:
+        if s.crf_checkpoint_every and done % s.crf_checkpoint_every == 0 and done < s.crf_max_iter:
             t_save = time.perf_counter()
             save(st.checkpoint_path(out_dir, done), done)
             st.prune_checkpoints(out_dir, cfg.keep_checkpoints)
