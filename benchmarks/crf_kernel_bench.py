@@ -6,8 +6,10 @@ numpy_meanfield pads them) by running the drop-in once, then times, in this one 
 alternating, the baseline kernels kept below (copies of the bodies at commit 8d11a75, compiled
 without the disk cache) and the current ones: the fused pixel pass (a middle iteration: both
 slices and both splats), one blur pass of each lattice, and the reduction of the per-thread
-splat buffers. Every pair is checked for equal results first. Prints one JSON object (ms,
-median and minimum of --repeats per kernel; the 1-minute load average before and after).
+splat buffers. With fewer than 8 labels also ``*_unpadded``: the current kernels at the label
+count itself against the baseline at the padded width. Every pair is checked for equal
+results first (max_abs_diff). Prints one JSON object (ms, median and minimum of --repeats per
+kernel; the 1-minute load average before and after).
 
     .venv/bin/python benchmarks/crf_kernel_bench.py [--threads 1] [--labels 21] [--repeats 15]
 """
@@ -185,6 +187,21 @@ def capture(num_labels: int, threads: int) -> dict:
     return out
 
 
+def _width(args: list, case: str, width: int) -> list:
+    """The captured arguments with their label columns cut or zero-padded to ``width``
+    (q, lattice values and splat buffers; the unary keeps its C columns)."""
+    cols = {"fused_step": (1, 4, 6, 9, 11), "reduce_first": (0,)}.get(case, (0, 1))
+    out = list(args)
+    for i in cols:
+        a = args[i]
+        if a.shape[-1] >= width:
+            out[i] = np.ascontiguousarray(a[..., :width])
+        else:
+            pad = [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])]
+            out[i] = np.pad(a, pad)
+    return out
+
+
 def _time_once(fn, args) -> float:
     work = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
     t = time.perf_counter()
@@ -200,13 +217,17 @@ def main() -> None:
     args = parser.parse_args()
     load0 = Path("/proc/loadavg").read_text().split()[0]
     cases = capture(args.labels, args.threads)
+    c = args.labels
+    width8 = -(-c // 8) * 8  # the baseline kernel needs a multiple of 8
+    narrow = {k: _width(v, k, c) for k, v in cases.items() if k != "reduce_first"}
+    cases = {k: _width(v, k, width8) for k, v in cases.items()}
     ln.set_threads(args.threads)
     base = _baseline_kernels(parallel=args.threads > 1)
     serial = "" if args.threads > 1 else "_serial"
     new = {"fused_step": getattr(ln, "fused_step" + serial),
            "blur": getattr(ln, "blur" + serial), "reduce_first": ln.reduce_first}
-    report = {"threads": args.threads, "labels": args.labels,
-              "padded_labels": int(cases["fused_step"][1].shape[1]), "load_start": load0}
+    report = {"threads": args.threads, "labels": c, "baseline_width": width8,
+              "load_start": load0}
     for case, kargs in cases.items():
         kind = case.split("_")[0] if case.startswith("blur") else case
         if case == "reduce_first" and args.threads == 1:
@@ -230,6 +251,31 @@ def main() -> None:
             "new_min_ms": round(min(times["new"]), 3),
             "max_abs_diff": diff,
         }
+    if width8 != c:
+        # Few labels: the current kernels at width C (no padding) against the baseline at
+        # the padded width; results must be equal.
+        pairs = {"fused_step_unpadded": (base["fused_step"], cases["fused_step"],
+                                         new["fused_step"], narrow["fused_step"])}
+        for case in ("blur_bilateral", "blur_gaussian"):
+            pairs[case + "_unpadded"] = (base["blur"], cases[case], new["blur"], narrow[case])
+        for case, (old_fn, old_args, new_fn, new_args) in pairs.items():
+            wo = [a.copy() if isinstance(a, np.ndarray) else a for a in old_args]
+            wn = [a.copy() if isinstance(a, np.ndarray) else a for a in new_args]
+            old_fn(*wo)
+            new_fn(*wn)
+            diff = max(float(np.max(np.abs(a[..., : b.shape[-1]] - b))) if b.size else 0.0
+                       for a, b in zip(wo, wn) if isinstance(a, np.ndarray))  # fmt: skip
+            times = {"old": [], "new": []}
+            for _ in range(args.repeats):
+                times["old"].append(_time_once(old_fn, old_args))
+                times["new"].append(_time_once(new_fn, new_args))
+            report[case] = {
+                "old_ms": round(float(np.median(times["old"])), 3),
+                "new_ms": round(float(np.median(times["new"])), 3),
+                "old_min_ms": round(min(times["old"]), 3),
+                "new_min_ms": round(min(times["new"]), 3),
+                "max_abs_diff": diff,
+            }
     report["load_end"] = Path("/proc/loadavg").read_text().split()[0]
     print(json.dumps(report, indent=1))
 
