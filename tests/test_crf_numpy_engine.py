@@ -342,3 +342,15 @@ def test_no_pairwise_term_is_the_softmax() -> None:
         np.testing.assert_allclose(crf.inference(iters), e / e.sum(0), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="iters"):
         crf.inference(-1)
+
+
+def test_build_rejects_bad_features() -> None:
+    for f, n, match in [(np.zeros((10, 2), np.float32), 3, "multiple"),
+                        (np.zeros(10, np.float32), 10, r"\(P, d\)"),
+                        (np.full((4, 2), np.nan, np.float32), 4, "NaN"),
+                        (np.full((4, 2), 1e13, np.float32), 4, "exceed")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            numpy_lattice.build_lattice(f, n)
+    crf = dcrf.DenseCRF(4, 2)
+    with pytest.raises(ValueError, match="exceed"):
+        crf.addPairwiseEnergy(np.full((2, 4), 1e13, np.float32), compat=1.0)

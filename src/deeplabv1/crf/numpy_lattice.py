@@ -182,6 +182,9 @@ def check_features(features: np.ndarray) -> None:
 def build_lattice(features: np.ndarray, n: int, threads: int | None = None):
     """The lattice of float32 features (P, d), images of n points each; None when the codes do
     not fit in MAX_CODE_BITS."""
+    if features.ndim != 2 or min(features.shape) < 1 or n < 1 or features.shape[0] % n:
+        raise ValueError(f"features: expected (P, d) with P a multiple of n={n}, "
+                         f"got {features.shape}")  # fmt: skip
     p, d = features.shape
     check_features(features)
     q0, rank, bary = embed(features.T, threads)
