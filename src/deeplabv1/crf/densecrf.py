@@ -10,6 +10,10 @@ ndarray (nlabels, npixels) instead of an Eigen wrapper (``np.array(Q)`` works on
 Extra keyword-only options: ``device`` ("cpu" / "cuda") and ``method`` ("lattice" / "dense").
 ``kernel`` only matters for parameter learning in pydensecrf (not offered), so it is accepted
 and ignored. The default normalisation is NORMALIZE_SYMMETRIC, as in pydensecrf.
+
+On the CPU (numba installed) Potts terms run on the torch-free engine (numpy_lattice.py,
+numpy_meanfield.py): the process never imports torch. Its threads: ``deeplabv1.crf.
+set_num_threads``. Other compatibilities, ``method="dense"`` and CUDA use the torch path.
 """
 
 from __future__ import annotations
