@@ -260,27 +260,25 @@ if numba is not None:
                     flat[k] *= pow2[k]
                 for i in range(nb):
                     p = p0 + i
-                    for k in range(cp):
-                        x[k] = blk[i, k]
                     for k in range(c, cp):
-                        x[k] = 0
+                        blk[i, k] = 0
                     if wide:
                         for j in range(8):
-                            part[j] = x[j]
+                            part[j] = blk[i, j]
                         for k0 in range(8, cp, 8):
                             for j in range(8):
-                                part[j] += x[k0 + j]
+                                part[j] += blk[i, k0 + j]
                     else:
                         for j in range(8):
-                            part[j] = x[j] if j < cp else 0
+                            part[j] = blk[i, j] if j < cp else 0
                         for k0 in range(8, cp, 8):
                             for j in range(min(8, cp - k0)):
-                                part[j] += x[k0 + j]
+                                part[j] += blk[i, k0 + j]
                     s = ((part[0] + part[1]) + (part[2] + part[3])) + (
                         (part[4] + part[5]) + (part[6] + part[7]))  # fmt: skip
                     inv = _ONE / s
                     for k in range(cp):
-                        x[k] *= inv
+                        x[k] = blk[i, k] * inv
                     if store:
                         for k in range(cp):
                             q[p, k] = x[k]
