@@ -110,3 +110,20 @@ def test_fused_step_skips_slices_splats_and_store() -> None:
     assert all(np.all(s[:-1] == 14.0) for s in splats)  # buffers untouched (7 + 7)
     q, _ = _run(unary, terms, lats, 24, 1, store=False)
     assert np.all(q == 0)
+
+
+def test_fused_step_float64_tables() -> None:
+    """float64 lattice values and buffers (q stays float32) still run, to float32 accuracy."""
+    unary, terms, lats = _case(9, 200, 21, 24, (6, 3))
+    want, want_splats = _run(unary, terms, lats, 24, 1)
+    terms64 = [(o, w.astype(np.float64), b.astype(np.float64)) for o, w, b in terms]
+    p = unary.shape[0]
+    q = np.zeros((p, 24), np.float32)
+    accs = [np.zeros((1, lat.shape[0], 24)) for lat in lats]
+    call = []
+    for (offs, wts, bary), lat, acc in zip(terms64, lats, accs):
+        call += [offs, wts, lat.astype(np.float64), bary, acc]
+    lattice_numba.fused_step_serial(unary, q, *call, True)
+    np.testing.assert_allclose(q, want, rtol=0, atol=1e-6)
+    for got, ref in zip(accs, want_splats):
+        np.testing.assert_allclose(got.sum(0), ref, rtol=1e-5, atol=1e-5)

@@ -32,7 +32,11 @@ try:  # numba is an optional accelerator of the CPU path
     if not _ENABLED:
         raise ImportError
     import numba
+    from llvmlite import ir
     from numba import njit, prange
+    from numba import types as nbtypes
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 
     # numba's OpenMP layer shares libgomp with torch and changes torch's thread count; its
     # own work queue does not (set NUMBA_THREADING_LAYER to override).
@@ -147,6 +151,109 @@ if numba is not None:
     # 500x375, 21 labels: the fused pass 22 -> 19.5 ms on 1 thread).
     _BLOCK = 32
 
+    def _vec8(context, dtype):
+        return ir.VectorType(context.get_data_type(dtype), 8)
+
+    def _lanes8(context, builder, aryty, ary, off):
+        """Pointer to the 8 elements at flat element ``off`` of a C-contiguous array."""
+        data = context.make_array(aryty)(context, builder, ary).data
+        return builder.bitcast(builder.gep(data, [off]), _vec8(context, aryty.dtype).as_pointer())
+
+    def _splat8(context, builder, value, fromty, dtype):
+        """An 8-lane vector of ``value`` cast to dtype."""
+        vec = _vec8(context, dtype)
+        v = context.cast(builder, value, fromty, dtype)
+        zero = ir.Constant(ir.IntType(32), 0)
+        v = builder.insert_element(ir.Constant(vec, ir.Undefined), v, zero)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), mask)
+
+    def _convert8(context, builder, vec, fromty, toty):
+        """An 8-lane float vector converted between float32 and float64."""
+        if fromty == toty:
+            return vec
+        to = _vec8(context, toty)
+        if toty.bitwidth > fromty.bitwidth:
+            return builder.fpext(vec, to)
+        return builder.fptrunc(vec, to)
+
+    def _rows_ok(dst, src) -> bool:
+        """Two C-contiguous float arrays (what the 8-lane row ops take; the float32 kernels
+        also compile for float64 tables, converting rows)."""
+        return (isinstance(dst, nbtypes.Array) and isinstance(src, nbtypes.Array)
+                and dst.layout == "C" and src.layout == "C"
+                and isinstance(dst.dtype, nbtypes.Float) and isinstance(src.dtype, nbtypes.Float))
+
+    @intrinsic
+    def _axpy8(typingctx, dst, doff, src, soff, w):  # pragma: no cover - compiled
+        """dst.flat[doff:doff+8] = (dst... + w * src.flat[soff:soff+8]) as one 8-lane vector
+        operation (float32 C arrays; the caller keeps the offsets in bounds). LLVM vectorises
+        numba's label loops 64 wide (16 lanes x 4), so rows of 24 labels ran scalar; these
+        rows are explicit vectors. Same per-lane mul then add (no fma): same bits."""
+        if not (_rows_ok(dst, src) and isinstance(doff, nbtypes.Integer)
+                and isinstance(soff, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            d, do, sv, so, wv = args
+            do = context.cast(builder, do, sig.args[1], nbtypes.intp)
+            so = context.cast(builder, so, sig.args[3], nbtypes.intp)
+            dp = _lanes8(context, builder, sig.args[0], d, do)
+            sp = _lanes8(context, builder, sig.args[2], sv, so)
+            dt = sig.args[0].dtype
+            wvec = _splat8(context, builder, wv, sig.args[4], dt)
+            row = _convert8(context, builder, builder.load(sp, align=4), sig.args[2].dtype, dt)
+            prod = builder.fmul(wvec, row)
+            builder.store(builder.fadd(builder.load(dp, align=4), prod), dp, align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, doff, src, soff, w), codegen
+
+    def _slice8_gen(nv: int):
+        @intrinsic
+        def slice8(typingctx, dst, doff, src, offs, wts, p, k0):  # pragma: no cover
+            """dst.flat[doff:+8] = sum_r wts[p, r] * src[offs[p, r], k0:k0+8] over nv
+            vertices, summed in registers in vertex order (8-lane vectors; the caller keeps
+            the offsets in bounds)."""
+            if not (_rows_ok(dst, src) and isinstance(offs, nbtypes.Array)
+                    and isinstance(offs.dtype, nbtypes.Integer) and offs.ndim == 2
+                    and isinstance(wts, nbtypes.Array) and wts.ndim == 2
+                    and isinstance(wts.dtype, nbtypes.Float)):  # fmt: skip
+                return None
+
+            def codegen(context, builder, sig, args):
+                d, do, sv, ov, wv, pv, kv = args
+                ity = nbtypes.intp
+                do = context.cast(builder, do, sig.args[1], ity)
+                pv = context.cast(builder, pv, sig.args[5], ity)
+                kv = context.cast(builder, kv, sig.args[6], ity)
+                sarr = context.make_array(sig.args[2])(context, builder, sv)
+                cp = cgutils.unpack_tuple(builder, sarr.shape)[1]
+                oarr = context.make_array(sig.args[3])(context, builder, ov)
+                warr = context.make_array(sig.args[4])(context, builder, wv)
+                total = None
+                for r in range(nv):
+                    idx = [pv, context.get_constant(ity, r)]
+                    o = cgutils.get_item_pointer(context, builder, sig.args[3], oarr, idx)
+                    w = cgutils.get_item_pointer(context, builder, sig.args[4], warr, idx)
+                    o = context.cast(builder, builder.load(o), sig.args[3].dtype, ity)
+                    wvec = _splat8(context, builder, builder.load(w), sig.args[4].dtype,
+                                   sig.args[2].dtype)  # fmt: skip
+                    off = builder.add(builder.mul(o, cp), kv)
+                    term = builder.fmul(wvec, builder.load(
+                        _lanes8(context, builder, sig.args[2], sv, off), align=4))
+                    total = term if total is None else builder.fadd(total, term)
+                total = _convert8(context, builder, total, sig.args[2].dtype, sig.args[0].dtype)
+                builder.store(total, _lanes8(context, builder, sig.args[0], d, do), align=4)
+                return context.get_dummy_value()
+
+            return nbtypes.void(dst, doff, src, offs, wts, p, k0), codegen
+
+        return slice8
+
+    _slice8_3 = _slice8_gen(3)
+    _slice8_6 = _slice8_gen(6)
+
     @njit(**_OPTS)
     def fused_step(unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2, store):
         """One pass over the pixels p of unary energies (P, C):
@@ -164,6 +271,8 @@ if numba is not None:
         cp = q.shape[1]
         wide = cp % 8 == 0  # label loops without a remainder (else: the lanes check bounds)
         nt = acc.shape[0]
+        rows = acc.shape[1]
+        rows2 = acc2.shape[1]
         step = (n + nt - 1) // nt
         for t in prange(nt):
             if bary.shape[1] > 0:
@@ -182,50 +291,81 @@ if numba is not None:
                 nb = min(_BLOCK, hi - p0)
                 for i in range(nb):
                     p = p0 + i
-                    nv = wts.shape[1]
-                    if nv == 6:  # d = 5: vertices written out, labels vectorise
-                        w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
-                        w3, w4, w5 = wts[p, 3], wts[p, 4], wts[p, 5]
-                        v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
-                        v3, v4, v5 = offs[p, 3], offs[p, 4], offs[p, 5]
-                        for k in range(cp):
-                            a = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
-                            x[k] = ((a + w3 * lat[v3, k]) + w4 * lat[v4, k]) + w5 * lat[v5, k]
-                    elif nv == 3:  # d = 2
-                        w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
-                        v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
-                        for k in range(cp):
-                            x[k] = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
-                    else:
+                    if wide:  # 8-lane rows; the vertex order of the sums as ever
                         for k in range(cp):
                             x[k] = 0
-                        for r in range(nv):
-                            w = wts[p, r]
-                            v = offs[p, r]
-                            for k in range(cp):
-                                x[k] += w * lat[v, k]
-                    nv = wts2.shape[1]
-                    if nv == 6:  # d = 5: vertices written out, labels vectorise
-                        w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
-                        w3, w4, w5 = wts2[p, 3], wts2[p, 4], wts2[p, 5]
-                        v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
-                        v3, v4, v5 = offs2[p, 3], offs2[p, 4], offs2[p, 5]
-                        for k in range(cp):
-                            a = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
-                            y[k] = ((a + w3 * lat2[v3, k]) + w4 * lat2[v4, k]) + w5 * lat2[v5, k]
-                    elif nv == 3:  # d = 2
-                        w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
-                        v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
-                        for k in range(cp):
-                            y[k] = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
-                    else:
-                        for k in range(cp):
                             y[k] = 0
-                        for r in range(nv):
-                            w = wts2[p, r]
-                            v = offs2[p, r]
+                        if wts.shape[1] == 6:
+                            for k0 in range(0, cp, 8):
+                                _slice8_6(x, k0, lat, offs, wts, p, k0)
+                        elif wts.shape[1] == 3:
+                            for k0 in range(0, cp, 8):
+                                _slice8_3(x, k0, lat, offs, wts, p, k0)
+                        else:
+                            for r in range(wts.shape[1]):
+                                w = wts[p, r]
+                                base = offs[p, r] * cp
+                                for k0 in range(0, cp, 8):
+                                    _axpy8(x, k0, lat, base + k0, w)
+                        if wts2.shape[1] == 6:
+                            for k0 in range(0, cp, 8):
+                                _slice8_6(y, k0, lat2, offs2, wts2, p, k0)
+                        elif wts2.shape[1] == 3:
+                            for k0 in range(0, cp, 8):
+                                _slice8_3(y, k0, lat2, offs2, wts2, p, k0)
+                        else:
+                            for r in range(wts2.shape[1]):
+                                w = wts2[p, r]
+                                base = offs2[p, r] * cp
+                                for k0 in range(0, cp, 8):
+                                    _axpy8(y, k0, lat2, base + k0, w)
+                    else:
+                        nv = wts.shape[1]
+                        if nv == 6:  # d = 5: vertices written out, labels vectorise
+                            w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                            w3, w4, w5 = wts[p, 3], wts[p, 4], wts[p, 5]
+                            v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
+                            v3, v4, v5 = offs[p, 3], offs[p, 4], offs[p, 5]
                             for k in range(cp):
-                                y[k] += w * lat2[v, k]
+                                a = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
+                                a = (a + w3 * lat[v3, k]) + w4 * lat[v4, k]
+                                x[k] = a + w5 * lat[v5, k]
+                        elif nv == 3:  # d = 2
+                            w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                            v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
+                            for k in range(cp):
+                                x[k] = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
+                        else:
+                            for k in range(cp):
+                                x[k] = 0
+                            for r in range(nv):
+                                w = wts[p, r]
+                                v = offs[p, r]
+                                for k in range(cp):
+                                    x[k] += w * lat[v, k]
+                        nv = wts2.shape[1]
+                        if nv == 6:  # d = 5: vertices written out, labels vectorise
+                            w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                            w3, w4, w5 = wts2[p, 3], wts2[p, 4], wts2[p, 5]
+                            v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
+                            v3, v4, v5 = offs2[p, 3], offs2[p, 4], offs2[p, 5]
+                            for k in range(cp):
+                                a = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
+                                a = (a + w3 * lat2[v3, k]) + w4 * lat2[v4, k]
+                                y[k] = a + w5 * lat2[v5, k]
+                        elif nv == 3:  # d = 2
+                            w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                            v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
+                            for k in range(cp):
+                                y[k] = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
+                        else:
+                            for k in range(cp):
+                                y[k] = 0
+                            for r in range(nv):
+                                w = wts2[p, r]
+                                v = offs2[p, r]
+                                for k in range(cp):
+                                    y[k] += w * lat2[v, k]
                     for k in range(c):
                         x[k] = (x[k] - unary[p, k]) + y[k]
                     # Softmax. Max and sum over 8 interleaved partial results: a single
@@ -282,16 +422,28 @@ if numba is not None:
                     if store:
                         for k in range(cp):
                             q[p, k] = x[k]
-                    for r in range(bary.shape[1]):
-                        w = bary[p, r]
-                        v = offs[p, r]
-                        for k in range(cp):
-                            acc[t, v, k] += w * x[k]
-                    for r in range(bary2.shape[1]):
-                        w = bary2[p, r]
-                        v = offs2[p, r]
-                        for k in range(cp):
-                            acc2[t, v, k] += w * x[k]
+                    if wide:
+                        for r in range(bary.shape[1]):
+                            w = bary[p, r]
+                            base = (t * rows + offs[p, r]) * cp
+                            for k0 in range(0, cp, 8):
+                                _axpy8(acc, base + k0, x, k0, w)
+                        for r in range(bary2.shape[1]):
+                            w = bary2[p, r]
+                            base = (t * rows2 + offs2[p, r]) * cp
+                            for k0 in range(0, cp, 8):
+                                _axpy8(acc2, base + k0, x, k0, w)
+                    else:
+                        for r in range(bary.shape[1]):
+                            w = bary[p, r]
+                            v = offs[p, r]
+                            for k in range(cp):
+                                acc[t, v, k] += w * x[k]
+                        for r in range(bary2.shape[1]):
+                            w = bary2[p, r]
+                            v = offs2[p, r]
+                            for k in range(cp):
+                                acc2[t, v, k] += w * x[k]
 
     @njit(**_OPTS)
     def splat_scatter(offs, bary, values, acc):  # pragma: no cover - compiled
