@@ -63,94 +63,6 @@ def set_threads(n: int) -> int:
 if numba is not None:
     _OPTS = {"parallel": True, "cache": True, "fastmath": False, "nogil": True}
 
-    @njit(**_OPTS)
-    def blur(src, dst, n1, n2):  # pragma: no cover - compiled
-        """dst[m] = src[m] + (src[n1[m]] + src[n2[m]]) / 2; row M of src is the zero row."""
-        rows = n1.shape[0]
-        c = src.shape[1]
-        half = src.dtype.type(0.5)
-        for m in prange(rows):
-            a = n1[m]
-            b = n2[m]
-            for k in range(c):
-                dst[m, k] = src[m, k] + half * (src[a, k] + src[b, k])
-
-    @njit(**_OPTS)
-    def slice_add(base, offs, wts, lat, out):  # pragma: no cover - compiled
-        """out[i] = base[i] + sum_r wts[i, r] * lat[offs[i, r]] (out may be base; lat may
-        have more (padding) columns than out)."""
-        n = offs.shape[0]
-        c = out.shape[1]
-        cp = lat.shape[1]
-        nv = offs.shape[1]
-        step = (n + _CHUNKS - 1) // _CHUNKS
-        for chunk in prange(_CHUNKS):
-            acc = np.empty(cp, dtype=out.dtype)
-            for i in range(chunk * step, min(n, (chunk + 1) * step)):
-                for k in range(cp):
-                    acc[k] = 0
-                for r in range(nv):
-                    w = wts[i, r]
-                    v = offs[i, r]
-                    for k in range(cp):
-                        acc[k] += w * lat[v, k]
-                for k in range(c):
-                    out[i, k] = base[i, k] + acc[k]
-
-    @njit(**_OPTS)
-    def slice_(offs, wts, lat, out):  # pragma: no cover - compiled
-        """out[i] = sum_r wts[i, r] * lat[offs[i, r]]."""
-        n = offs.shape[0]
-        c = lat.shape[1]
-        nv = offs.shape[1]
-        step = (n + _CHUNKS - 1) // _CHUNKS
-        for chunk in prange(_CHUNKS):
-            acc = np.empty(c, dtype=out.dtype)
-            for i in range(chunk * step, min(n, (chunk + 1) * step)):
-                for k in range(c):
-                    acc[k] = 0
-                for r in range(nv):
-                    w = wts[i, r]
-                    v = offs[i, r]
-                    for k in range(c):
-                        acc[k] += w * lat[v, k]
-                for k in range(c):
-                    out[i, k] = acc[k]
-
-    _F = np.float32
-    _LOG2E = _F(1.4426950408889634)
-    _LN2_HI = _F(0.693359375)
-    _LN2_LO = _F(-2.1219444e-4)
-    _MIN_X = _F(-87.0)
-    _HALF = _F(0.5)
-    _ONE = _F(1.0)
-    _C = tuple(_F(1.0 / math.factorial(k)) for k in range(2, 8))
-
-    _BIAS = np.int32(127 << 23)
-    _LOW = _F(-1e30)  # logit of the padding labels
-
-    @njit(inline="always")
-    def _exp_parts(x):  # pragma: no cover - compiled
-        """exp(x) = p * 2^n for float32 -87 <= x <= 0: Cody-Waite reduction and a degree-7
-        Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7). No libm call, so the
-        label loops vectorise; 2^n is assembled from its exponent bits by the caller."""
-        x = x if x > _MIN_X else _MIN_X  # a select, not max(): that one stays scalar
-        n = np.floor(x * _LOG2E + _HALF)
-        r = (x - n * _LN2_HI) - n * _LN2_LO
-        p = _C[5]
-        p = p * r + _C[4]
-        p = p * r + _C[3]
-        p = p * r + _C[2]
-        p = p * r + _C[1]
-        p = p * r + _C[0]
-        p = p * r + _ONE
-        p = p * r + _ONE
-        return p, np.int32(n)
-
-    # Pixels per softmax block: exp runs over the block as one long loop (measured at
-    # 500x375, 21 labels: the fused pass 22 -> 19.5 ms on 1 thread).
-    _BLOCK = 32
-
     def _vec8(context, dtype):
         return ir.VectorType(context.get_data_type(dtype), 8)
 
@@ -253,6 +165,124 @@ if numba is not None:
 
     _slice8_3 = _slice8_gen(3)
     _slice8_6 = _slice8_gen(6)
+
+    @intrinsic
+    def _blur8(typingctx, dst, doff, src, moff, aoff, boff):  # pragma: no cover - compiled
+        """dst.flat[doff:+8] = src[moff:+8] + 0.5 * (src[aoff:+8] + src[boff:+8]) on 8 lanes
+        (flat offsets of C arrays of one float dtype; blur's row update, same bits)."""
+        if not (_rows_ok(dst, src) and dst.dtype == src.dtype):
+            return None
+
+        def codegen(context, builder, sig, args):
+            d, do, sv, mo, ao, bo = args
+            ity = nbtypes.intp
+            rows = []
+            for val, ty in ((mo, sig.args[3]), (ao, sig.args[4]), (bo, sig.args[5])):
+                off = context.cast(builder, val, ty, ity)
+                rows.append(builder.load(_lanes8(context, builder, sig.args[2], sv, off), align=4))
+            dt = sig.args[0].dtype
+            half = _splat8(context, builder, context.get_constant(dt, 0.5), dt, dt)
+            out = builder.fadd(rows[0], builder.fmul(half, builder.fadd(rows[1], rows[2])))
+            do = context.cast(builder, do, sig.args[1], ity)
+            builder.store(out, _lanes8(context, builder, sig.args[0], d, do), align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, doff, src, moff, aoff, boff), codegen
+
+    @njit(**_OPTS)
+    def blur(src, dst, n1, n2):  # pragma: no cover - compiled
+        """dst[m] = src[m] + (src[n1[m]] + src[n2[m]]) / 2; row M of src is the zero row."""
+        rows = n1.shape[0]
+        c = src.shape[1]
+        half = src.dtype.type(0.5)
+        if c % 8 == 0:  # 8-lane rows (see _axpy8)
+            for m in prange(rows):
+                a = n1[m] * c
+                b = n2[m] * c
+                for k0 in range(0, c, 8):
+                    _blur8(dst, m * c + k0, src, m * c + k0, a + k0, b + k0)
+        else:
+            for m in prange(rows):
+                a = n1[m]
+                b = n2[m]
+                for k in range(c):
+                    dst[m, k] = src[m, k] + half * (src[a, k] + src[b, k])
+
+    @njit(**_OPTS)
+    def slice_add(base, offs, wts, lat, out):  # pragma: no cover - compiled
+        """out[i] = base[i] + sum_r wts[i, r] * lat[offs[i, r]] (out may be base; lat may
+        have more (padding) columns than out)."""
+        n = offs.shape[0]
+        c = out.shape[1]
+        cp = lat.shape[1]
+        nv = offs.shape[1]
+        step = (n + _CHUNKS - 1) // _CHUNKS
+        for chunk in prange(_CHUNKS):
+            acc = np.empty(cp, dtype=out.dtype)
+            for i in range(chunk * step, min(n, (chunk + 1) * step)):
+                for k in range(cp):
+                    acc[k] = 0
+                for r in range(nv):
+                    w = wts[i, r]
+                    v = offs[i, r]
+                    for k in range(cp):
+                        acc[k] += w * lat[v, k]
+                for k in range(c):
+                    out[i, k] = base[i, k] + acc[k]
+
+    @njit(**_OPTS)
+    def slice_(offs, wts, lat, out):  # pragma: no cover - compiled
+        """out[i] = sum_r wts[i, r] * lat[offs[i, r]]."""
+        n = offs.shape[0]
+        c = lat.shape[1]
+        nv = offs.shape[1]
+        step = (n + _CHUNKS - 1) // _CHUNKS
+        for chunk in prange(_CHUNKS):
+            acc = np.empty(c, dtype=out.dtype)
+            for i in range(chunk * step, min(n, (chunk + 1) * step)):
+                for k in range(c):
+                    acc[k] = 0
+                for r in range(nv):
+                    w = wts[i, r]
+                    v = offs[i, r]
+                    for k in range(c):
+                        acc[k] += w * lat[v, k]
+                for k in range(c):
+                    out[i, k] = acc[k]
+
+    _F = np.float32
+    _LOG2E = _F(1.4426950408889634)
+    _LN2_HI = _F(0.693359375)
+    _LN2_LO = _F(-2.1219444e-4)
+    _MIN_X = _F(-87.0)
+    _HALF = _F(0.5)
+    _ONE = _F(1.0)
+    _C = tuple(_F(1.0 / math.factorial(k)) for k in range(2, 8))
+
+    _BIAS = np.int32(127 << 23)
+    _LOW = _F(-1e30)  # logit of the padding labels
+
+    @njit(inline="always")
+    def _exp_parts(x):  # pragma: no cover - compiled
+        """exp(x) = p * 2^n for float32 -87 <= x <= 0: Cody-Waite reduction and a degree-7
+        Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7). No libm call, so the
+        label loops vectorise; 2^n is assembled from its exponent bits by the caller."""
+        x = x if x > _MIN_X else _MIN_X  # a select, not max(): that one stays scalar
+        n = np.floor(x * _LOG2E + _HALF)
+        r = (x - n * _LN2_HI) - n * _LN2_LO
+        p = _C[5]
+        p = p * r + _C[4]
+        p = p * r + _C[3]
+        p = p * r + _C[2]
+        p = p * r + _C[1]
+        p = p * r + _C[0]
+        p = p * r + _ONE
+        p = p * r + _ONE
+        return p, np.int32(n)
+
+    # Pixels per softmax block: exp runs over the block as one long loop (measured at
+    # 500x375, 21 labels: the fused pass 22 -> 19.5 ms on 1 thread).
+    _BLOCK = 32
 
     @njit(**_OPTS)
     def fused_step(unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2, store):
