@@ -10,6 +10,8 @@ import pytest
 
 from deeplabv1.crf import lattice_numba
 
+_NO_OUT = np.zeros((0, 1, 1), np.float32)  # fused_step's qt: no label-major output
+
 pytestmark = pytest.mark.skipif(not lattice_numba.available(), reason="numba not installed")
 
 
@@ -57,7 +59,7 @@ def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True
     kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
     if threads > 1:
         lattice_numba.set_threads(threads)
-    kernel(unary, q, *call, store)
+    kernel(unary, q, *call, store, _NO_OUT)
     return q, [a.sum(0) for a in accs]
 
 
@@ -112,6 +114,31 @@ def test_fused_step_skips_slices_splats_and_store() -> None:
     assert np.all(q == 0)
 
 
+@pytest.mark.parametrize(("c", "cp"), [(21, 24), (2, 2), (5, 8)])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_label_major_output(c, cp, batch, threads) -> None:
+    """qt (B, C, n) receives Q label-major, bit for bit q's values (n = 301 / 3 images: blocks
+    of 32 pixels span two images); q itself is left alone when store is off."""
+    p = 903
+    unary, terms, lats = _case(c + batch, p, c, cp, (6, 3))
+    want, want_splats = _run(unary, terms, lats, cp, threads)
+    n = p // batch
+    qt = np.full((batch, c, n), -1.0, np.float32)
+    q = np.zeros((p, cp), np.float32)
+    call = []
+    accs = []
+    for (offs, wts, bary), lat in zip(terms, lats):
+        accs.append(np.zeros((threads, lat.shape[0], cp), np.float32))
+        call += [offs, wts, lat, bary, accs[-1]]
+    kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
+    kernel(unary, q, *call, False, qt)
+    assert np.array_equal(qt, want[:, :c].reshape(batch, n, c).transpose(0, 2, 1))
+    assert np.all(q == 0)
+    for got, ref in zip(accs, want_splats):
+        assert np.array_equal(got.sum(0), ref)
+
+
 def test_fused_step_float64_tables() -> None:
     """float64 lattice values and buffers (q stays float32) still run, to float32 accuracy."""
     unary, terms, lats = _case(9, 200, 21, 24, (6, 3))
@@ -123,7 +150,7 @@ def test_fused_step_float64_tables() -> None:
     call = []
     for (offs, wts, bary), lat, acc in zip(terms64, lats, accs):
         call += [offs, wts, lat.astype(np.float64), bary, acc]
-    lattice_numba.fused_step_serial(unary, q, *call, True)
+    lattice_numba.fused_step_serial(unary, q, *call, True, _NO_OUT)
     np.testing.assert_allclose(q, want, rtol=0, atol=1e-6)
     for got, ref in zip(accs, want_splats):
         np.testing.assert_allclose(got.sum(0), ref, rtol=1e-5, atol=1e-5)

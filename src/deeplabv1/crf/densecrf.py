@@ -168,8 +168,8 @@ class DenseCRF:
         if int(niter) < 0:
             raise ValueError(f"iters: must be >= 0, got {niter}")
         if self._numpy_engine():
-            qn = numpy_meanfield.iterate(self._un, self._np_terms, int(niter))
-            return np.ascontiguousarray(qn[:, : self._nlabel].T)
+            out = np.empty((1, self._nlabel, self._nvar), np.float32)
+            return numpy_meanfield.iterate(self._un, self._np_terms, int(niter), out=out)[0]
         from deeplabv1.crf.meanfield import mean_field_prepared
 
         q = mean_field_prepared(self._unary_tensor(), self._torch or [], int(niter))

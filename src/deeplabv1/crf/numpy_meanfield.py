@@ -76,16 +76,17 @@ def mean_field(unary: np.ndarray, terms, iters: int, threads: int | None = None)
     """Marginals Q (B, L, N) float32 for unary energies (B, L, N) and NumpyTerms over B*N points."""
     batch, num_labels, n = unary.shape
     un = np.ascontiguousarray(unary.transpose(0, 2, 1), dtype=np.float32).reshape(-1, num_labels)
-    qn = iterate(un, terms, iters, threads)
-    del un  # before the output copy: a lower peak
-    out = qn[:, :num_labels].reshape(batch, n, num_labels).transpose(0, 2, 1)
-    return np.ascontiguousarray(out)
+    out = np.empty((batch, num_labels, n), np.float32)
+    return iterate(un, terms, iters, threads, out)
 
 
-def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None) -> np.ndarray:
-    """Mean field on pixel-major unary energies un (P, L) float32 (C order); returns Q as
-    (P, Lp) with Lp = L, or L padded to a multiple of 8 from 8 labels on (columns L.. are 0).
-    No per-iteration allocation."""
+def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None, out=None):
+    """Mean field on pixel-major unary energies un (P, L) float32 (C order).
+
+    With ``out`` (B, L, n) float32, B n = P, Q is written there label-major (the last pass
+    writes it directly: no pixel-major Q is kept with up to two terms) and returned; else
+    returns Q as (P, Lp) with Lp = L, or L padded to a multiple of 8 from 8 labels on
+    (columns L.. are 0). No per-iteration allocation."""
     threads = use_threads(threads)
     p, num_labels = un.shape
     # 8 or more labels are padded to a multiple of 8 (AVX width): the label loops then have
@@ -93,9 +94,13 @@ def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None) -> np
     # run unpadded (the kernels take any width; 2 labels: fused pass 12.0 -> 7.4 ms).
     padded = num_labels if num_labels < 8 else -(-num_labels // 8) * 8
     if not terms:  # no pairwise term: Q = softmax(-U) whatever the iteration count
-        qn = np.zeros((p, padded), np.float32)
-        qn[:, :num_labels] = step(-un, None, [])
-        return qn
+        q = step(-un, None, [])
+        if out is None:
+            qn = np.zeros((p, padded), np.float32)
+            qn[:, :num_labels] = q
+            return qn
+        out[...] = q.reshape(out.shape[0], out.shape[2], num_labels).transpose(0, 2, 1)
+        return out
     plans = []  # (lattice, slice weights, splat weights, (splat buffers, blur a, blur b))
     for t in terms:
         lat = t.lattice
@@ -108,7 +113,9 @@ def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None) -> np
         z = np.zeros((p, 0), np.float32)
         acc = np.zeros((threads, 1, padded), np.float32)
         pair.append((_NoVertices(pair[0][0].offs[:, :0]), z, z, (acc, acc[0], acc[0])))
-    qn = np.zeros((p, padded), np.float32)
+    # Pixel-major Q: needed by the extra terms' splats, or as the result without ``out``.
+    qn = np.zeros((p if extra or out is None else 0, padded), np.float32)
+    no_out = np.zeros((0, num_labels, 1), np.float32)
     base = np.empty_like(un) if extra else un
 
     def fused(energies, lats, splat: bool) -> None:
@@ -117,7 +124,9 @@ def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None) -> np
             args += [lat.offs, wts if sliced is not None else wts[:, :0],
                      ws[1] if sliced is None else sliced, bary if splat else bary[:, :0], ws[0]]
         kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
-        kernel(energies, qn, *args, bool(extra) or not splat)
+        last = not splat
+        store = bool(extra) and splat or (last and out is None)
+        kernel(energies, qn, *args, store, out if last and out is not None else no_out)
 
     fused(un, None, iters > 0)
     for it in range(iters):
@@ -132,7 +141,7 @@ def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None) -> np
                 lattice_numba.slice_add(base, lat.offs, -wts, sliced, base)
         pair_lats = lats[len(extra):] + [pair[1][3][1]] * (2 - len(lats[len(extra):]))
         fused(base, pair_lats, it < iters - 1)
-    return qn
+    return qn if out is None else out
 
 
 class _NoVertices:
