@@ -6,7 +6,8 @@ Batch:   deeplabv1 crf --image-dir IMGS --scores-dir NPYS --out-dir OUT [--worke
 SCORES.npy is a (C, H, W) float array of raw (pre-softmax) scores at the image's resolution
 (``--probabilities true`` for softmax outputs). Batch pairs are matched by file stem; each pair runs
 in a worker process (one thread each, every core by default) and a bad file is reported by name
-while the rest continue. The exit status is 1 if anything failed or lacked a partner.
+while the rest continue. The exit status is 1 if anything failed or lacked a partner. On the CPU
+(numba installed) the command runs on the torch-free engine and never imports torch.
 """
 
 from __future__ import annotations

@@ -3,34 +3,181 @@
 Unary = the negated upsampled score map, colour features from the original RGB image,
 a bilateral term (w1, sa, sb) plus a Gaussian term (w2, sg), both Potts, 10 iterations and the
 per-pixel "after" normalisation of the 2011 code that DeepLab used.
+
+The convention lives once, on numpy arrays (``deeplab_features``, ``_unary_np``, the checks);
+two engines run it:
+
+- the torch-free CPU engine (numpy_lattice / numpy_meanfield, numba kernels):
+  :func:`deeplab_crf_np` (numpy in, numpy out, never imports torch) and :func:`deeplab_crf`
+  for CPU tensors (it wraps the same call with ``torch.from_numpy``);
+- torch's ``mean_field`` over :func:`deeplab_terms`: CUDA, ``method="dense"`` or a custom
+  filter, learned (matrix) compatibilities, gradients, and no numba (or
+  ``DEEPLABV1_CRF_NUMBA=0``).
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-import torch
 
-from deeplabv1.crf.features import as_rgb_batch, bilateral_features, gaussian_features
-from deeplabv1.crf.meanfield import PairwiseTerm, mean_field
+from deeplabv1.crf import numpy_lattice, numpy_meanfield
+from deeplabv1.crf.features import bilateral_features_np, gaussian_features_np
 from deeplabv1.crf.params import CRFParams, get_params
-from deeplabv1.crf.unary import unary_from_probabilities
 
-__all__ = ["deeplab_crf", "deeplab_terms"]
+__all__ = ["deeplab_crf", "deeplab_crf_np", "deeplab_features", "deeplab_terms"]
+
+PROB_CLIP = 1e-5  # smallest probability kept by the unary -log p (pydensecrf's rule)
+
+
+def _host_array(x, name: str) -> np.ndarray:
+    """An ndarray, or a torch tensor brought to the host (torch is never imported here)."""
+    if isinstance(x, np.ndarray):
+        return x
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    raise ValueError(f"{name}: expected a numpy array or tensor, got {type(x).__name__}")
+
+
+def as_images(image) -> np.ndarray:
+    """(H, W, 3) or (B, H, W, 3) uint8 RGB (numpy or torch) as a (B, H, W, 3) uint8 array."""
+    images = _host_array(image, "image")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"image: expected (H, W, 3) or (B, H, W, 3) RGB, got {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"image: expected uint8 colours 0-255, got {images.dtype}")
+    return np.ascontiguousarray(images)
+
+
+def _check_pair(scores_shape: tuple, images: np.ndarray) -> None:
+    """ValueError unless scores (C, H, W) / (B, C, H, W) and images (B, H, W, 3) match."""
+    if len(scores_shape) not in (3, 4) or min(scores_shape) < 1:
+        raise ValueError("scores: expected a (C, H, W) or (B, C, H, W) array")
+    batch = scores_shape[0] if len(scores_shape) == 4 else 1
+    if images.shape[0] != batch or tuple(images.shape[1:3]) != tuple(scores_shape[-2:]):
+        raise ValueError(
+            f"image: shape {images.shape} does not match scores {tuple(scores_shape)} "
+            "(expected the same batch size and H x W)"
+        )
+
+
+def deeplab_features(images, params: CRFParams) -> list[np.ndarray]:
+    """The two terms' features as float32 arrays over B*H*W pixels (image-major, pixel
+    y * W + x): bilateral (x/sa, y/sa, R/sb, G/sb, B/sb) (P, 5), Gaussian (x/sg, y/sg) (P, 2)."""
+    images = as_images(images)
+    batch, height, width, _ = images.shape
+    bil = [bilateral_features_np(img, params.sa, params.sb) for img in images]
+    gauss = gaussian_features_np(height, width, params.sg)
+    if batch == 1:
+        return [bil[0], gauss]
+    return [np.concatenate(bil), np.tile(gauss, (batch, 1))]
+
+
+def _unary_np(scores: np.ndarray, probabilities: bool) -> np.ndarray:
+    """Energies (B, C, N) float32 from scores (B, C, H, W): -scores, or -log(clip(p))."""
+    b, c, h, w = scores.shape
+    flat = scores.reshape(b, c, h * w)
+    if probabilities:
+        if (flat < 0).any() or (flat > 1 + 1e-3).any():
+            raise ValueError("probabilities: values outside [0, 1]")
+        unary = np.log(np.clip(flat, np.float32(PROB_CLIP), np.float32(1.0)))
+        np.negative(unary, out=unary)
+    else:
+        unary = np.negative(flat)
+    if not np.isfinite(unary).all():
+        raise ValueError("unary: contains NaN or infinite energies")
+    return unary
+
+
+def _engine_terms(images: np.ndarray, params: CRFParams, normalization: str, threads: int):
+    """NumpyTerms of the two Potts terms, or None when a lattice's codes need > 62 bits."""
+    n = images.shape[1] * images.shape[2]
+    terms = []
+    for feats, weight in zip(deeplab_features(images, params), (params.w1, params.w2)):
+        lat = numpy_lattice.cached_lattice(feats, n, threads, copy=False)  # feats: ours
+        if lat is None:
+            return None
+        lat.normalizer(threads)  # computed once per lattice, on these threads
+        terms.append(numpy_meanfield.prepare_term(lat, weight, normalization))
+    return terms
+
+
+def _run_engine(scores4, images, params, iters, normalization, probabilities, threads):
+    """Marginals (B, C, H, W) float32 by the torch-free engine, or None where it cannot run
+    (numba absent or disabled, learned compatibilities, lattice codes beyond 62 bits)."""
+    if hasattr(params, "term_compats") or not numpy_lattice.available():
+        return None
+    if normalization not in ("symmetric", "after", "before", "none"):
+        raise ValueError(f"normalization: unknown mode {normalization!r}")
+    if int(iters) < 0:
+        raise ValueError(f"iters: must be >= 0, got {iters}")
+    unary = _unary_np(scores4, probabilities)
+    threads = numpy_lattice.use_threads(threads)
+    terms = _engine_terms(images, params, normalization, threads)
+    if terms is None:
+        return None
+    q = numpy_meanfield.mean_field(unary, terms, int(iters), threads)
+    return q.reshape(scores4.shape)
+
+
+def deeplab_crf_np(
+    scores: np.ndarray,
+    image: np.ndarray,
+    params: str | CRFParams = "deeplab-largefov",
+    iters: int = 10,
+    normalization: str = "after",
+    *,
+    probabilities: bool = False,
+    threads: int | None = None,
+) -> np.ndarray:
+    """:func:`deeplab_crf` on numpy arrays: float32 marginals of the scores' shape (C, H, W)
+    or (B, C, H, W) as an ndarray.
+
+    Runs on the torch-free CPU engine (torch is not imported) on ``threads`` threads (None:
+    the engine's setting, ``deeplabv1.crf.set_num_threads``). Where that engine cannot run
+    (numba absent or ``DEEPLABV1_CRF_NUMBA=0``, learned compatibilities) it falls back to
+    the torch CPU path, importing torch then.
+    """
+    params = get_params(params)
+    scores = np.asarray(scores)
+    if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
+        raise ValueError(f"scores: expected real numbers, got dtype {scores.dtype}")
+    scores = scores.astype(np.float32, copy=False)
+    images = as_images(image)
+    _check_pair(scores.shape, images)
+    scores4 = scores if scores.ndim == 4 else scores[None]
+    q = _run_engine(scores4, images, params, iters, normalization, probabilities, threads)
+    if q is None:
+        import torch
+
+        with torch.no_grad():
+            q = deeplab_crf(scores4, images, params, iters, normalization, "cpu",
+                            probabilities=probabilities).numpy()  # fmt: skip
+    return q.reshape(scores.shape)
 
 
 def deeplab_terms(images, params: CRFParams, normalization: str = "after", device=None):
-    """The two Potts PairwiseTerms (bilateral, Gaussian) for (B, H, W, 3) uint8 RGB images."""
-    images = as_rgb_batch(images)
+    """The two Potts PairwiseTerms (bilateral, Gaussian) for (B, H, W, 3) uint8 RGB images
+    (on ``device``; default: the images' device, CPU for arrays)."""
+    import torch
+
+    from deeplabv1.crf.meanfield import PairwiseTerm
+
+    if device is None:
+        device = images.device if isinstance(images, torch.Tensor) else "cpu"
+    device = torch.device(device)
+    images = as_images(images)
     batch, height, width, _ = images.shape
-    device = images.device if device is None else torch.device(device)
     # LearnedCRFParams (crf/learned.py, trained end to end): matrix compatibilities w_k * mu
     compat = params.term_compats(device) if hasattr(params, "term_compats") else None
-    w1, w2 = compat if compat is not None else (params.w1, params.w2)
+    weights = compat if compat is not None else (params.w1, params.w2)
     return [
-        PairwiseTerm(bilateral_features(images, params.sa, params.sb, device=device),
-                     w1, normalization),
-        PairwiseTerm(gaussian_features(height, width, params.sg, batch, device=device),
-                     w2, normalization),
+        PairwiseTerm(torch.from_numpy(f).view(batch, height * width, -1).to(device), w,
+                     normalization)
+        for f, w in zip(deeplab_features(images, params), weights)
     ]  # fmt: skip
 
 
@@ -44,7 +191,7 @@ def deeplab_crf(
     *,
     probabilities: bool = False,
     method: str = "lattice",
-) -> torch.Tensor:
+):
     """CRF marginals for full-resolution scores (C, H, W) or (B, C, H, W) and RGB image(s).
 
     ``scores`` are raw (pre-softmax) network scores, tensor or ndarray; with
@@ -52,26 +199,35 @@ def deeplab_crf(
     1e-5). ``image`` is (H, W, 3) or (B, H, W, 3) uint8 RGB of the same size. ``params`` is a
     variant name of DEEPLAB_CRF_PARAMS or a CRFParams. Returns probabilities of the scores'
     shape as a float32 tensor on the scores' device (or on ``device`` when given, which is also
-    where the computation runs).
+    where the computation runs). On the CPU (method "lattice", Potts parameters, no gradient
+    wanted) it runs :func:`deeplab_crf_np`'s engine on ``torch.get_num_threads()`` threads;
+    for numpy in and out without torch, call :func:`deeplab_crf_np`.
     """
+    import torch
+
     params = get_params(params)
     if isinstance(scores, np.ndarray):
         scores = torch.from_numpy(np.array(scores, dtype=np.float32))
     if not isinstance(scores, torch.Tensor) or scores.dim() not in (3, 4):
         raise ValueError("scores: expected a (C, H, W) or (B, C, H, W) array")
+    images = as_images(image)
+    _check_pair(tuple(scores.shape), images)
     shape = scores.shape
-    batched = scores.dim() == 4
-    scores4 = scores if batched else scores.unsqueeze(0)
-    images = as_rgb_batch(image)
-    if images.shape[0] != scores4.shape[0] or tuple(images.shape[1:3]) != tuple(shape[-2:]):
-        raise ValueError(
-            f"image: shape {tuple(images.shape)} does not match scores {tuple(shape)} "
-            "(expected the same batch size and H x W)"
-        )
+    scores4 = scores if scores.dim() == 4 else scores.unsqueeze(0)
     device = scores.device if device is None else torch.device(device)
+    grad = torch.is_grad_enabled() and scores.requires_grad
+    if device.type == "cpu" and method == "lattice" and not grad:
+        host = scores4.detach().to(device="cpu", dtype=torch.float32).numpy()
+        q = _run_engine(host, images, params, iters, normalization, probabilities,
+                        torch.get_num_threads())  # fmt: skip
+        if q is not None:
+            return torch.from_numpy(q).reshape(shape)
+    from deeplabv1.crf.meanfield import mean_field
+    from deeplabv1.crf.unary import unary_from_probabilities
+
     b, c, h, w = scores4.shape
     flat = scores4.to(device=device, dtype=torch.float32).reshape(b, c, h * w)
     unary = unary_from_probabilities(flat) if probabilities else flat.neg()
-    terms = deeplab_terms(images.to(device), params, normalization, device)
+    terms = deeplab_terms(images, params, normalization, device)
     q = mean_field(unary, terms, iters=iters, method=method)
     return q.reshape(shape)

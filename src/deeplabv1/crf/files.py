@@ -67,10 +67,11 @@ def crf_file(
     probabilities: bool = False,
 ) -> np.ndarray:
     """Run the DeepLab CRF on one image / score-file pair and write the label PNG; returns the
-    labels (H, W) uint8."""
-    import torch
+    labels (H, W) uint8.
 
-    from deeplabv1.crf.deeplab import deeplab_crf
+    ``device="cpu"`` runs the torch-free engine (``deeplab_crf_np``: torch is not imported
+    unless numba is absent or disabled); ``"cuda"`` runs torch's ``deeplab_crf`` on the GPU.
+    """
     from deeplabv1.data.palette import save_label_png
 
     rgb = load_rgb(image_path)
@@ -80,12 +81,21 @@ def crf_file(
             f"{scores_path}: scores are {scores.shape[1]} x {scores.shape[2]} but image "
             f"{image_path} is {rgb.shape[0]} x {rgb.shape[1]} (H x W): upsample scores first"
         )
-    with torch.no_grad():
-        q = deeplab_crf(
-            torch.from_numpy(scores), rgb, params, iters=iters, normalization=normalization,
-            device=device, probabilities=probabilities,
-        )  # fmt: skip
-    labels = q.argmax(0).to(torch.uint8).cpu().numpy()
+    options = {"iters": iters, "normalization": normalization, "probabilities": probabilities}
+    if str(device) == "cpu":
+        from deeplabv1.crf.deeplab import deeplab_crf_np
+
+        q = deeplab_crf_np(scores, rgb, params, **options)
+    else:
+        import torch
+
+        from deeplabv1.crf.deeplab import deeplab_crf
+
+        with torch.no_grad():
+            q = deeplab_crf(torch.from_numpy(scores), rgb, params, device=device, **options)
+            q = q.cpu().numpy()
+    labels = q.argmax(0).astype(np.uint8)
+    del q
     save_label_png(out_path, labels)
     return labels
 
