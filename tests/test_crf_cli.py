@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from test_crf_deeplab import _torch_path
 
 from deeplabv1.cli import main
-from deeplabv1.crf import deeplab_crf
 
 
 def _scores(labels, rng):
@@ -31,7 +36,7 @@ def test_single_pair_writes_palette_png(shared_data, tmp_path):
     params = {"w1": 3, "sa": 95, "sb": 4, "w2": 3, "sg": 3}
     from deeplabv1.crf import CRFParams
 
-    expected = deeplab_crf(scores, rgb, CRFParams(**params), iters=2).argmax(0).numpy()
+    expected = _torch_path(scores, rgb, CRFParams(**params), iters=2).argmax(0).numpy()
     np.testing.assert_array_equal(got, expected)
 
 
@@ -78,3 +83,61 @@ def test_help_and_mode_errors(tmp_path):
         main(["crf", "--help"])
     assert main(["crf", "--image-dir", str(tmp_path)]) == 2
     assert main(["crf", "--image", "a.png", "--image-dir", str(tmp_path)]) == 2
+
+
+_BLOCK_TORCH = """import os
+with open(os.environ["TORCH_IMPORTS"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+raise ImportError("torch is blocked by test_crf_cli")
+"""
+
+_RUN_CLI = """import sys
+from deeplabv1.cli import main
+single = main(sys.argv[1:8])
+batch = main(sys.argv[8:])
+assert "torch" not in sys.modules, "torch imported"
+print("status", single, batch)
+"""
+
+
+def test_cpu_runs_never_import_torch_and_match_the_torch_path(voc_samples, tmp_path):
+    """`deeplabv1 crf --device cpu`, single and batch (2 worker processes): torch is blocked
+    (a stand-in package that records the attempt and raises) and the labels are the torch
+    path's, on full-size real images, 10 iterations."""
+    rng = np.random.default_rng(5)
+    block = tmp_path / "block" / "torch"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text(_BLOCK_TORCH)
+    img_dir, npy_dir, out_dir = tmp_path / "img", tmp_path / "npy", tmp_path / "out"
+    img_dir.mkdir()
+    npy_dir.mkdir()
+    cases = {}
+    for sid, rgb, labels in voc_samples[:2]:  # full size
+        cases[sid] = rgb, _scores(labels, rng)
+    sid, rgb, labels = voc_samples[2]
+    cases["small"] = rgb[:50, :70], _scores(labels[:50, :70], rng)
+    for name, (rgb, scores) in cases.items():
+        Image.fromarray(rgb).save(img_dir / f"{name}.png")
+        np.save(npy_dir / f"{name}.npy", scores)
+    single = ["crf", "--image", str(img_dir / "small.png"), "--scores",
+              str(npy_dir / "small.npy"), "-o", str(tmp_path / "small.png")]  # fmt: skip
+    batch = ["crf", "--image-dir", str(img_dir), "--scores-dir", str(npy_dir),
+             "--out-dir", str(out_dir), "--workers", "2"]  # fmt: skip
+    env = dict(os.environ, TORCH_IMPORTS=str(tmp_path / "torch_imports.txt"),
+               PYTHONPATH=os.pathsep.join([str(block.parent), os.environ.get("PYTHONPATH", "")]),
+               NUMBA_NUM_THREADS="1", DEEPLABV1_CRF_NUMBA="1")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", _RUN_CLI, *single, *batch], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "status 0 0" in run.stdout
+    assert not (tmp_path / "torch_imports.txt").exists()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count: the same float summation order
+    try:
+        for name, (rgb, scores) in cases.items():
+            want = _torch_path(scores, rgb, "deeplab-largefov").argmax(0).numpy()
+            np.testing.assert_array_equal(np.asarray(Image.open(out_dir / f"{name}.png")), want)
+        got = np.asarray(Image.open(tmp_path / "small.png"))
+        np.testing.assert_array_equal(got, np.asarray(Image.open(out_dir / "small.png")))
+    finally:
+        torch.set_num_threads(threads)

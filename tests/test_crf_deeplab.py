@@ -134,3 +134,66 @@ def test_cuda_matches_cpu(voc_samples):
     gpu = deeplab_crf(scores.cuda(), rgb)
     assert gpu.is_cuda and gpu.shape == cpu.shape
     assert (gpu.argmax(0).cpu() == cpu.argmax(0)).float().mean() >= 0.999
+
+
+def _torch_path(scores, rgb, params, iters=10, probabilities=False):
+    """The torch route of the convention (deeplab_crf before the torch-free engine): torch
+    unary, PairwiseTerms from deeplab_terms, meanfield.mean_field."""
+    from deeplabv1.crf import deeplab_terms, mean_field
+    from deeplabv1.crf.unary import unary_from_probabilities
+
+    s = torch.from_numpy(scores).reshape(-1, scores.shape[-3], rgb.shape[-3] * rgb.shape[-2])
+    unary = unary_from_probabilities(s) if probabilities else -s
+    return mean_field(unary, deeplab_terms(rgb, get_params(params)), iters).reshape(scores.shape)
+
+
+def test_numpy_engine_equals_torch_path_bitwise(voc_samples):
+    """deeplab_crf_np (numpy in and out) and deeplab_crf on CPU tensors give the torch path's
+    marginals bit for bit on real images, single and batched; probabilities to float32
+    rounding (numpy's and torch's float32 log differ by an ulp) with the same labels."""
+    from deeplabv1.crf.deeplab import deeplab_crf_np
+
+    rng = np.random.default_rng(3)
+    crops = [(rgb[40:160, 60:220], lab[40:160, 60:220]) for _, rgb, lab in voc_samples[:2]]
+    rgb = np.stack([c[0] for c in crops])
+    scores = np.stack([_noisy_scores(c[1].astype(np.int64), 21, rng) for c in crops])
+    threads = torch.get_num_threads()
+    ref = _torch_path(scores, rgb, "deeplab-msc").numpy()
+    got = deeplab_crf_np(scores, rgb, "deeplab-msc", threads=threads)
+    assert type(got) is np.ndarray and got.dtype == np.float32 and got.shape == scores.shape
+    np.testing.assert_array_equal(got, ref)
+    one = deeplab_crf_np(scores[1], rgb[1], "deeplab-msc", threads=threads)
+    np.testing.assert_array_equal(one, _torch_path(scores[1], rgb[1], "deeplab-msc").numpy())
+    tensor = deeplab_crf(torch.from_numpy(scores[1]), rgb[1], "deeplab-msc")
+    assert isinstance(tensor, torch.Tensor) and tensor.shape == scores[1].shape
+    np.testing.assert_array_equal(tensor.numpy(), one)
+    probs = torch.softmax(torch.from_numpy(scores), 1).numpy()
+    ref_p = _torch_path(probs, rgb, "deeplab-msc", probabilities=True).numpy()
+    got_p = deeplab_crf_np(probs, rgb, "deeplab-msc", probabilities=True, threads=threads)
+    np.testing.assert_allclose(got_p, ref_p, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(got_p.argmax(1), ref_p.argmax(1))
+
+
+def test_numpy_engine_checks_and_falls_back(monkeypatch):
+    from deeplabv1.crf import numpy_lattice
+    from deeplabv1.crf.deeplab import deeplab_crf_np
+
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=(3, 6, 7)).astype(np.float32)
+    rgb = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="does not match"):
+        deeplab_crf_np(scores, np.zeros((6, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        deeplab_crf_np(scores, rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        deeplab_crf_np(np.full((3, 6, 7), np.nan, np.float32), rgb)
+    with pytest.raises(ValueError, match="outside"):
+        deeplab_crf_np(scores, rgb, probabilities=True)
+    with pytest.raises(ValueError, match="iters"):
+        deeplab_crf_np(scores, rgb, iters=-1)
+    fast = deeplab_crf_np(scores, rgb, "deeplab", 3)
+    # without numba (DEEPLABV1_CRF_NUMBA=0 or not installed): the torch path, same answer type
+    monkeypatch.setattr(numpy_lattice, "available", lambda: False)
+    slow = deeplab_crf_np(scores, rgb, "deeplab", 3)
+    assert type(slow) is np.ndarray and slow.shape == (3, 6, 7)
+    np.testing.assert_allclose(slow, fast, atol=1e-5, rtol=0)
