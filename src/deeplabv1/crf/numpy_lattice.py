@@ -195,7 +195,7 @@ def build_lattice(features: np.ndarray, n: int, threads: int | None = None):
     del q0, rank
     bary_pm = np.ascontiguousarray(bary.T)  # (P, d+1) pixel-major
     del bary
-    return NumpyLattice(ids, bary_pm * np.float32(slice_alpha(d)), bary_pm, nbrs)
+    return NumpyLattice(ids, None, bary_pm, nbrs, alpha=slice_alpha(d))
 
 
 def slice_alpha(d: int) -> float:
@@ -208,18 +208,40 @@ class NumpyLattice:
 
     offs (P, d+1) int vertex ids, wts (P, d+1) slice weights (bary * alpha), bary (P, d+1)
     splat weights, neighbours (d+1, 2, M) int64 (M: missing). float32 or float64 tables.
+    With ``wts`` None the slice weights are not stored but computed when needed as
+    ``bary * float32(alpha)`` (the same bits; 4 (d+1) bytes per pixel less to keep).
     """
 
-    def __init__(self, offs, wts, bary, neighbours) -> None:
-        self.offs, self.wts, self.bary = offs, wts, bary
+    def __init__(self, offs, wts, bary, neighbours, alpha: float | None = None) -> None:
+        if wts is None and alpha is None:
+            raise ValueError("NumpyLattice: give the slice weights or alpha")
+        self.offs, self.bary = offs, bary
+        self._wts = wts
+        self.alpha = alpha
         self.neighbours = neighbours
         self.n1 = list(neighbours[:, 0])
         self.n2 = list(neighbours[:, 1])
         self.num_points = offs.shape[0]
         self.num_lattice = neighbours.shape[2]
-        self.dtype = wts.dtype
+        self.dtype = bary.dtype
         self._ws: tuple[np.ndarray, ...] | None = None
         self._norm: np.ndarray | None = None
+
+    @property
+    def wts(self) -> np.ndarray:
+        """The slice weights (P, d+1): stored, or bary * alpha computed now (a new array)."""
+        if self._wts is not None:
+            return self._wts
+        return self.bary * self.dtype.type(self.alpha)
+
+    def slice_weights(self, post) -> np.ndarray:
+        """float32 slice weights times ``post`` ((P, 1) array or a scalar), a new array:
+        (bary * alpha) * post, rounded as the stored product would be."""
+        if self._wts is not None:
+            return np.multiply(self._wts, post, dtype=np.float32)
+        out = np.multiply(self.bary, self.dtype.type(self.alpha), dtype=np.float32)
+        out *= post
+        return out
 
     def filter(self, values: np.ndarray, reverse: bool = False, threads: int | None = None):
         """K values: splat, blur along axes 0..d (d..0 with reverse), slice; (P, C) -> (P, C)."""
@@ -255,6 +277,10 @@ class NumpyLattice:
                 spare = None
             ws = self._ws = (acc, np.zeros((rows, c), self.dtype), spare)
         return ws
+
+    def release_workspace(self) -> None:
+        """Forget the cached blur buffers (the mean field frees them after its last blur)."""
+        self._ws = None
 
     def blur(self, acc, a, b, reverse: bool = False):
         """Blur the splatted acc (rows: M lattice points + a zero row) along every axis into a

@@ -101,47 +101,68 @@ def iterate(un: np.ndarray, terms, iters: int, threads: int | None = None, out=N
             return qn
         out[...] = q.reshape(out.shape[0], out.shape[2], num_labels).transpose(0, 2, 1)
         return out
-    plans = []  # (lattice, slice weights, splat weights, (splat buffers, blur a, blur b))
+    plans = []  # [lattice, slice weights, splat weights, (splat buffers, blur a, blur b)]
     for t in terms:
         lat = t.lattice
         bary = lat.bary if t.pre is None else lat.bary * t.pre[:, None]
         post = t.post[:, None] if t.post is not None else np.float32(t.weight)
-        wts = np.multiply(lat.wts, post, dtype=np.float32)
-        plans.append((lat, wts, bary, lat.workspace(padded, threads)))
+        wts = lat.slice_weights(post)
+        plans.append([lat, wts, bary, lat.workspace(padded, threads)])
     extra, pair = plans[:-2], plans[-2:]
     if len(pair) == 1:  # the fused pass takes two terms: add one without vertices
         z = np.zeros((p, 0), np.float32)
         acc = np.zeros((threads, 1, padded), np.float32)
-        pair.append((_NoVertices(pair[0][0].offs[:, :0]), z, z, (acc, acc[0], acc[0])))
+        pair.append([_NoVertices(pair[0][0].offs[:, :0]), z, z, (acc, acc[0], acc[0])])
     # Pixel-major Q: needed by the extra terms' splats, or as the result without ``out``.
     qn = np.zeros((p if extra or out is None else 0, padded), np.float32)
     no_out = np.zeros((0, num_labels, 1), np.float32)
     base = np.empty_like(un) if extra else un
+    kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
 
     def fused(energies, lats, splat: bool) -> None:
         args = []
         for (lat, wts, bary, ws), sliced in zip(pair, lats or (None, None)):
             args += [lat.offs, wts if sliced is not None else wts[:, :0],
                      ws[1] if sliced is None else sliced, bary if splat else bary[:, :0], ws[0]]
-        kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
         last = not splat
         store = bool(extra) and splat or (last and out is None)
         kernel(energies, qn, *args, store, out if last and out is not None else no_out)
 
     fused(un, None, iters > 0)
     for it in range(iters):
-        lats = []
-        for k, (lat, _, bary, (acc, a, b)) in enumerate(plans):
-            if k < len(extra):
-                lattice_numba.splat_scatter(lat.offs, bary, qn, acc)
-            lats.append(lat.blur(acc, a, b) if lat.n1 else acc[0])
+        lats = _blur_all(plans, len(extra), qn)
         if extra:  # base = U - (the extra terms' messages)
             np.copyto(base, un)
             for (lat, wts, _, _), sliced in zip(extra, lats):
                 lattice_numba.slice_add(base, lat.offs, -wts, sliced, base)
         pair_lats = lats[len(extra):] + [pair[1][3][1]] * (2 - len(lats[len(extra):]))
+        if it == iters - 1:
+            _release_buffers(plans, threads, padded)
         fused(base, pair_lats, it < iters - 1)
+    for plan in plans:  # the blur results (the last references to the buffers)
+        plan[0].release_workspace()
     return qn if out is None else out
+
+
+def _blur_all(plans, num_extra: int, qn: np.ndarray) -> list[np.ndarray]:
+    """Each term's blurred lattice values (the extra terms splat qn first)."""
+    lats = []
+    for k, (lat, _, bary, (acc, a, b)) in enumerate(plans):
+        if k < num_extra:
+            lattice_numba.splat_scatter(lat.offs, bary, qn, acc)
+        lats.append(lat.blur(acc, a, b) if lat.n1 else acc[0])
+    return lats
+
+
+def _release_buffers(plans, threads: int, width: int) -> None:
+    """Before the last pass (no splats): free the splat buffers and the blur spares (the
+    blurred values stay referenced by the caller) so that the output's pages do not add to
+    them (measured: 15.5 MiB less at the peak at 500x375, 21 labels, 2 threads). The
+    kernel still takes a (threads, 1, width) buffer: its first axis sets the workers."""
+    dummy = np.zeros((threads, 1, width), np.float32)
+    for plan in plans:
+        plan[0].release_workspace()
+        plan[3] = (dummy, None, None)
 
 
 class _NoVertices:
@@ -150,3 +171,6 @@ class _NoVertices:
     def __init__(self, offs: np.ndarray) -> None:
         self.offs = offs
         self.n1 = []
+
+    def release_workspace(self) -> None:
+        """Nothing to free."""
