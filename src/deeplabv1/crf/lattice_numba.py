@@ -2,10 +2,13 @@
 
 The torch path (lattice.py, meanfield.py) runs one memory pass per tensor operation; these
 kernels fuse what can be fused (slice + normalisation + compatibility + unary + softmax in one
-pass over the pixels) and run in numba's thread pool (``numba.set_num_threads`` follows
-``torch.get_num_threads``). They use the tables that ``lattice_index.lattice_tables`` builds,
-so the lattice is the same; only the order of the float additions differs (float tolerance,
-checked in tests/test_crf_lattice.py and tests/test_crf_meanfield.py).
+pass over the pixels) and run in numba's thread pool on the threads the caller sets with
+``set_threads``: the engine's setting (``deeplabv1.crf.set_num_threads``, numba's pool size by
+default) for numpy_lattice / numpy_meanfield and the drop-in, ``torch.get_num_threads()`` for
+the torch classes. They use the tables of numpy_lattice's build (equal to
+``lattice_index.lattice_tables``' sort-based build), so the lattice is the same; only the
+order of the float additions differs from the torch path (float tolerance, checked in
+tests/test_crf_lattice.py, tests/test_crf_meanfield.py and tests/test_crf_numpy_engine.py).
 
 numba is optional: without it (or with ``DEEPLABV1_CRF_NUMBA=0``) everything runs on the
 torch path. Kernels are compiled once and cached on disk (``cache=True``); the first call in a
