@@ -149,10 +149,10 @@ def neighbour_deltas(radix: Radix) -> np.ndarray:
     return out
 
 
-def build_tables(q0: np.ndarray, rank: np.ndarray, radix: Radix, n: int):
+def build_tables(q0: np.ndarray, rank: np.ndarray, radix: Radix, n: int, index=np.int64):
     """Vertex ids (P, d+1) int32 (lattice points numbered by first pixel) and neighbours
-    (d+1, 2, M) int64 (M where missing) of the simplices q0, rank (d+1, P); images of n
-    points each never share a vertex."""
+    (d+1, 2, M) of dtype ``index`` (int64: torch's index type; M where missing) of the
+    simplices q0, rank (d+1, P); images of n points each never share a vertex."""
     d = radix.d
     p = q0.shape[1]
     ids = np.empty((p, d + 1), np.int32)
@@ -161,7 +161,7 @@ def build_tables(q0: np.ndarray, rank: np.ndarray, radix: Radix, n: int):
     uniq, keys, tids = lattice_numba.hash_vertices(
         q0, rank, lo, strides, radix.r_stride, radix.b_stride, n, ids
     )
-    nbrs = np.empty((d + 1, 2, uniq.shape[0]), np.int64)
+    nbrs = np.empty((d + 1, 2, uniq.shape[0]), index)
     deltas = np.ascontiguousarray(neighbour_deltas(radix)[:, 0])
     lattice_numba.neighbours(uniq, keys, tids, radix.r_stride, deltas, nbrs)
     return ids, nbrs
@@ -191,7 +191,9 @@ def build_lattice(features: np.ndarray, n: int, threads: int | None = None):
     radix = make_radix(q0, p // n)
     if radix is None:
         return None
-    ids, nbrs = build_tables(q0, rank, radix, n)
+    # int32 neighbours (the blur's index; half the bytes of int64) while M + 1 fits
+    index = np.int32 if q0.shape[1] * (d + 1) < 1 << 31 else np.int64
+    ids, nbrs = build_tables(q0, rank, radix, n, index)
     del q0, rank
     bary_pm = np.ascontiguousarray(bary.T)  # (P, d+1) pixel-major
     del bary
@@ -207,7 +209,8 @@ class NumpyLattice:
     """Lattice tables as arrays (P points, M lattice points, dimension d) and the filter.
 
     offs (P, d+1) int vertex ids, wts (P, d+1) slice weights (bary * alpha), bary (P, d+1)
-    splat weights, neighbours (d+1, 2, M) int64 (M: missing). float32 or float64 tables.
+    splat weights, neighbours (d+1, 2, M) int32 or int64 (M: missing). float32 or float64
+    tables.
     With ``wts`` None the slice weights are not stored but computed when needed as
     ``bary * float32(alpha)`` (the same bits; 4 (d+1) bytes per pixel less to keep).
     """
