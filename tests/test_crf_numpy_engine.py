@@ -213,11 +213,15 @@ def test_cache_reuses_equal_features_and_clears() -> None:
     # the drop-in builds the position-only lattice of an image size once
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    lats = []
+    lats, feats = [], []
     for _ in range(2):
         crf = _crf(img, rng.normal(size=(3, 600)).astype(np.float32))
         lats.append(crf._np_terms[0].lattice)
+        feats.append(crf._specs[0][0])
     assert lats[0] is lats[1]
+    # the second object keeps the cache's features, not its own equal copy
+    assert feats[1] is feats[0] is numpy_lattice.cached_features(lats[0])
+    assert numpy_lattice.cached_features(a) is None  # evicted
 
 
 def test_threads_setting(monkeypatch) -> None:

@@ -124,12 +124,15 @@ class DenseCRF:
             raise ValueError(f"normalization: expected a NormalizationType, got {normalization!r}")
         compat = as_compat(compat, self._nlabel)
         mode = _MODES[int(normalization)]
-        self._specs.append((feats, compat, mode))
         if self._torch is None and self._fast and isinstance(compat, float):
             lat = numpy_lattice.cached_lattice(feats, self._nvar, copy=False)  # feats: ours
             if lat is not None:  # None: codes beyond 62 bits (the torch path handles those)
+                # keep the cache's equal features, not a second copy (cache hits)
+                cached = numpy_lattice.cached_features(lat)
+                self._specs.append((feats if cached is None else cached, compat, mode))
                 self._np_terms.append(numpy_meanfield.prepare_term(lat, compat, mode))
                 return
+        self._specs.append((feats, compat, mode))
         self._prepare_torch(self._specs if self._torch is None else self._specs[-1:])
 
     def _prepare_torch(self, specs) -> None:

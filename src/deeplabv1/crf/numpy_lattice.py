@@ -344,6 +344,15 @@ def _lookup(features: np.ndarray, n: int) -> NumpyLattice | None:
     return None
 
 
+def cached_features(lat: NumpyLattice) -> np.ndarray | None:
+    """The features array the cache keeps for ``lat`` (None when it is not cached): a caller
+    holding equal features can keep this one instead of a second copy."""
+    for f, _, cached in _CACHE:
+        if cached is lat:
+            return f
+    return None
+
+
 def clear_cache() -> None:
     """Forget the cached lattices (they are rebuilt on demand)."""
     _CACHE.clear()
