@@ -77,19 +77,20 @@ def deeplab_features(images, params: CRFParams) -> list[np.ndarray]:
 
 
 def _unary_np(scores: np.ndarray, probabilities: bool) -> np.ndarray:
-    """Energies (B, C, N) float32 from scores (B, C, H, W): -scores, or -log(clip(p))."""
+    """Pixel-major energies (B*H*W, C) float32 from scores (B, C, H, W): -scores, or
+    -log(clip(p)); written straight in the engine's layout (no label-major copy)."""
     b, c, h, w = scores.shape
     flat = scores.reshape(b, c, h * w)
+    if probabilities and ((flat < 0).any() or (flat > 1 + 1e-3).any()):
+        raise ValueError("probabilities: values outside [0, 1]")
+    unary = np.empty((b, h * w, c), np.float32)
     if probabilities:
-        if (flat < 0).any() or (flat > 1 + 1e-3).any():
-            raise ValueError("probabilities: values outside [0, 1]")
-        unary = np.log(np.clip(flat, np.float32(PROB_CLIP), np.float32(1.0)))
-        np.negative(unary, out=unary)
-    else:
-        unary = np.negative(flat)
+        np.clip(flat.transpose(0, 2, 1), np.float32(PROB_CLIP), np.float32(1.0), out=unary)
+        np.log(unary, out=unary)
+    np.negative(unary if probabilities else flat.transpose(0, 2, 1), out=unary)
     if not np.isfinite(unary).all():
         raise ValueError("unary: contains NaN or infinite energies")
-    return unary
+    return unary.reshape(b * h * w, c)
 
 
 def _engine_terms(images: np.ndarray, params: CRFParams, normalization: str, threads: int):
@@ -119,7 +120,10 @@ def _run_engine(scores4, images, params, iters, normalization, probabilities, th
     terms = _engine_terms(images, params, normalization, threads)
     if terms is None:
         return None
-    q = numpy_meanfield.mean_field(unary, terms, int(iters), threads)
+    b, c, h, w = scores4.shape
+    q = numpy_meanfield.iterate(
+        unary, terms, int(iters), threads, np.empty((b, c, h * w), np.float32)
+    )
     return q.reshape(scores4.shape)
 
 
