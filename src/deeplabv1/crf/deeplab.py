@@ -40,7 +40,7 @@ def _host_array(x, name: str) -> np.ndarray:
     raise ValueError(f"{name}: expected a numpy array or tensor, got {type(x).__name__}")
 
 
-def as_images(image) -> np.ndarray:
+def _as_images(image) -> np.ndarray:
     """(H, W, 3) or (B, H, W, 3) uint8 RGB (numpy or torch) as a (B, H, W, 3) uint8 array."""
     images = _host_array(image, "image")
     if images.ndim == 3:
@@ -67,7 +67,7 @@ def _check_pair(scores_shape: tuple, images: np.ndarray) -> None:
 def deeplab_features(images, params: CRFParams) -> list[np.ndarray]:
     """The two terms' features as float32 arrays over B*H*W pixels (image-major, pixel
     y * W + x): bilateral (x/sa, y/sa, R/sb, G/sb, B/sb) (P, 5), Gaussian (x/sg, y/sg) (P, 2)."""
-    images = as_images(images)
+    images = _as_images(images)
     batch, height, width, _ = images.shape
     bil = [bilateral_features_np(img, params.sa, params.sb) for img in images]
     gauss = gaussian_features_np(height, width, params.sg)
@@ -150,7 +150,7 @@ def deeplab_crf_np(
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
         raise ValueError(f"scores: expected real numbers, got dtype {scores.dtype}")
     scores = scores.astype(np.float32, copy=False)
-    images = as_images(image)
+    images = _as_images(image)
     _check_pair(scores.shape, images)
     scores4 = scores if scores.ndim == 4 else scores[None]
     q = _run_engine(scores4, images, params, iters, normalization, probabilities, threads)
@@ -173,7 +173,7 @@ def deeplab_terms(images, params: CRFParams, normalization: str = "after", devic
     if device is None:
         device = images.device if isinstance(images, torch.Tensor) else "cpu"
     device = torch.device(device)
-    images = as_images(images)
+    images = _as_images(images)
     batch, height, width, _ = images.shape
     # LearnedCRFParams (crf/learned.py, trained end to end): matrix compatibilities w_k * mu
     compat = params.term_compats(device) if hasattr(params, "term_compats") else None
@@ -214,7 +214,7 @@ def deeplab_crf(
         scores = torch.from_numpy(np.array(scores, dtype=np.float32))
     if not isinstance(scores, torch.Tensor) or scores.dim() not in (3, 4):
         raise ValueError("scores: expected a (C, H, W) or (B, C, H, W) array")
-    images = as_images(image)
+    images = _as_images(image)
     _check_pair(tuple(scores.shape), images)
     shape = scores.shape
     scores4 = scores if scores.dim() == 4 else scores.unsqueeze(0)
