@@ -197,3 +197,18 @@ def test_numpy_engine_checks_and_falls_back(monkeypatch):
     slow = deeplab_crf_np(scores, rgb, "deeplab", 3)
     assert type(slow) is np.ndarray and slow.shape == (3, 6, 7)
     np.testing.assert_allclose(slow, fast, atol=1e-5, rtol=0)
+
+
+def test_every_public_crf_name_resolves_and_the_numpy_ones_need_no_torch():
+    import subprocess
+    import sys
+
+    import deeplabv1.crf as crf
+
+    for name in crf.__all__:
+        assert getattr(crf, name) is not None, name
+    code = ("import sys; from deeplabv1.crf import deeplab_crf_np, deeplab_features, "
+            "set_num_threads, get_params; from deeplabv1.crf import densecrf; "
+            "print('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

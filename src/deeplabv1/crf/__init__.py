@@ -1,6 +1,7 @@
 """The fully connected CRF (Kraehenbuehl & Koltun 2011) of DeepLab V1, usable on its own.
 
-- :func:`deeplab_crf`: the DeepLab convention (scores + RGB image -> marginals) in one call.
+- :func:`deeplab_crf`: the DeepLab convention (scores + RGB image -> marginals) in one call;
+  :func:`deeplab_crf_np` the same on numpy arrays without torch.
 - :func:`mean_field` with :class:`PairwiseTerm`: general mean-field inference, batched, CPU/CUDA.
 - :mod:`deeplabv1.crf.densecrf` / :mod:`deeplabv1.crf.utils`: a drop-in for pydensecrf
   (``from deeplabv1.crf import densecrf as dcrf``); on the CPU it runs on numpy + numba
@@ -29,6 +30,8 @@ _LAZY = {
     "bilateral_features": "features",
     "gaussian_features": "features",
     "deeplab_crf": "deeplab",
+    "deeplab_crf_np": "deeplab",
+    "deeplab_features": "deeplab",
     "deeplab_terms": "deeplab",
     "get_num_threads": "numpy_lattice",
     "set_num_threads": "numpy_lattice",
