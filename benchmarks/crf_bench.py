@@ -1,16 +1,19 @@
 """Dense-CRF speed and memory: ours (deeplabv1.crf) against pydensecrf2 in the same run.
 
-Reference case (issue 3): a real VOC image (2007_000346, 500x375 RGB), 21 labels, 10
-mean-field iterations, DeepLab-LargeFOV parameters (Gaussian sxy 3 compat 3; bilateral sxy 121
-srgb 5 compat 4), "after" normalisation, scores = noisy one-hot ground truth. Both run through
-the same pydensecrf API (ours via the drop-in), each in its own subprocess so that peak RSS
+Reference case (issue 3): a real VOC image (2007_000346, 500x375 RGB), 21 labels, 10 mean-field
+iterations, DeepLab-LargeFOV parameters (Gaussian sxy 3 compat 3; bilateral sxy 121 srgb 5
+compat 4), "after" normalisation, scores = noisy one-hot ground truth. Both run through the
+same pydensecrf API (ours via the drop-in), each in its own subprocess so that peak RSS
 (resource.getrusage) is its own; setup (constructor + unary + both pairwise terms, i.e. the
 lattices) and inference are timed separately, median of --repeats after one warm-up
-(first_call_s). Each repeat uses a new image (one colour bit toggled), so ours rebuilds the
-bilateral lattice every time while the position-only lattice stays cached (the realistic
-batch case); total_s_cold is ours with the lattice cache cleared before every repeat. Also:
-1x / 2x / 4x pixels (the image tiled), 2 versus 21 labels, and with --device cuda the batch
-throughput of ``deeplab_crf`` (images / s). Prints one JSON object.
+(first_call_s). A separate process of each runs the CRF once on a tiny 16x12 image: its RSS
+(rss_after_runtime_mib; ours: numpy + numba with its runtime and cached kernels loaded) and
+time (runtime_init_s) are the runtime's baseline; peak_rss_over_runtime_mib = peak_rss_mib -
+that baseline is the memory of the CRF itself. Each repeat uses a new image (one colour bit
+toggled), so ours rebuilds the bilateral lattice every time while the position-only lattice
+stays cached (the realistic batch case); total_s_cold is ours with the lattice cache cleared
+before every repeat. Also: 1x / 2x / 4x pixels (the image tiled), 2 versus 21 labels, and with
+--device cuda the batch throughput of ``deeplab_crf`` (images / s). Prints one JSON object.
 
     .venv/bin/python benchmarks/crf_bench.py [--repeats 5] [--device cuda] [--no-scaling]
 """
@@ -48,6 +51,24 @@ def make_case(tiles: tuple[int, int], num_labels: int, data: Path):
     return np.ascontiguousarray(np.tile(rgb, (ty, tx, 1))), np.tile(scores, (1, ty, tx))
 
 
+def crf_once(dcrf, img, unary):
+    """One CRF through the pydensecrf API (LargeFOV parameters, "after", 10 iterations):
+    (setup seconds, inference seconds, Q)."""
+    import numpy as np
+
+    h, w, _ = img.shape
+    p = LARGEFOV
+    t0 = time.perf_counter()
+    d = dcrf.DenseCRF2D(w, h, unary.shape[0])
+    d.setUnaryEnergy(unary)
+    d.addPairwiseGaussian(sxy=p["sg"], compat=p["w2"], normalization=dcrf.NORMALIZE_AFTER)
+    d.addPairwiseBilateral(sxy=p["sa"], srgb=p["sb"], rgbim=img, compat=p["w1"],
+                           normalization=dcrf.NORMALIZE_AFTER)  # fmt: skip
+    t1 = time.perf_counter()
+    q = np.array(d.inference(10))
+    return t1 - t0, time.perf_counter() - t1, q
+
+
 def worker(impl: str, tiles, num_labels: int, repeats: int, data: Path, threads: int = 0) -> dict:
     """Time one implementation in this process; returns timings, peak RSS and labels hash."""
     import numpy as np
@@ -61,10 +82,17 @@ def worker(impl: str, tiles, num_labels: int, repeats: int, data: Path, threads:
         if threads > 0:
             set_num_threads(threads)
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if tiles == (0, 0):  # the runtime baseline: the CRF once on a tiny image, nothing else
+        tiny = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        crf_once(dcrf, tiny.integers(0, 256, (12, 16, 3), dtype=np.uint8),
+                 tiny.normal(size=(num_labels, 12 * 16)).astype(np.float32))  # fmt: skip
+        return {"runtime_init_s": time.perf_counter() - t0,
+                "rss_after_runtime_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                / 1024}  # fmt: skip
     rgb, scores = make_case(tiles, num_labels, data)
     h, w, _ = rgb.shape
     unary = np.ascontiguousarray(-scores.reshape(num_labels, -1))
-    p = LARGEFOV
 
     def run(k: int):
         # Repeat k toggles the lowest bit of one colour value, so that ours never reuses the
@@ -72,17 +100,9 @@ def worker(impl: str, tiles, num_labels: int, repeats: int, data: Path, threads:
         # Gaussian lattice is the same for every image of this size and stays cached.
         img = rgb.copy()
         img[0, 0, 0] ^= k & 1
-        t0 = time.perf_counter()
-        d = dcrf.DenseCRF2D(w, h, num_labels)
-        d.setUnaryEnergy(unary)
-        d.addPairwiseGaussian(sxy=p["sg"], compat=p["w2"], normalization=dcrf.NORMALIZE_AFTER)
-        d.addPairwiseBilateral(sxy=p["sa"], srgb=p["sb"], rgbim=img, compat=p["w1"],
-                               normalization=dcrf.NORMALIZE_AFTER)  # fmt: skip
-        t1 = time.perf_counter()
-        q = np.array(d.inference(10))
-        return t1 - t0, time.perf_counter() - t1, q
+        return crf_once(dcrf, img, unary)
 
-    first = run(0)  # warm-up: the first call of a process (ours: numba's cached kernels load)
+    first = run(0)  # warm-up: the first call at this size
     setup, infer, q = [], [], None
     for k in range(1, repeats + 1):
         a, b, q = run(k)
@@ -156,7 +176,11 @@ def run_worker(impl, tiles, num_labels, repeats, data, tmp: Path, threads=0) -> 
             return None
         raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["labels_file"] = str(labels_path)
+    if tiles != (0, 0):
+        result["labels_file"] = str(labels_path)
+        base = run_worker(impl, (0, 0), num_labels, repeats, data, tmp, threads)
+        result.update(base, peak_rss_over_runtime_mib=result["peak_rss_mib"]
+                      - base["rss_after_runtime_mib"])  # fmt: skip
     return result
 
 
