@@ -51,35 +51,51 @@ def _mutations(kind: str):
     return st.one_of(truncated, flipped, st.binary(max_size=256))
 
 
-def _run(kind: str, payload: bytes, reader) -> None:
+def _run(kind: str, payload: bytes, reader, valid) -> str:
+    """"read" when the reader returns something ``valid`` accepts, "rejected" when it raises a
+    DeepLabError naming the file; any other exception fails the test."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"f.{kind}"
         path.write_bytes(payload)
         try:
-            reader(path, Path(tmp))
+            out = reader(path, Path(tmp))
         except DeepLabError as exc:
-            assert "f." + kind in str(exc)  # the message names the file
+            return "rejected" if "f." + kind in str(exc) else f"unnamed error: {exc}"
+        return "read" if valid(out) else f"bad result: {out!r:.200}"
+
+
+def _labels(a) -> bool:
+    """Class indices 0..20 or 255 (void), as the readers promise."""
+    ok_dtype = isinstance(a, np.ndarray) and a.ndim == 2 and a.dtype == np.uint8
+    return ok_dtype and bool(((a < 21) | (a == 255)).all())
 
 
 @SETTINGS
 @given(_mutations("mat"))
 def test_sbd_mat_malformed(payload: bytes) -> None:
-    _run("mat", payload, lambda p, _: read_sbd_mat(p))
+    assert _run("mat", payload, lambda p, _: read_sbd_mat(p), _labels) in ("read", "rejected")
 
 
 @SETTINGS
 @given(_mutations("png"))
 def test_label_png_malformed(payload: bytes) -> None:
-    _run("png", payload, lambda p, _: read_label_png(p))
+    assert _run("png", payload, lambda p, _: read_label_png(p), _labels) in ("read", "rejected")
 
 
 @SETTINGS
 @given(_mutations("png"))
 def test_image_malformed(payload: bytes) -> None:
-    _run("png", payload, lambda p, _: read_image(p))
+    def rgb(a) -> bool:
+        return a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3
+
+    assert _run("png", payload, lambda p, _: read_image(p), rgb) in ("read", "rejected")
 
 
 @SETTINGS
 @given(_mutations("tgz"))
 def test_archive_malformed(payload: bytes) -> None:
-    _run("tgz", payload, lambda p, tmp: extract_archive(p, tmp / "out"))
+    def names(top) -> bool:  # everything extracted stays inside the destination
+        return isinstance(top, list) and all(".." not in n and not n.startswith("/") for n in top)
+
+    outcome = _run("tgz", payload, lambda p, tmp: extract_archive(p, tmp / "out"), names)
+    assert outcome in ("read", "rejected")
