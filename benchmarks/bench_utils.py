@@ -7,6 +7,7 @@ conv and matmul shapes actually executed), so the achieved FLOP/s is comparable 
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from collections.abc import Callable
@@ -81,3 +82,21 @@ def add_common_args(parser) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=0.0, help="time at least this long (s)")
+
+
+def setup(args, build_model, train: bool):
+    """Apply the common flags: threads, device (cuDNN autotuning on CUDA), seed 0; returns
+    (device, model in train/eval mode and the memory format, memory format, autocast context)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    torch.manual_seed(0)
+    model = build_model(args.arch, width=args.width).to(device).train(train)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
+                else contextlib.nullcontext())  # fmt: skip
+    return device, model, fmt, autocast

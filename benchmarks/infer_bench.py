@@ -12,7 +12,6 @@ the achieved fraction. The paper: 8 frames/s for the network on a 2014 GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 import torch
@@ -21,6 +20,7 @@ from bench_utils import (
     count_flops,
     machine_info,
     matmul_flops_per_s,
+    setup,
     time_calls,
 )
 
@@ -34,21 +34,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per call")
     parser.add_argument("--size", type=int, default=513, help="test size (padded square)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    torch.manual_seed(0)
-    model = build_model(args.arch, width=args.width).to(device).eval()
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
+    device, model, fmt, autocast = setup(args, build_model, train=False)
     net = torch.compile(model) if args.compile else model
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).mul_(60)
     x = x.contiguous(memory_format=fmt)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
-                else contextlib.nullcontext())
 
     def call() -> torch.Tensor:
         with torch.inference_mode(), autocast:

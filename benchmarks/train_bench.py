@@ -13,7 +13,6 @@ recipe would take at this speed. The paper: 4.84 images/s for LargeFOV on a 2014
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 import torch
@@ -22,6 +21,7 @@ from bench_utils import (
     count_flops,
     machine_info,
     matmul_flops_per_s,
+    setup,
     time_calls,
 )
 
@@ -37,16 +37,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--crop", type=int, default=321)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    torch.manual_seed(0)
-    model = build_model(args.arch, width=args.width).to(device).train()
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
+    device, model, fmt, autocast = setup(args, build_model, train=True)
     optimizer = build_optimizer(model, TrainConfig(data_root="-"))
     net = torch.compile(model) if args.compile else model
     x = torch.randn(args.batch, 3, args.crop, args.crop, device=device).mul_(60)
@@ -54,8 +45,6 @@ def main() -> None:
     with torch.no_grad():
         grid = model(x[:1]).shape[-2:]
     y = torch.randint(0, model.num_classes, (args.batch, *grid), device=device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16
-                else contextlib.nullcontext())
 
     def step() -> None:
         with autocast:
