@@ -41,26 +41,32 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 VOC_COLORMAP = voc_colormap()
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Class-index map (H, W) -> RGB image (H, W, 3) with the VOC colours."""
-    return VOC_COLORMAP[np.asarray(labels, dtype=np.uint8)]
+def _cmap(colormap: np.ndarray | None) -> np.ndarray:
+    return VOC_COLORMAP if colormap is None else np.asarray(colormap, dtype=np.uint8)
 
 
-def label_to_pil(labels: np.ndarray) -> Image.Image:
-    """Class-index map -> palette PNG image with the VOC colour map."""
+def colorize(labels: np.ndarray, colormap: np.ndarray | None = None) -> np.ndarray:
+    """Class-index map (H, W) -> RGB image (H, W, 3) with ``colormap`` (256 x 3; VOC's)."""
+    return _cmap(colormap)[np.asarray(labels, dtype=np.uint8)]
+
+
+def label_to_pil(labels: np.ndarray, colormap: np.ndarray | None = None) -> Image.Image:
+    """Class-index map -> palette PNG image with ``colormap`` (256 x 3; default VOC's)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise DeepLabError(f"label map must be 2-D, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise DeepLabError("label values must lie in 0..255")
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette(VOC_COLORMAP.reshape(-1).tolist())
+    img.putpalette(_cmap(colormap).reshape(-1).tolist())
     return img
 
 
-def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write a class-index map as a VOC palette PNG, atomically."""
-    img = label_to_pil(labels)
+def save_label_png(
+    path: str | os.PathLike, labels: np.ndarray, colormap: np.ndarray | None = None
+) -> None:
+    """Write a class-index map as a palette PNG (``colormap``, default VOC's), atomically."""
+    img = label_to_pil(labels, colormap)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from deeplabv1.data.palette import IGNORE_INDEX, VOC_CLASSES, save_label_png
 from deeplabv1.data.voc import SEGMENTATION_LISTS, write_ids
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import atomic_path
+from deeplabv1.io import atomic_path, atomic_write_text
 
 SHAPES = ("ellipse", "polygon", "blob")
 
@@ -141,8 +141,9 @@ def make_synthetic_voc(
 
     Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png (VOC palette PNGs, class indices
     1..num_classes-1 for objects, 0 background, 255 void band), ImageSets/Segmentation/
-    {train,val,trainval}.txt (the last ``round(num_images * val_fraction)`` ids are val).
-    ``size`` is (width, height). Class indices are VOC's, so a 21-class model can train on it.
+    {train,val,trainval}.txt (the last ``round(num_images * val_fraction)`` ids are val),
+    classes.txt (the names: VOC's first ``num_classes``, as the class indices are VOC's).
+    ``size`` is (width, height).
     """
     if num_images < 1:
         raise DeepLabError(f"number of images must be at least 1, got {num_images}")
@@ -169,4 +170,5 @@ def make_synthetic_voc(
     write_ids(lists / "train.txt", train)
     write_ids(lists / "val.txt", val)
     write_ids(lists / "trainval.txt", ids)
+    atomic_write_text(root / "classes.txt", "".join(f"{n}\n" for n in VOC_CLASSES[:num_classes]))
     return root
