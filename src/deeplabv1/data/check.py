@@ -4,8 +4,8 @@ Either layout (``deeplabv1.data.layout``). Problems, for each id of the split: t
 and its header is readable, the label PNG exists, is a palette/grayscale PNG of the image's size,
 and holds only 0..num_classes-1 and 255 (the values outside are listed with their pixel and file
 counts). Warnings (``label_warnings``, also logged by ``deeplabv1 train``) flag masks that read
-fine but cannot be what was meant: a class that never appears, or void (255) covering more
-pixels than all the object classes together, the sign of binary masks saved as 0/255.
+fine but cannot be what was meant: a class that never appears, or void (255) everywhere: more
+than half of the pixels, or the only value besides 0 (binary masks saved as 0/255).
 Reading is done by a thread pool (PIL releases the GIL while decoding).
 """
 
@@ -86,12 +86,13 @@ def label_warnings(
         out.append(f"class(es) never present in {where}: {listed}")
     void = pixel_counts.get(IGNORE_INDEX, 0)
     objects = sum(pixel_counts.get(c, 0) for c in range(1, num_classes))
-    if void and (void >= objects or 2 * void > total):
+    if void and (objects == 0 or 2 * void > total):
+        found = "no pixel of a class other than 0" if objects == 0 else "more than half"
+        fix = "1" if num_classes == 2 else f"1..{num_classes - 1}"
         out.append(
-            f"void (255) covers {100 * void / total:.1f}% of the pixels of {where}, more than "
-            f"all classes but 0 together ({100 * objects / total:.1f}%); 255 is ignored in "
-            "training: if it marks objects (binary masks saved as 0/255), save them as class "
-            f"indices 1..{num_classes - 1} instead"
+            f"void (255) covers {100 * void / total:.1f}% of the pixels of {where} ({found}); "
+            "255 is ignored in training: if it marks objects (binary masks saved as 0/255), "
+            f"save them as class index {fix} instead"
         )
     return out
 
@@ -146,17 +147,13 @@ def check_dataset(
 
     ``num_classes``: None = as many as the dataset's classes file names, else 21.
     """
-    from deeplabv1.data.classes import check_class_names, dataset_classes, default_class_names
+    from deeplabv1.data.classes import dataset_classes, resolve_classes
     from deeplabv1.data.layout import resolve_split
 
     found = resolve_split(root, split, label_dir, val_fraction)
     if found.label_dir is None:
         raise DeepLabError("data check: needs labels (--label-dir none reads none)")
-    classes = dataset_classes(found.root)
-    if classes is None:
-        names = default_class_names(21 if num_classes is None else num_classes)
-    else:
-        names = check_class_names(classes.names, num_classes, classes.source)
+    names = resolve_classes(dataset_classes(found.root), num_classes).names
     problems: dict[str, list[str]] = {k: [] for k in PROBLEM_KINDS}
     dupes = [sid for sid, n in Counter(found.ids).items() if n > 1]
     problems["duplicate ids"] = [f"{sid} listed more than once" for sid in dupes]
@@ -178,5 +175,5 @@ def check_dataset(
         f"{v}: {px:,} pixels in {n:,} mask(s), e.g. {first} (classes are 0..{len(names) - 1}, "
         "255 is void)" for v, (px, n, first) in sorted(outside.items())
     ]
-    warnings = label_warnings(total, names, f"the {split} masks")
+    warnings = label_warnings(total, names, f"the masks of split {split!r}")
     return CheckResult(found.root, split, len(found.ids), problems, total, names, warnings)

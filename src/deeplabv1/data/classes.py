@@ -199,3 +199,22 @@ def stored_classes(names, palette, num_classes: int, where: str) -> ClassInfo:
         raise DeepLabError(f"{where}: palette must hold {num_classes} [r, g, b] colours")
     colors = np.array([parse_color(c, f"{where}: palette") for c in palette], dtype=np.uint8)
     return ClassInfo(checked, colors.reshape(-1, 3), source)
+
+
+def resolve_classes(
+    found: ClassInfo | None, num_classes: int | None, class_names: Sequence[str] | None = None
+) -> ClassInfo:
+    """The classes of a run: ``class_names`` (``--class-names``; colours from ``found`` when it
+    names as many), else ``found`` (a dataset's classes file), else the defaults for
+    ``num_classes`` (21 when None). ``found`` naming other than ``num_classes`` is an error."""
+    if found is not None and num_classes is not None and found.num_classes != num_classes:
+        raise DeepLabError(f"{found.source}: names {found.num_classes} classes, but num_classes "
+                           f"(--num-classes) is {num_classes}")  # fmt: skip
+    if class_names is not None:
+        names = check_class_names(class_names, num_classes, "class_names (--class-names)")
+        same = found is not None and found.num_classes == len(names)
+        return ClassInfo(names, found.colors if same else default_colors(len(names)),
+                         "--class-names")  # fmt: skip
+    if found is not None:
+        return found
+    return default_classes(21 if num_classes is None else num_classes)

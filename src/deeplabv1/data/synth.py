@@ -1,4 +1,5 @@
-"""A small synthetic segmentation dataset in the VOC2012 layout, for demos and tests.
+"""A small synthetic segmentation dataset in the VOC2012 layout (or a plain images/ + masks/
+folder), for demos and tests.
 
 Each image holds 1-3 textured objects on a textured, low-saturation background. Every object
 class has its own shape family (ellipses, polygons, irregular blobs) and hue, with per-instance
@@ -171,4 +172,38 @@ def make_synthetic_voc(
     write_ids(lists / "val.txt", val)
     write_ids(lists / "trainval.txt", ids)
     atomic_write_text(root / "classes.txt", "".join(f"{n}\n" for n in VOC_CLASSES[:num_classes]))
+    return root
+
+
+def make_synthetic_folder(
+    out_dir: str | os.PathLike,
+    num_images: int,
+    *,
+    size: tuple[int, int] = (160, 120),
+    seed: int = 0,
+    classes: list | None = None,
+    void_width: int = 4,
+) -> Path:
+    """Write ``num_images`` synthetic pairs as a plain dataset folder under ``out_dir``.
+
+    Layout (``deeplabv1.data.folder``): images/<id>.png, masks/<id>.png (palette PNGs of class
+    indices, 255 void band) and, when ``classes`` is given (entries as in a ``classes.yaml``:
+    names or ``{name, color}`` mappings; 2..21 of them), classes.yaml; without it 6 classes.
+    No split lists: use ``--val-fraction`` or ``--split all``. Image ``i`` is image ``i`` of
+    ``make_synthetic_voc`` with the same seed and number of classes (saved losslessly).
+    """
+    import yaml
+
+    num_classes = 6 if classes is None else len(classes)
+    if not 2 <= num_classes <= len(VOC_CLASSES):
+        raise DeepLabError(f"classes: 2..{len(VOC_CLASSES)} are supported, got {num_classes}")
+    root = Path(out_dir)
+    for i in range(num_images):
+        rgb, labels = synth_sample(np.random.default_rng([seed, i]), (int(size[0]), int(size[1])),
+                                   num_classes, void_width)  # fmt: skip
+        with atomic_path(root / "images" / f"synth_{i:05d}.png") as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
+        save_label_png(root / "masks" / f"synth_{i:05d}.png", labels)
+    if classes is not None:
+        atomic_write_text(root / "classes.yaml", yaml.safe_dump(list(classes), sort_keys=False))
     return root

@@ -36,27 +36,11 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
 def train_classes(cfg: TrainConfig) -> ClassInfo:
     """The run's class names and colours: ``--class-names``, else the classes file of
     ``cfg.data_root``, else the defaults for ``num_classes`` (21 when unset)."""
-    from deeplabv1.data.classes import (
-        check_class_names,
-        dataset_classes,
-        default_classes,
-        default_colors,
-    )
+    from deeplabv1.data.classes import dataset_classes, resolve_classes
     from deeplabv1.data.layout import detect_layout
 
     found = dataset_classes(detect_layout(cfg.data_root)[1]) if cfg.data_root else None
-    n = cfg.num_classes
-    if found is not None and n is not None and found.num_classes != n:
-        raise DeepLabError(f"{found.source}: names {found.num_classes} classes, but num_classes "
-                           f"(--num-classes) is {n}")  # fmt: skip
-    if cfg.class_names is not None:
-        names = check_class_names(cfg.class_names, n, "class_names (--class-names)")
-        same = found is not None and found.num_classes == len(names)
-        colors = found.colors if same else default_colors(len(names))
-        return ClassInfo(names, colors, "--class-names")
-    if found is not None:
-        return found
-    return default_classes(21 if n is None else n)
+    return resolve_classes(found, cfg.num_classes, cfg.class_names)
 
 
 def resolve_train_config(cfg: TrainConfig) -> TrainConfig:
