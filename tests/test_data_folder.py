@@ -159,6 +159,15 @@ def test_open_dataset_reads_the_masks_and_names_missing_ones(tmp_path: Path) -> 
         open_dataset(root, "all")
 
 
+def test_one_bit_masks_read_as_0_and_1(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "d", {"a": np.zeros((8, 8))})
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 3] = True
+    Image.fromarray(mask).save(root / "masks" / "a.png")  # mode "1"
+    res = check_dataset(root, "all", num_classes=2)
+    assert res.ok and res.pixel_counts == Counter({0: 61, 1: 3}) and res.warnings == []
+
+
 def test_mask_warnings_fire_on_0_255_masks(tmp_path: Path, capsys) -> None:
     rng = np.random.default_rng(1)
     masks = {f"m{i}": np.where(rng.random((24, 32)) < 0.3, 255, 0) for i in range(4)}

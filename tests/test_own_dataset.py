@@ -66,6 +66,24 @@ def test_eval_table_is_headed_by_the_class_names(trained, tmp_path, capsys) -> N
     assert list(next(iter(per_class.values()))) == NAMES
 
 
+def test_saved_scores_and_crf_search_on_the_folder(trained, tmp_path) -> None:
+    root, final = trained
+    fraction = ["--data", str(root), "--val-fraction", "0.25", "--progress", "false"]
+    scores = tmp_path / "scores"
+    argv = ["eval", "--weights", str(final), "--device", "cpu", "--save-scores", str(scores),
+            "-o", str(tmp_path / "e1"), *fraction]  # fmt: skip
+    assert main(argv) == 0
+    assert main(["eval", "--scores", str(scores), "-o", str(tmp_path / "e2"), *fraction]) == 0
+    results = json.loads((tmp_path / "e2" / "results.json").read_text())
+    assert list(results["methods"]["network"]["per_class_iou"]) == NAMES  # from meta.json
+    grid = ["--w1-min", "5", "--w1-max", "5", "--sa-min", "50", "--sa-max", "50", "--sb-min", "3",
+            "--sb-max", "3", "--refine-rounds", "0", "--num-images", "2"]  # fmt: skip
+    argv = ["crf-search", "--scores", str(scores), "-o", str(tmp_path / "s"), *grid, *fraction]
+    assert main(argv) == 0
+    best = json.loads((tmp_path / "s" / "best.json").read_text())
+    assert best["setup"]["num_images"] == 2 and best["num_points"] == 1
+
+
 def _forced(final: Path, cls: int, path: Path) -> Path:
     """A copy of the checkpoint whose fc8 bias makes every pixel class ``cls``."""
     ckpt = load_checkpoint(final)
@@ -112,6 +130,13 @@ def test_train_warns_about_0_255_masks(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "warning: class(es) never present in the 4 training masks: 1 (class1)" in out
     assert "warning: void (255) covers" in out and "(no pixel of a class other than 0)" in out
+    # a value beyond the classes stops the run before training, naming the mask
+    Image.fromarray(np.full((40, 48), 7, np.uint8), mode="L").save(
+        root / "masks" / "synth_00002.png"
+    )
+    assert main([*argv, "--out-dir", str(tmp_path / "run2")]) == 2
+    assert "synth_00002.png: label values [7] outside 0..1 and 255" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
 
 
 def test_msc_fine_tuning_to_other_classes_keeps_the_trunk(tmp_path) -> None:

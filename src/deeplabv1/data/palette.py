@@ -74,18 +74,19 @@ def save_label_png(
 def read_label_png(path: str | os.PathLike, num_classes: int | None = 21) -> np.ndarray:
     """Read a label PNG as class indices (uint8, H x W), checking the values.
 
-    Palette and 8-bit grayscale PNGs hold indices directly. Values other than 0..num_classes-1
+    Palette and 8-bit grayscale PNGs hold indices directly; a 1-bit PNG reads as 0 and 1.
+    Values other than 0..num_classes-1
     and 255 are an error naming the file (pass ``num_classes=None`` to skip the check).
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
+            if img.mode not in ("P", "L", "1"):
                 raise DeepLabError(
                     f"{path}: label image has mode {img.mode!r}; expected a palette ('P') or "
                     "8-bit grayscale ('L') PNG of class indices"
                 )
-            labels = np.asarray(img, dtype=np.uint8).copy()
+            labels = np.asarray(img, dtype=np.uint8).copy()  # a 1-bit mask reads as 0/1
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: label file not found") from exc
     except OSError as exc:

@@ -8,6 +8,7 @@ resolved settings), ``trimap.png`` with ``--trimap``, ``predictions/<method>/<id
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def eval_classes(stored, data_root, num_classes: int):
         raise DeepLabError(f"{found.source}: names {found.num_classes} classes, the model "
                            f"predicts {num_classes}")  # fmt: skip
     if stored is not None and stored.source != "default":
+        if found is not None and found.names != stored.names:
+            print(f"note: {found.source} names other classes than the model; the report uses "
+                  f"the model's ({', '.join(stored.names)})", file=sys.stderr)  # fmt: skip
         return stored
     return found if found is not None else default_classes(num_classes)
 
