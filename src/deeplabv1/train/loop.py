@@ -88,8 +88,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     out_dir = Path(cfg.out_dir)
     dataset = build_dataset(cfg)
     model, notes = build_training_model(cfg)
-    if info.is_main:
-        notes += mask_warnings(dataset, cfg)
+    notes += mask_warnings(dataset, cfg)  # on every rank: a bad mask stops them all alike
     model.to(info.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
