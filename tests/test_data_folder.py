@@ -63,7 +63,7 @@ def test_classes_yaml_list_or_mapping(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("- a\n- b\n- a\n", "repeated: a"),
-    ("- a\n", "at least 2"),
+    ("- a\n", "1 class.es.; 2..255 are needed"),
     ("- a\n- no\n", "non-empty strings, got False"),
     ("- a\n- {name: b, color: '#12345'}\n", "class 1: colour must be"),
     ("- a\n- {name: b, colour: [1, 2, 300]}\n", "class 1: colour must be"),
@@ -92,6 +92,8 @@ def test_class_resolution_order(tmp_path: Path) -> None:
         resolve_classes(found, 3)
     with pytest.raises(DeepLabError, match="3 class names for 2 classes"):
         resolve_classes(None, 2, ["a", "b", "c"])
+    with pytest.raises(DeepLabError, match=r"class_names \(--class-names\): 1 class"):
+        resolve_classes(None, None, ["only"])
 
 
 def test_fraction_split_is_the_sha1_order_and_stable(tmp_path: Path) -> None:

@@ -90,6 +90,9 @@ def check_class_names(names: Sequence, num_classes: int | None, where: str) -> t
         raise DeepLabError(f"{where}: class names must be non-empty strings, got {bad[0]!r}")
     if num_classes is not None and len(out) != num_classes:
         raise DeepLabError(f"{where}: {len(out)} class names for {num_classes} classes")
+    if not 2 <= len(out) <= 255:
+        raise DeepLabError(f"{where}: {len(out)} class(es); 2..255 are needed (background "
+                           "included; 255 is void)")  # fmt: skip
     dupes = sorted({n for n in out if out.count(n) > 1})
     if dupes:
         raise DeepLabError(f"{where}: class names must be distinct; repeated: {', '.join(dupes)}")
@@ -125,11 +128,6 @@ def _from_entries(entries: list, path: Path) -> ClassInfo:
             names.append(entry)
             colors.append(None)
     checked = check_class_names(names, None, str(path))
-    if len(checked) < 2:
-        raise DeepLabError(f"{path}: names {len(checked)} class(es); at least 2 are needed "
-                           "(background included)")  # fmt: skip
-    if len(checked) > 255:
-        raise DeepLabError(f"{path}: names {len(checked)} classes; at most 255 (255 is void)")
     rgb = default_colors(len(checked))
     for k, color in enumerate(colors):
         if color is not None:
