@@ -139,7 +139,10 @@ def test_check_names_every_problem(tmp_path: Path) -> None:
     p = res.problems
     assert [Path(m).name for m in p["missing images"]] == ["synth_00001.jpg"]
     assert [Path(m).name for m in p["missing labels"]] == ["synth_00002.png"]
-    assert len(p["bad labels"]) == 1 and "synth_00003.png: label values [99]" in p["bad labels"][0]
+    assert p["bad labels"] == []
+    assert p["label values >= num_classes"] == [
+        f"99: 1,280 pixels in 1 mask(s), e.g. {root}/SegmentationClass/synth_00003.png "
+        "(classes are 0..5, 255 is void)"]  # fmt: skip
     assert p["size mismatches"] == [f"{root}/SegmentationClass/synth_00004.png: size 40x31, "
                                     "image 40x32"]
     assert p["duplicate ids"] == ["synth_00000 listed more than once"]

@@ -76,7 +76,8 @@ def test_init_copies_trunk_and_renews_a_foreign_classifier(tmp_path):
     assert torch.all(model.conv1_1.weight == 0.25) and torch.all(model.fc7.bias == 0.25)
     assert model.fc8.weight.shape[0] == 21 and torch.all(model.fc8.bias == 0)  # fresh fc8
     assert 0.005 < float(model.fc8.weight.detach().std()) < 0.02  # N(0, 0.01)
-    assert "fc8.weight" in notes[0]
+    assert notes[1] == (f"initialised from {path}: trunk copied; classifier re-initialised as "
+                        "released for 21 classes (fc8; the checkpoint has 5 classes, this run 21)")
     with pytest.raises(DeepLabError, match="conv1_1.weight has shape"):
         build_training_model(TrainConfig(width=0.125, init=str(path)))
 

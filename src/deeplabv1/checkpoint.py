@@ -8,6 +8,10 @@ Keys (``load_checkpoint`` checks the required ones):
 - ``model_kwargs``: extra builder arguments (e.g. ``{"pool4_pad": 1}``)
 - ``model``: the network's ``state_dict`` (Caffe layer names)
 - ``config``: the resolved config of the command that wrote it (a plain dict)
+- optional: ``class_names`` (list of ``num_classes`` names) and ``palette`` (``num_classes``
+  ``[r, g, b]`` colours): the classes the model predicts, used by eval tables, predict legends
+  and overlays and ``Segmenter``; without them (older files) ``checkpoint_classes`` gives VOC's
+  names for 21 classes and ``class0``, ``class1``, ... otherwise, with the VOCdevkit colours
 - optional: ``crf`` (CRF parameters to use with this model), ``optimizer``, ``scheduler``,
   ``iteration``, ``rng`` (training state for exact resume), ``source`` (where weights came from)
 
@@ -22,6 +26,7 @@ from typing import Any
 
 import torch
 
+from deeplabv1.data.classes import stored_classes
 from deeplabv1.errors import DeepLabError
 from deeplabv1.io import atomic_torch_save
 
@@ -39,9 +44,14 @@ def save_checkpoint(
     width: float = 1.0,
     model_kwargs: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
+    class_names: list[str] | tuple[str, ...] | None = None,
+    palette: list | None = None,
     **extra: Any,
 ) -> None:
     """Write a checkpoint dict (see module docstring) atomically to ``path``."""
+    if class_names is not None or palette is not None:
+        classes = stored_classes(class_names, palette, int(num_classes), f"{path}")
+        extra["class_names"], extra["palette"] = list(classes.names), classes.palette()
     ckpt = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -80,13 +90,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt.setdefault("width", 1.0)
     ckpt.setdefault("model_kwargs", {})
     ckpt.setdefault("config", {})
+    checkpoint_classes(ckpt, str(path))  # malformed names or palette: an error naming the file
     return ckpt
+
+
+def checkpoint_classes(ckpt: dict, where: str = "checkpoint"):
+    """The ``ClassInfo`` (names, colours) of a loaded checkpoint; defaults when it stores none
+    (``deeplabv1.data.classes.default_classes``)."""
+    try:
+        num_classes = int(ckpt["num_classes"])
+    except (TypeError, ValueError) as exc:
+        msg = f"{where}: num_classes {ckpt['num_classes']!r} is not a number"
+        raise DeepLabError(msg) from exc
+    return stored_classes(ckpt.get("class_names"), ckpt.get("palette"), num_classes, where)
 
 
 def model_from_checkpoint(
     ckpt: dict | str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> torch.nn.Module:
-    """Build the network a checkpoint describes and load its weights (strictly)."""
+    """Build the network a checkpoint describes and load its weights (strictly); the model's
+    ``class_names`` and ``palette`` attributes are the checkpoint's (``checkpoint_classes``)."""
     from deeplabv1.models import build_model
 
     source = "checkpoint"
@@ -100,4 +123,6 @@ def model_from_checkpoint(
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
         raise DeepLabError(f"{source}: weights do not fit {ckpt['arch']}: {exc}") from exc
+    classes = checkpoint_classes(ckpt, source)
+    model.class_names, model.palette = list(classes.names), classes.palette()
     return model

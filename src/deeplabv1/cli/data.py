@@ -146,6 +146,7 @@ def run_check(args: argparse.Namespace) -> int:
     from deeplabv1.data.config import CheckConfig
 
     cfg = _resolve(CheckConfig, args)
-    res = check_dataset(Path(cfg.root), cfg.split, cfg.label_dir, cfg.num_classes, cfg.workers)
+    res = check_dataset(Path(cfg.root), cfg.split, cfg.label_dir, cfg.num_classes, cfg.workers,
+                        val_fraction=cfg.val_fraction)  # fmt: skip
     print(res.summary())
     return 0 if res.ok else 1

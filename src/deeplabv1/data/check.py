@@ -1,7 +1,11 @@
-"""``deeplabv1 data check``: validate one split of a VOC-layout dataset and name every problem.
+"""``deeplabv1 data check``: validate one split of a dataset and name every problem.
 
-Checks, for each id of the split: the image exists and its header is readable, the label PNG
-exists, is a palette/grayscale PNG of the image's size and holds only 0..num_classes-1 and 255.
+Either layout (``deeplabv1.data.layout``). Problems, for each id of the split: the image exists
+and its header is readable, the label PNG exists, is a palette/grayscale PNG of the image's size,
+and holds only 0..num_classes-1 and 255 (the values outside are listed with their pixel and file
+counts). Warnings (``label_warnings``, also logged by ``deeplabv1 train``) flag masks that read
+fine but cannot be what was meant: a class that never appears, or void (255) everywhere: more
+than half of the pixels, or the only value besides 0 (binary masks saved as 0/255).
 Reading is done by a thread pool (PIL releases the GIL while decoding).
 """
 
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,20 +22,25 @@ import numpy as np
 from PIL import Image
 
 from deeplabv1.data.datasets import find_image
-from deeplabv1.data.palette import read_label_png
-from deeplabv1.data.voc import default_label_dir, read_ids, resolve_voc_root, split_list_path
+from deeplabv1.data.palette import IGNORE_INDEX, read_label_png
 from deeplabv1.errors import DeepLabError
+
+PROBLEM_KINDS = ("missing images", "unreadable images", "missing labels", "bad labels",
+                 "label values >= num_classes", "size mismatches", "duplicate ids")  # fmt: skip
 
 
 @dataclasses.dataclass
 class CheckResult:
-    """Outcome of ``check_dataset``: problems by kind (messages naming files) and class counts."""
+    """Outcome of ``check_dataset``: problems by kind (messages naming files), warnings, the
+    pixel count of every label value, and the class names the check used."""
 
     root: Path
     split: str
     num_images: int
     problems: dict[str, list[str]]
     pixel_counts: Counter
+    class_names: Sequence[str] = ()
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -44,13 +54,65 @@ class CheckResult:
                 lines += [f"    {m}" for m in msgs[:limit]]
                 if len(msgs) > limit:
                     lines.append(f"    ... and {len(msgs) - limit:,} more")
+        lines += [f"  warning: {w}" for w in self.warnings]
         if self.ok:
-            classes = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.pixel_counts.items()))
-            lines.append(f"  OK; label pixels per value: {classes}")
+            values = ", ".join(f"{_value_name(k, self.class_names)}: {v:,}"
+                               for k, v in sorted(self.pixel_counts.items()))  # fmt: skip
+            lines.append(f"  OK; label pixels per value: {values}")
         return "\n".join(lines)
 
 
-def _check_one(image_dir: Path, label_dir: Path, sid: str, num_classes: int):
+def _value_name(value: int, class_names: Sequence[str]) -> str:
+    if value == IGNORE_INDEX:
+        return "255 (void)"
+    return f"{value} ({class_names[value]})" if value < len(class_names) else str(value)
+
+
+def label_warnings(
+    pixel_counts: Counter, class_names: Sequence[str], where: str = "the masks"
+) -> list[str]:
+    """Warnings about a label-value histogram (see the module docstring); [] when it looks sane.
+
+    ``class_names`` gives the number of classes; values outside 0..N-1 and 255 are ignored here.
+    """
+    num_classes = len(class_names)
+    total = sum(pixel_counts.values())
+    if not total:
+        return []
+    out = []
+    never = [c for c in range(num_classes) if not pixel_counts.get(c)]
+    if never:
+        listed = ", ".join(_value_name(c, class_names) for c in never)
+        out.append(f"class(es) never present in {where}: {listed}")
+    void = pixel_counts.get(IGNORE_INDEX, 0)
+    objects = sum(pixel_counts.get(c, 0) for c in range(1, num_classes))
+    if void and (objects == 0 or 2 * void > total):
+        found = "no pixel of a class other than 0" if objects == 0 else "more than half"
+        fix = "1" if num_classes == 2 else f"1..{num_classes - 1}"
+        out.append(
+            f"void (255) covers {100 * void / total:.1f}% of the pixels of {where} ({found}); "
+            "255 is ignored in training: if it marks objects (binary masks saved as 0/255), "
+            f"save them as class index {fix} instead"
+        )
+    return out
+
+
+def scan_labels(paths: Sequence[Path], num_classes: int, workers: int = 4) -> Counter:
+    """Pixel count of every label value over ``paths`` (values are checked: an error names the
+    file holding a value outside 0..num_classes-1 and 255)."""
+
+    def count(path: Path) -> Counter:
+        values, counts = np.unique(read_label_png(path, num_classes), return_counts=True)
+        return Counter(dict(zip(values.tolist(), counts.tolist())))
+
+    total: Counter = Counter()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for found in pool.map(count, paths):
+            total.update(found)
+    return total
+
+
+def _check_one(image_dir: Path, label_dir: Path, sid: str):
     image = find_image(image_dir, sid)
     if not image.is_file():
         return "missing images", str(image), None
@@ -63,40 +125,55 @@ def _check_one(image_dir: Path, label_dir: Path, sid: str, num_classes: int):
     if not label.is_file():
         return "missing labels", str(label), None
     try:
-        labels = read_label_png(label, num_classes)
+        labels = read_label_png(label, None)
     except DeepLabError as exc:
         return "bad labels", str(exc), None
     if (labels.shape[1], labels.shape[0]) != size:
         msg = f"{label}: size {labels.shape[1]}x{labels.shape[0]}, image {size[0]}x{size[1]}"
         return "size mismatches", msg, None
     values, counts = np.unique(labels, return_counts=True)
-    return None, None, Counter(dict(zip(values.tolist(), counts.tolist())))
+    return None, str(label), Counter(dict(zip(values.tolist(), counts.tolist())))
 
 
 def check_dataset(
     root: str | os.PathLike,
     split: str,
     label_dir: str | None = None,
-    num_classes: int = 21,
+    num_classes: int | None = None,
     workers: int = 4,
+    val_fraction: float | None = None,
 ) -> CheckResult:
-    """Validate ``split`` of the VOC-layout ``root``; see the module doc."""
-    voc = resolve_voc_root(root)
-    ids = read_ids(split_list_path(voc, split))
-    labels = voc / (label_dir or default_label_dir(split))
-    if not labels.is_dir():
-        raise DeepLabError(f"{labels}: label folder not found")
-    kinds = ("missing images", "unreadable images", "missing labels", "bad labels",
-             "size mismatches", "duplicate ids")  # fmt: skip
-    problems: dict[str, list[str]] = {k: [] for k in kinds}
-    dupes = [sid for sid, n in Counter(ids).items() if n > 1]
+    """Validate ``split`` of the dataset ``root`` (either layout); see the module doc.
+
+    ``num_classes``: None = as many as the dataset's classes file names, else 21.
+    """
+    from deeplabv1.data.classes import dataset_classes, resolve_classes
+    from deeplabv1.data.layout import resolve_split
+
+    found = resolve_split(root, split, label_dir, val_fraction)
+    if found.label_dir is None:
+        raise DeepLabError("data check: needs labels (--label-dir none reads none)")
+    names = resolve_classes(dataset_classes(found.root), num_classes).names
+    problems: dict[str, list[str]] = {k: [] for k in PROBLEM_KINDS}
+    dupes = [sid for sid, n in Counter(found.ids).items() if n > 1]
     problems["duplicate ids"] = [f"{sid} listed more than once" for sid in dupes]
     total: Counter = Counter()
+    outside: dict[int, list] = {}  # value -> [pixels, masks, first mask]
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        args = [(voc / "JPEGImages", labels, sid, num_classes) for sid in ids]
+        args = [(found.image_dir, found.label_dir, sid) for sid in found.ids]
         for kind, msg, values in pool.map(lambda a: _check_one(*a), args):
             if kind is not None:
                 problems[kind].append(msg)
-            else:
-                total.update(values)
-    return CheckResult(voc, split, len(ids), problems, total)
+                continue
+            total.update(values)
+            for v in values:
+                if len(names) <= v != IGNORE_INDEX:
+                    entry = outside.setdefault(v, [0, 0, msg])
+                    entry[0] += values[v]
+                    entry[1] += 1
+    problems["label values >= num_classes"] = [
+        f"{v}: {px:,} pixels in {n:,} mask(s), e.g. {first} (classes are 0..{len(names) - 1}, "
+        "255 is void)" for v, (px, n, first) in sorted(outside.items())
+    ]
+    warnings = label_warnings(total, names, f"the masks of split {split!r}")
+    return CheckResult(found.root, split, len(found.ids), problems, total, names, warnings)

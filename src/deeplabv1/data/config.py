@@ -138,22 +138,33 @@ class SynthConfig:
 
 @dataclass
 class CheckConfig:
-    """Validate a split: missing files, unreadable images, bad label values, size mismatches.
+    """Validate a split: missing files, unreadable images, bad label values, size mismatches,
+    and masks that look wrong (a class never present; void where objects should be).
 
     Writes nothing (the report goes to standard output; exit status 1 if anything is wrong).
     """
 
-    root: str | None = _f(None, "VOC-layout root; required")
-    split: str = _f("val", "list name under ImageSets/Segmentation (or a .txt path)")
+    root: str | None = _f(
+        None, "dataset root: a plain images/ + masks/ folder or a VOC2012-layout root; required")
+    split: str = _f("val", "split: a list name (VOC: under ImageSets/Segmentation; plain folder: "
+                    "<root>/<split>.txt, or train/val with --val-fraction, or all) or a .txt path")
     label_dir: str | None = _f(
-        None, "label folder (default: SegmentationClassAug for *_aug splits, else "
-        "SegmentationClass)")
-    num_classes: int = _f(21, "number of classes, background included (labels 0..N-1, 255)")
+        None, "label folder (default: masks/ in a plain folder; VOC: SegmentationClassAug for "
+        "*_aug splits, else SegmentationClass)")
+    num_classes: int | None = _f(
+        None, "number of classes, background included (labels 0..N-1, 255); default: as many as "
+        "the dataset's classes file names, else 21")
+    val_fraction: float | None = _f(
+        None, "plain folder without split lists: the fraction of images (a fixed, hash-based "
+        "choice) that makes the val split; the rest is train")
     workers: int = _f(4, "reader threads (0 counts as 1)")
 
     def validate(self) -> None:
         """Reject a missing root and impossible values, naming the setting."""
         _require(self.root is not None, "check", "root",
                  "is required (a flag or a key of the --config file)")  # fmt: skip
-        _check_num_classes("check", self.num_classes)
+        if self.num_classes is not None:
+            _check_num_classes("check", self.num_classes)
+        _require(self.val_fraction is None or 0.0 < self.val_fraction < 1.0, "check",
+                 "val_fraction", f"must lie in (0, 1), got {self.val_fraction}")  # fmt: skip
         _check_workers("check", self.workers)

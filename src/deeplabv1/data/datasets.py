@@ -18,7 +18,9 @@ from deeplabv1.data.transforms import TestTransform
 from deeplabv1.data.voc import default_label_dir, read_ids, resolve_voc_root, split_list_path
 from deeplabv1.errors import DeepLabError
 
-__all__ = ["SegmentationDataset", "read_ids", "read_image", "voc_dataset", "find_image"]
+__all__ = [
+    "SegmentationDataset", "find_image", "open_dataset", "read_ids", "read_image", "voc_dataset",
+]  # fmt: skip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -140,3 +142,31 @@ def voc_dataset(
     if labels is not None and not labels.is_dir():
         raise DeepLabError(f"{labels}: label folder not found")
     return SegmentationDataset(root / "JPEGImages", labels, ids, transform, num_classes, seed)
+
+
+def open_dataset(
+    root: str | os.PathLike,
+    split: str,
+    label_dir: str | None = None,
+    transform: Callable | None = None,
+    num_classes: int = 21,
+    seed: int = 0,
+    val_fraction: float | None = None,
+) -> SegmentationDataset:
+    """The ``split`` of a VOC2012-layout root or a plain ``images/`` + ``masks/`` folder.
+
+    The layout is detected (``deeplabv1.data.layout``); ``label_dir`` and ``val_fraction`` are
+    as in ``deeplabv1.data.layout.resolve_split``. In a plain folder every listed image must have
+    its mask (the error names the first missing ones).
+    """
+    from deeplabv1.data.layout import resolve_split
+
+    found = resolve_split(root, split, label_dir, val_fraction)
+    if found.layout == "folder" and found.label_dir is not None:
+        missing = [i for i in found.ids if not (found.label_dir / f"{i}.png").is_file()]
+        if missing:
+            first = ", ".join(f"{i}.png" for i in missing[:3]) + (", ..." if missing[3:] else "")
+            raise DeepLabError(f"{found.label_dir}: {len(missing)} image(s) of split {split!r} "
+                               f"have no mask ({first})")  # fmt: skip
+    return SegmentationDataset(found.image_dir, found.label_dir, found.ids, transform,
+                               num_classes, seed)  # fmt: skip

@@ -41,26 +41,32 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 VOC_COLORMAP = voc_colormap()
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    """Class-index map (H, W) -> RGB image (H, W, 3) with the VOC colours."""
-    return VOC_COLORMAP[np.asarray(labels, dtype=np.uint8)]
+def _cmap(colormap: np.ndarray | None) -> np.ndarray:
+    return VOC_COLORMAP if colormap is None else np.asarray(colormap, dtype=np.uint8)
 
 
-def label_to_pil(labels: np.ndarray) -> Image.Image:
-    """Class-index map -> palette PNG image with the VOC colour map."""
+def colorize(labels: np.ndarray, colormap: np.ndarray | None = None) -> np.ndarray:
+    """Class-index map (H, W) -> RGB image (H, W, 3) with ``colormap`` (256 x 3; VOC's)."""
+    return _cmap(colormap)[np.asarray(labels, dtype=np.uint8)]
+
+
+def label_to_pil(labels: np.ndarray, colormap: np.ndarray | None = None) -> Image.Image:
+    """Class-index map -> palette PNG image with ``colormap`` (256 x 3; default VOC's)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise DeepLabError(f"label map must be 2-D, got shape {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise DeepLabError("label values must lie in 0..255")
     img = Image.fromarray(labels.astype(np.uint8), mode="P")
-    img.putpalette(VOC_COLORMAP.reshape(-1).tolist())
+    img.putpalette(_cmap(colormap).reshape(-1).tolist())
     return img
 
 
-def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write a class-index map as a VOC palette PNG, atomically."""
-    img = label_to_pil(labels)
+def save_label_png(
+    path: str | os.PathLike, labels: np.ndarray, colormap: np.ndarray | None = None
+) -> None:
+    """Write a class-index map as a palette PNG (``colormap``, default VOC's), atomically."""
+    img = label_to_pil(labels, colormap)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 
@@ -68,18 +74,19 @@ def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
 def read_label_png(path: str | os.PathLike, num_classes: int | None = 21) -> np.ndarray:
     """Read a label PNG as class indices (uint8, H x W), checking the values.
 
-    Palette and 8-bit grayscale PNGs hold indices directly. Values other than 0..num_classes-1
+    Palette and 8-bit grayscale PNGs hold indices directly; a 1-bit PNG reads as 0 and 1.
+    Values other than 0..num_classes-1
     and 255 are an error naming the file (pass ``num_classes=None`` to skip the check).
     """
     path = Path(path)
     try:
         with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
+            if img.mode not in ("P", "L", "1"):
                 raise DeepLabError(
                     f"{path}: label image has mode {img.mode!r}; expected a palette ('P') or "
                     "8-bit grayscale ('L') PNG of class indices"
                 )
-            labels = np.asarray(img, dtype=np.uint8).copy()
+            labels = np.asarray(img, dtype=np.uint8).copy()  # a 1-bit mask reads as 0/1
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: label file not found") from exc
     except OSError as exc:

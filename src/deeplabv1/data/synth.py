@@ -1,4 +1,5 @@
-"""A small synthetic segmentation dataset in the VOC2012 layout, for demos and tests.
+"""A small synthetic segmentation dataset in the VOC2012 layout (or a plain images/ + masks/
+folder), for demos and tests.
 
 Each image holds 1-3 textured objects on a textured, low-saturation background. Every object
 class has its own shape family (ellipses, polygons, irregular blobs) and hue, with per-instance
@@ -21,7 +22,7 @@ from scipy import ndimage
 from deeplabv1.data.palette import IGNORE_INDEX, VOC_CLASSES, save_label_png
 from deeplabv1.data.voc import SEGMENTATION_LISTS, write_ids
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import atomic_path
+from deeplabv1.io import atomic_path, atomic_write_text
 
 SHAPES = ("ellipse", "polygon", "blob")
 
@@ -141,8 +142,9 @@ def make_synthetic_voc(
 
     Layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png (VOC palette PNGs, class indices
     1..num_classes-1 for objects, 0 background, 255 void band), ImageSets/Segmentation/
-    {train,val,trainval}.txt (the last ``round(num_images * val_fraction)`` ids are val).
-    ``size`` is (width, height). Class indices are VOC's, so a 21-class model can train on it.
+    {train,val,trainval}.txt (the last ``round(num_images * val_fraction)`` ids are val),
+    classes.txt (the names: VOC's first ``num_classes``, as the class indices are VOC's).
+    ``size`` is (width, height).
     """
     if num_images < 1:
         raise DeepLabError(f"number of images must be at least 1, got {num_images}")
@@ -169,4 +171,39 @@ def make_synthetic_voc(
     write_ids(lists / "train.txt", train)
     write_ids(lists / "val.txt", val)
     write_ids(lists / "trainval.txt", ids)
+    atomic_write_text(root / "classes.txt", "".join(f"{n}\n" for n in VOC_CLASSES[:num_classes]))
+    return root
+
+
+def make_synthetic_folder(
+    out_dir: str | os.PathLike,
+    num_images: int,
+    *,
+    size: tuple[int, int] = (160, 120),
+    seed: int = 0,
+    classes: list | None = None,
+    void_width: int = 4,
+) -> Path:
+    """Write ``num_images`` synthetic pairs as a plain dataset folder under ``out_dir``.
+
+    Layout (``deeplabv1.data.folder``): images/<id>.png, masks/<id>.png (palette PNGs of class
+    indices, 255 void band) and, when ``classes`` is given (entries as in a ``classes.yaml``:
+    names or ``{name, color}`` mappings; 2..21 of them), classes.yaml; without it 6 classes.
+    No split lists: use ``--val-fraction`` or ``--split all``. Image ``i`` is image ``i`` of
+    ``make_synthetic_voc`` with the same seed and number of classes (saved losslessly).
+    """
+    import yaml
+
+    num_classes = 6 if classes is None else len(classes)
+    if not 2 <= num_classes <= len(VOC_CLASSES):
+        raise DeepLabError(f"classes: 2..{len(VOC_CLASSES)} are supported, got {num_classes}")
+    root = Path(out_dir)
+    for i in range(num_images):
+        rgb, labels = synth_sample(np.random.default_rng([seed, i]), (int(size[0]), int(size[1])),
+                                   num_classes, void_width)  # fmt: skip
+        with atomic_path(root / "images" / f"synth_{i:05d}.png") as tmp:
+            Image.fromarray(rgb).save(tmp, format="PNG")
+        save_label_png(root / "masks" / f"synth_{i:05d}.png", labels)
+    if classes is not None:
+        atomic_write_text(root / "classes.yaml", yaml.safe_dump(list(classes), sort_keys=False))
     return root

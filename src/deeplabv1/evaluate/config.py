@@ -18,9 +18,13 @@ class EvalConfig:
     """One evaluation run over a split (SPEC 3 test procedure)."""
 
     weights: str | None = _f(None, "checkpoint (.pt) of the network (not needed with --scores)")
-    data: str | None = _f(None, "VOC2012-layout root (JPEGImages, labels, ImageSets)")
-    split: str = _f("val", "image list under ImageSets/Segmentation (or a .txt path)")
-    label_dir: str | None = _f(None, "label folder under the root (default: per split)")
+    data: str | None = _f(None, "dataset: a plain images/ + masks/ folder or a VOC2012 root")
+    split: str = _f("val", "split: a list name (VOC: under ImageSets/Segmentation; plain folder: "
+                    "<root>/<split>.txt, or val with --val-fraction) or a .txt path")
+    label_dir: str | None = _f(
+        None, "label folder under the root (default: masks/, or VOC's per split)")
+    val_fraction: float | None = _f(
+        None, "plain folder without split lists: the val fraction given to train")
     num_images: int | None = _f(None, "evaluate only the first N images of the split")
     test_size: int | None = _f(513, "pad inputs to this square size (513 as released)")
     crf: bool = _f(False, "also evaluate network + dense CRF")
@@ -59,9 +63,12 @@ class CRFSearchConfig:
     """
 
     scores: str | None = _f(None, "folder of saved score maps (deeplabv1 eval --save-scores)")
-    data: str | None = _f(None, "VOC2012-layout root the scores were computed on")
+    data: str | None = _f(None, "dataset the scores were computed on (plain folder or VOC root)")
     split: str = _f("val", "image list (the first num_images ids are used)")
-    label_dir: str | None = _f(None, "label folder under the root (default: per split)")
+    label_dir: str | None = _f(
+        None, "label folder under the root (default: masks/, or VOC's per split)")
+    val_fraction: float | None = _f(
+        None, "plain folder without split lists: the val fraction given to train")
     num_images: int = _f(100, "number of images to tune on (paper: 100 val images)")
     w1_min: float = _f(5.0, "coarse grid: smallest w1")
     w1_max: float = _f(10.0, "coarse grid: largest w1")

@@ -160,10 +160,12 @@ def evaluate_point(point: Point) -> dict:
     return rec
 
 
-def _loader(scores_dir: str, data: str, split: str, label_dir, num_classes: int, n: int):
-    from deeplabv1.data.datasets import voc_dataset
+def _loader(scores_dir: str, data: str, split: str, label_dir, num_classes: int, n: int,
+            val_fraction: float | None = None):  # fmt: skip
+    from deeplabv1.data.datasets import open_dataset
 
-    dataset = voc_dataset(data, split, label_dir=label_dir, num_classes=num_classes)
+    dataset = open_dataset(data, split, label_dir=label_dir, num_classes=num_classes,
+                           val_fraction=val_fraction)  # fmt: skip
     return load_tuning_images(scores_dir, dataset, n)
 
 
@@ -223,7 +225,8 @@ def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -
         raise DeepLabError(f"crf-search: split {cfg.split!r} has no images")
     out = Path(cfg.out)
     store = PointsFile(out / POINTS_NAME, setup_fingerprint(cfg, ids), cfg.resume)
-    loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids))
+    loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids),
+                     cfg.val_fraction)  # fmt: skip
     show = cfg.progress if progress is None else progress
     points = coarse_grid(cfg)
     steps = (cfg.w1_step, cfg.sa_step, cfg.sb_step)

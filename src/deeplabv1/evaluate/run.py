@@ -8,6 +8,7 @@ resolved settings), ``trimap.png`` with ``--trimap``, ``predictions/<method>/<id
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -52,25 +53,37 @@ def resolve_crf_params(cfg: EvalConfig, arch: str | None, checkpoint_crf=None):
         raise DeepLabError(f"CRF parameters: {exc}") from exc
 
 
-def _class_names(num_classes: int) -> list[str]:
-    from deeplabv1.data.palette import VOC_CLASSES
+def eval_classes(stored, data_root, num_classes: int):
+    """The classes an evaluation reports: the model's (a checkpoint's or a score folder's stored
+    names), else the dataset's classes file, else the defaults. A classes file naming another
+    number of classes than the model has is an error."""
+    from deeplabv1.data.classes import dataset_classes, default_classes
+    from deeplabv1.data.layout import detect_layout
 
-    if num_classes <= len(VOC_CLASSES):
-        return list(VOC_CLASSES[:num_classes])
-    return [f"class{i}" for i in range(num_classes)]
+    found = dataset_classes(detect_layout(data_root)[1])
+    if found is not None and found.num_classes != num_classes:
+        raise DeepLabError(f"{found.source}: names {found.num_classes} classes, the model "
+                           f"predicts {num_classes}")  # fmt: skip
+    if stored is not None and stored.source != "default":
+        if found is not None and found.names != stored.names:
+            print(f"note: {found.source} names other classes than the model; the report uses "
+                  f"the model's ({', '.join(stored.names)})", file=sys.stderr)  # fmt: skip
+        return stored
+    return found if found is not None else default_classes(num_classes)
 
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
-    from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
-    from deeplabv1.data.datasets import voc_dataset
+    from deeplabv1.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
+    from deeplabv1.data.classes import stored_classes
+    from deeplabv1.data.datasets import open_dataset
     from deeplabv1.data.transforms import TestTransform
     from deeplabv1.evaluate.evaluator import evaluate
     from deeplabv1.evaluate.report import trimap_curves, write_results
     from deeplabv1.evaluate.scores import read_meta, write_meta
 
     if cfg.data is None:
-        raise DeepLabError("eval: --data VOC_ROOT is required")
+        raise DeepLabError("eval: --data DATASET is required (images/ + masks/ or VOC root)")
     if (cfg.weights is None) == (cfg.scores is None):
         raise DeepLabError("eval: give exactly one of --weights MODEL.pt or --scores DIR")
     if cfg.scores is not None and cfg.save_scores is not None:
@@ -85,27 +98,35 @@ def run_eval(cfg: EvalConfig) -> dict:
         info = {"arch": ckpt["arch"], "width": ckpt["width"], "num_classes": ckpt["num_classes"],
                 "weights": str(cfg.weights)}  # fmt: skip
         ckpt_crf = ckpt.get("crf")
+        stored = checkpoint_classes(ckpt, str(cfg.weights))
     else:
         meta = read_meta(cfg.scores)
         info = {k: meta.get(k) for k in ("arch", "width", "num_classes", "weights")}
         info["scores"] = str(cfg.scores)
+        stored = stored_classes(meta.get("class_names"), meta.get("palette"),
+                                int(info["num_classes"]), str(cfg.scores))  # fmt: skip
     num_classes = int(info["num_classes"])
-    dataset = voc_dataset(
+    classes = eval_classes(stored, cfg.data, num_classes)
+    info["class_names"] = list(classes.names)
+    dataset = open_dataset(
         cfg.data,
         cfg.split,
         label_dir=cfg.label_dir,
         transform=TestTransform(cfg.test_size),
         num_classes=num_classes,
+        val_fraction=cfg.val_fraction,
     )
     params = resolve_crf_params(cfg, info["arch"], ckpt_crf) if cfg.crf else None
     if cfg.save_scores is not None:
-        write_meta(cfg.save_scores, {**info, "test_size": cfg.test_size, "data": str(cfg.data),
-                                     "split": cfg.split, "kind": "coarse fc8 scores"})  # fmt: skip
+        write_meta(cfg.save_scores, {**info, "palette": classes.palette(),
+                                     "test_size": cfg.test_size, "data": str(cfg.data),
+                                     "split": cfg.split, "val_fraction": cfg.val_fraction,
+                                     "kind": "coarse fc8 scores"})  # fmt: skip
     t0 = time.perf_counter()
     results = evaluate(
         dataset, model=model, scores_dir=cfg.scores, num_images=cfg.num_images, device=device,
         batch_size=cfg.batch_size, workers=cfg.workers, save_scores_dir=cfg.save_scores,
-        score_dtype=cfg.score_dtype, compress=cfg.compress, class_names=_class_names(num_classes),
+        score_dtype=cfg.score_dtype, compress=cfg.compress, class_names=classes.names,
         crf_params=params, crf_iters=cfg.crf_iters, crf_normalization=cfg.crf_normalization,
         crf_method=cfg.crf_method, trimap_max_width=cfg.trimap_max_width if cfg.trimap else None,
         predictions_dir=out / "predictions" if cfg.save_predictions else None,
@@ -114,7 +135,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     results["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
     results = {
         "model": info,
-        "data": {"root": str(cfg.data), "split": cfg.split, "num_images": results["num_images"]},
+        "data": {"root": str(cfg.data), "split": cfg.split, "val_fraction": cfg.val_fraction,
+                 "num_images": results["num_images"]},
         "crf_params": dataclasses.asdict(params) if params is not None else None,
         "crf_iters": cfg.crf_iters,
         "crf_normalization": cfg.crf_normalization,
@@ -141,17 +163,18 @@ def plot_trimap_safe(curves: dict, path: Path) -> Path | None:
 def run_crf_search(cfg) -> dict:
     """``deeplabv1 crf-search`` as a function: search, then write best.json, search.md and
     config.yaml into ``cfg.out`` (points.jsonl grows as points finish)."""
-    from deeplabv1.data.datasets import voc_dataset
+    from deeplabv1.data.datasets import open_dataset
     from deeplabv1.evaluate.crf_search import crf_search
     from deeplabv1.evaluate.report import write_search
     from deeplabv1.evaluate.scores import read_meta
 
     if cfg.scores is None or cfg.data is None:
-        raise DeepLabError("crf-search: --scores DIR and --data VOC_ROOT are required")
+        raise DeepLabError("crf-search: --scores DIR and --data DATASET are required")
     if cfg.num_images < 1 or cfg.jobs < 1 or cfg.refine_rounds < 0:
         raise DeepLabError("crf-search: num_images and jobs must be >= 1, refine_rounds >= 0")
     num_classes = int(read_meta(cfg.scores)["num_classes"])
-    dataset = voc_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir, num_classes=num_classes)
+    dataset = open_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir, num_classes=num_classes,
+                           val_fraction=cfg.val_fraction)  # fmt: skip
     save_config(cfg, Path(cfg.out) / "config.yaml")
     search = crf_search(cfg, dataset, num_classes)
     write_search(cfg.out, search)

@@ -3,8 +3,10 @@
 Outputs per input image ``<stem>`` in the output folder (``<stem>-2`` etc. when two inputs share
 a stem):
 
-- ``<stem>_net.png``: network labels, VOC palette PNG (pixel value = class index)
-- ``<stem>_net_overlay.png``: those labels blended over the image, with a legend
+- ``<stem>_net.png``: network labels, palette PNG (pixel value = class index; the colours are
+  the checkpoint's palette, VOC's by default)
+- ``<stem>_net_overlay.png``: those labels blended over the image, with a legend of the
+  checkpoint's class names
 - with ``--crf``: ``<stem>_crf.png`` and ``<stem>_crf_overlay.png`` (network + CRF)
 - with ``--side-by-side``: ``<stem>_figure.png`` (image | network | network + CRF | truth)
 
@@ -96,27 +98,30 @@ def segment_one(seg, path: Path, stem: str, cfg: PredictConfig, out_dir: Path) -
     if cfg.crf:
         maps["crf"] = result.crf_labels
     outputs = []
+    cmap, names = seg.colormap, seg.class_names
     for kind, labels in maps.items():
-        save_label_png(out_dir / f"{stem}_{kind}.png", labels)
-        blended = overlay(rgb, labels, alpha=cfg.alpha, legend=cfg.legend)
+        save_label_png(out_dir / f"{stem}_{kind}.png", labels, cmap)
+        blended = overlay(rgb, labels, alpha=cfg.alpha, legend=cfg.legend, class_names=names,
+                          colormap=cmap)  # fmt: skip
         with atomic_path(out_dir / f"{stem}_{kind}_overlay.png") as tmp:
             Image.fromarray(blended).save(tmp, format="PNG")
         outputs += [f"{stem}_{kind}.png", f"{stem}_{kind}_overlay.png"]
     if cfg.side_by_side:
-        panels = [("image", rgb), ("network", colorize(maps["net"]))]
+        panels = [("image", rgb), ("network", colorize(maps["net"], cmap))]
         if cfg.crf:
-            panels.append(("network + CRF", colorize(maps["crf"])))
+            panels.append(("network + CRF", colorize(maps["crf"], cmap)))
         classes = set().union(*(np.unique(m).tolist() for m in maps.values()))
         if gt is not None:
-            panels.append(("ground truth", colorize(gt)))
+            panels.append(("ground truth", colorize(gt, cmap)))
             classes |= set(np.unique(gt).tolist())
-        side_by_side(panels, out_dir / f"{stem}_figure.png", classes=classes)
+        side_by_side(panels, out_dir / f"{stem}_figure.png", classes=classes, class_names=names,
+                     colormap=cmap)  # fmt: skip
         outputs.append(f"{stem}_figure.png")
     record = {
         "input": str(path),
         "height": int(rgb.shape[0]),
         "width": int(rgb.shape[1]),
-        "classes": {k: _class_names(v) for k, v in maps.items()},
+        "classes": {k: _class_names(v, names) for k, v in maps.items()},
         "outputs": outputs,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -125,10 +130,10 @@ def segment_one(seg, path: Path, stem: str, cfg: PredictConfig, out_dir: Path) -
     return record
 
 
-def _class_names(labels: np.ndarray) -> list[str]:
+def _class_names(labels: np.ndarray, names) -> list[str]:
     from deeplabv1.viz.figures import class_name
 
-    return [class_name(int(c)) for c in np.unique(labels)]
+    return [class_name(int(c), names) for c in np.unique(labels)]
 
 
 def run_predict(cfg: PredictConfig) -> int:

@@ -4,6 +4,7 @@
 >>> seg = Segmenter.from_checkpoint("model.pt", device="cpu")
 >>> result = seg.predict(image, crf=True)      # PIL image or (H, W, 3) uint8 RGB array
 >>> labels, probs = result                      # (H, W) uint8 classes, (C, H, W) float32
+>>> seg.class_names[labels[0, 0]]               # the checkpoint's class names
 
 Test size: the paper pads every image bottom/right with the mean colour to 513 x 513. An image
 side longer than ``test_size`` is padded to the next ``8k + 1`` instead (e.g. 640 -> 641), the
@@ -61,7 +62,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class Segmenter:
-    """A DeepLab V1 network (+ optional dense CRF) ready to segment single images."""
+    """A DeepLab V1 network (+ optional dense CRF) ready to segment single images.
+
+    ``class_names`` (index order), ``palette`` (their colours) and ``colormap`` (256 x 3, for
+    ``deeplabv1.data.palette.colorize``) describe what the labels mean.
+    """
 
     def __init__(
         self,
@@ -71,14 +76,28 @@ class Segmenter:
         test_size: int | None = 513,
         crf_params=None,
         crf_iters: int = 10,
+        class_names=None,
+        palette=None,
     ) -> None:
-        """``crf_params``: a variant name or CRFParams; default: the model's variant."""
+        """``crf_params``: a variant name or CRFParams; default: the model's variant.
+        ``class_names`` / ``palette`` (``num_classes`` names / ``[r, g, b]`` colours): default
+        the model's ``class_names`` / ``palette`` attributes (set from checkpoints), else VOC's
+        names for 21 classes (``class0``, ... otherwise) and the VOCdevkit colours."""
         from deeplabv1.crf.params import DEEPLAB_CRF_PARAMS, get_params
+        from deeplabv1.data.classes import stored_classes
 
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.test_size = test_size
         self.num_classes = int(getattr(model, "num_classes", 21))
+        classes = stored_classes(
+            getattr(model, "class_names", None) if class_names is None else class_names,
+            getattr(model, "palette", None) if palette is None else palette,
+            self.num_classes, "Segmenter",
+        )  # fmt: skip
+        self.class_names: tuple[str, ...] = classes.names
+        self.palette: list[list[int]] = classes.palette()
+        self.colormap = classes.colormap()  # (256, 3) uint8 for palette PNGs and overlays
         arch = getattr(model, "arch", "deeplab-largefov")
         default = arch if arch in DEEPLAB_CRF_PARAMS else "deeplab-largefov"
         try:

@@ -1,9 +1,16 @@
-"""What a training run is made of: the network (initialised, partly frozen), the data, the loader.
+"""What a training run is made of: the classes, the network (initialised, partly frozen), the
+data, the loader.
 
-Initialisation (``init``): a ``deeplabv1 convert`` checkpoint, loaded by name and shape. The
-classifier layers (fc8, MSc branches) may be absent or shaped differently (an ImageNet fc8, another
-number of classes): those keep their fresh initialisation (fc8 N(0, 0.01)), as when Caffe copies
-weights by layer name. Any other missing or mis-shaped weight is an error.
+Classes (``train_classes``): ``--class-names``, else the dataset's classes file, else VOC's names
+for 21 classes; they and their colours are attached to the network (``model.class_names``,
+``model.palette``) and stored in every checkpoint.
+
+Initialisation (``init``): a ``deeplabv1 convert`` or ``train`` checkpoint, loaded by name and
+shape. The classifier layers (fc8, MSc branches) may be absent or shaped differently (an ImageNet
+fc8, another number of classes): those keep their fresh initialisation as released (fc8
+N(0, 0.01)), as when Caffe copies weights by layer name. A checkpoint that names other classes
+than the run's, even as many, gets a fresh classifier too. Any other missing or mis-shaped weight
+is an error.
 """
 
 from __future__ import annotations
@@ -12,10 +19,13 @@ import torch
 from torch import nn
 
 from deeplabv1.checkpoint import load_checkpoint
+from deeplabv1.data.classes import ClassInfo
 from deeplabv1.errors import DeepLabError
-from deeplabv1.train.config import TrainConfig
+from deeplabv1.train.config import TrainConfig, replace
 from deeplabv1.train.distributed import DistInfo
 from deeplabv1.train.sampler import EpochDataset, MicroBatchSampler
+
+MASK_SCAN_LIMIT = 500  # masks read at the start of a run for the label sanity warnings
 
 
 def _under(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -23,16 +33,48 @@ def _under(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-def load_init_weights(model: nn.Module, path: str) -> list[str]:
-    """Copy weights from checkpoint ``path`` into ``model``; return the names left fresh."""
-    ckpt = load_checkpoint(path)
+def train_classes(cfg: TrainConfig) -> ClassInfo:
+    """The run's class names and colours: ``--class-names``, else the classes file of
+    ``cfg.data_root``, else the defaults for ``num_classes`` (21 when unset)."""
+    from deeplabv1.data.classes import dataset_classes, resolve_classes
+    from deeplabv1.data.layout import detect_layout
+
+    found = dataset_classes(detect_layout(cfg.data_root)[1]) if cfg.data_root else None
+    return resolve_classes(found, cfg.num_classes, cfg.class_names)
+
+
+def resolve_train_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the settings left to the dataset filled in (``split``, ``num_classes``), as
+    the run's ``config.yaml`` records them."""
+    from deeplabv1.data.layout import default_train_split
+
+    split = cfg.split
+    if split is None:
+        split = default_train_split(cfg.data_root) if cfg.data_root else "train_aug"
+    return replace(cfg, split=split, num_classes=train_classes(cfg).num_classes)
+
+
+def load_init_weights(
+    model: nn.Module, init: str | dict, class_names: list[str] | tuple[str, ...] | None = None
+) -> list[str]:
+    """Copy weights from checkpoint ``init`` (a path or a loaded checkpoint) into ``model``;
+    return the names left fresh. With ``class_names`` given, a checkpoint that stores other
+    names keeps none of its classifier layers."""
+    ckpt = load_checkpoint(init) if not isinstance(init, dict) else init
+    path = init if not isinstance(init, dict) else "checkpoint"
     source = ckpt["model"]
-    renewable = tuple(model.classifier_names) + tuple(getattr(model, "msc_layer_names", ()))
+    stored = ckpt.get("class_names")
+    other_classes = (class_names is not None and stored is not None
+                     and list(stored) != list(class_names))  # fmt: skip
+    classifiers = tuple(model.classifier_names)
+    renewable = classifiers + tuple(getattr(model, "msc_layer_names", ()))
     state = model.state_dict()
     fresh = []
     for name, tensor in state.items():
         src = source.get(name)
-        if src is not None and src.shape == tensor.shape:
+        if other_classes and _under(name, classifiers):
+            fresh.append(name)
+        elif src is not None and src.shape == tensor.shape:
             tensor.copy_(src)
         elif _under(name, renewable):
             fresh.append(name)
@@ -42,6 +84,28 @@ def load_init_weights(model: nn.Module, path: str) -> list[str]:
             raise DeepLabError(f"{path}: weight {name} has shape {tuple(src.shape)}, "
                                f"{model.arch} (width {model.width}) needs {tuple(tensor.shape)}")
     return fresh
+
+
+def init_note(model: nn.Module, path: str, ckpt: dict, fresh: list[str]) -> str:
+    """The log line saying what ``load_init_weights`` kept and what it re-initialised."""
+    modules = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in fresh))
+    heads = [m for m in modules if m in model.classifier_names]
+    others = [m for m in modules if m not in heads]
+    note = f"initialised from {path}"
+    if not heads:
+        return note + (f"; fresh: {', '.join(others)}" if others else "")
+    theirs, ours = int(ckpt["num_classes"]), model.num_classes
+    if theirs != ours:
+        why = f"the checkpoint has {theirs} classes, this run {ours}"
+    elif ckpt.get("class_names") is not None and list(ckpt["class_names"]) != list(
+        getattr(model, "class_names", ckpt["class_names"])
+    ):
+        why = f"the checkpoint's classes are {', '.join(ckpt['class_names'])}"
+    else:
+        why = "the checkpoint lacks it"
+    note += (f": trunk copied; classifier re-initialised as released for {ours} classes "
+             f"({', '.join(heads)}; {why})")  # fmt: skip
+    return note + (f"; fresh: {', '.join(others)}" if others else "")
 
 
 def freeze_for_msc(model: nn.Module, train_fc8: bool) -> None:
@@ -54,16 +118,19 @@ def freeze_for_msc(model: nn.Module, train_fc8: bool) -> None:
 
 
 def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
-    """The network of ``cfg`` (seeded with ``cfg.seed``); returns it and notes for the log."""
+    """The network of ``cfg`` (seeded with ``cfg.seed``) with its classes attached; returns it
+    and notes for the log."""
     from deeplabv1.models import build_model
 
+    classes = train_classes(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, num_classes=cfg.num_classes, width=cfg.width)
-    notes = []
+    model = build_model(cfg.arch, num_classes=classes.num_classes, width=cfg.width)
+    model.class_names, model.palette = list(classes.names), classes.palette()
+    notes = [f"{classes.num_classes} classes ({classes.source}): {', '.join(classes.names)}"]
     if cfg.init:
-        fresh = load_init_weights(model, cfg.init)
-        notes.append(f"initialised from {cfg.init}"
-                     + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
+        ckpt = load_checkpoint(cfg.init)
+        fresh = load_init_weights(model, ckpt, classes.names)
+        notes.append(init_note(model, cfg.init, ckpt, fresh))
     else:
         notes.append("random initialisation (no --init checkpoint)")
     if cfg.dropout is not None:
@@ -79,16 +146,39 @@ def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
 
 
 def build_dataset(cfg: TrainConfig):
-    """The training split of ``cfg.data_root`` through the Caffe training transform."""
-    from deeplabv1.data.datasets import voc_dataset
+    """The training split of ``cfg.data_root`` (either layout) through the Caffe training
+    transform."""
+    from deeplabv1.data.datasets import open_dataset
     from deeplabv1.data.transforms import TrainTransform
 
+    cfg = resolve_train_config(cfg)
     transform = TrainTransform(crop_size=cfg.resolved_crop_size(), mirror=cfg.mirror)
-    dataset = voc_dataset(cfg.data_root, cfg.split, label_dir=cfg.label_dir, transform=transform,
-                          num_classes=cfg.num_classes, seed=cfg.seed)
+    dataset = open_dataset(cfg.data_root, cfg.split, label_dir=cfg.label_dir,
+                           transform=transform, num_classes=cfg.num_classes, seed=cfg.seed,
+                           val_fraction=cfg.val_fraction)  # fmt: skip
     if len(dataset) == 0:
         raise DeepLabError(f"{cfg.data_root}: split {cfg.split!r} lists no images")
     return dataset
+
+
+def mask_warnings(dataset, cfg: TrainConfig) -> list[str]:
+    """Label sanity warnings (``deeplabv1.data.check.label_warnings``) from up to
+    ``MASK_SCAN_LIMIT`` masks of ``dataset``, evenly spread; a value outside the classes and
+    void is an error naming the file."""
+    import numpy as np
+
+    from deeplabv1.data.check import label_warnings, scan_labels
+
+    if dataset.label_dir is None or len(dataset) == 0:
+        return []
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), MASK_SCAN_LIMIT))
+                      .round().astype(int))  # fmt: skip
+    counts = scan_labels([dataset.label_path(int(i)) for i in picks], dataset.num_classes,
+                         workers=max(1, cfg.workers))  # fmt: skip
+    where = f"the {len(dataset):,} training masks"
+    if len(picks) < len(dataset):
+        where = f"{len(picks):,} of {where} (evenly spread)"
+    return [f"warning: {w}" for w in label_warnings(counts, train_classes(cfg).names, where)]
 
 
 def build_loader(dataset, cfg: TrainConfig, info: DistInfo, *, start_iter: int,

@@ -32,19 +32,32 @@ class TrainConfig:
 
     # what to train
     arch: ARCH = _f("deeplab-largefov", "network variant")
-    num_classes: int = _f(21, "number of classes (21 for PASCAL VOC)")
+    num_classes: int | None = _f(
+        None, "number of classes, background included (None = as many as --class-names or the "
+        "dataset's classes file names, else 21 as PASCAL VOC)")
+    class_names: list[str] | None = _f(
+        None, "class names in index order, stored in the checkpoint (None = the dataset's "
+        "classes file, else VOC's names for 21 classes and class0, class1, ... otherwise)")
     width: float = _f(1.0, "channel-width multiplier (1.0 = the paper; <1 for quick demos)")
-    init: str | None = _f(None, "initial weights: a `deeplabv1 convert` checkpoint (None = random)")
+    init: str | None = _f(
+        None, "initial weights: a `deeplabv1 convert` or `train` checkpoint (None = random); "
+        "with other classes its trunk is kept and the classifier re-initialised")
     msc_train_fc8: bool | None = _f(
         None, "MSc only: keep fc8 trainable (None = per release: deeplab-msc yes, "
         "deeplab-msc-largefov no); the trunk is frozen and the new branches are trained")
     dropout: float | None = _f(None, "override the dropout probability (None = the network's 0.5)")
     # data
-    data_root: str | None = _f(None, "VOC2012-layout root (JPEGImages, label folder, ImageSets)")
-    split: str = _f("train_aug", "training list (train_aug, trainval_aug, train, ...)")
+    data_root: str | None = _f(
+        None, "dataset: a plain images/ + masks/ folder or a VOC2012-layout root")
+    split: str | None = _f(
+        None, "training list (None = train_aug for VOC, train for a plain folder; also "
+        "trainval_aug, all, a .txt path, ...)")
     label_dir: str | None = _f(
-        None, "label folder under data_root (None = SegmentationClassAug for *_aug splits, "
-        "else SegmentationClass)")
+        None, "label folder under data_root (None = masks/ in a plain folder; VOC: "
+        "SegmentationClassAug for *_aug splits, else SegmentationClass)")
+    val_fraction: float | None = _f(
+        None, "plain folder without split lists: hold out this fraction of the images as val "
+        "(a fixed, hash-based choice; pass the same value to eval)")
     crop_size: int | None = _f(None, "training crop (None = 306 for deeplab, 321 otherwise)")
     mirror: bool = _f(True, "random horizontal mirror")
     workers: int = _f(2, "DataLoader worker processes (0 = load in the main process)")
@@ -123,7 +136,11 @@ class TrainConfig:
             (self.workers >= 0, "workers must be >= 0"),
             (self.width > 0, "width must be > 0"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (self.data_root is not None, "data_root is required (a VOC2012-layout folder)"),
+            (self.data_root is not None, "data_root is required (a dataset folder)"),
+            (self.num_classes is None or 2 <= self.num_classes <= 255,
+             "num_classes must lie in 2..255 (background included; 255 is void)"),
+            (self.val_fraction is None or 0 < self.val_fraction < 1,
+             "val_fraction must lie in (0, 1)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -25,7 +25,13 @@ from deeplabv1.config import config_to_dict, save_config
 from deeplabv1.errors import DeepLabError
 from deeplabv1.models.inference import shrink_labels
 from deeplabv1.train import state as st
-from deeplabv1.train.build import build_dataset, build_loader, build_training_model
+from deeplabv1.train.build import (
+    build_dataset,
+    build_loader,
+    build_training_model,
+    mask_warnings,
+    resolve_train_config,
+)
 from deeplabv1.train.config import TrainConfig
 from deeplabv1.train.distributed import (
     DistInfo,
@@ -52,6 +58,7 @@ def seed_process(seed: int, rank: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``
     (``crf/final.pt`` with ``crf: end-to-end``)."""
+    cfg = resolve_train_config(cfg)  # the split and number of classes the dataset implies
     if cfg.crf == "end-to-end":
         from deeplabv1.train import crf_finetune
 
@@ -81,6 +88,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     out_dir = Path(cfg.out_dir)
     dataset = build_dataset(cfg)
     model, notes = build_training_model(cfg)
+    notes += mask_warnings(dataset, cfg)  # on every rank: a bad mask stops them all alike
     model.to(info.device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)

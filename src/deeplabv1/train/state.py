@@ -124,6 +124,8 @@ def save_training_checkpoint(
         width=model.width,
         model_kwargs=getattr(model, "model_kwargs", {}),
         config=config,
+        class_names=getattr(model, "class_names", None),
+        palette=getattr(model, "palette", None),
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         iteration=int(iteration),

@@ -1,7 +1,8 @@
 """Segmentation pictures: a label map blended over its image, and the paper-style panel strip.
 
-Colours are the VOCdevkit colour map (``deeplabv1.data.palette``), so an overlay, a palette PNG
-and a VOC ground-truth file all show a class in the same colour.
+Colours are the VOCdevkit colour map (``deeplabv1.data.palette``) unless a ``colormap`` (256 x 3,
+e.g. ``Segmenter.colormap`` from a checkpoint's palette) is given, so an overlay, a palette PNG
+and a ground-truth file all show a class in the same colour.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from deeplabv1.data.palette import IGNORE_INDEX, VOC_CLASSES, VOC_COLORMAP
+from deeplabv1.data.palette import IGNORE_INDEX, VOC_CLASSES, colorize
 from deeplabv1.errors import DeepLabError
 
 
@@ -40,8 +41,9 @@ def overlay(
     legend: bool = True,
     *,
     class_names: Sequence[str] = VOC_CLASSES,
+    colormap: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Blend the VOC colours of ``labels`` over ``rgb``: ``(1 - alpha) * rgb + alpha * colour``.
+    """Blend the colours of ``labels`` over ``rgb``: ``(1 - alpha) * rgb + alpha * colour``.
 
     Every pixel is blended, background (black) and void (255, cream) included, rounded half up
     to an integer. With ``legend`` a box in the top-left corner lists the classes present
@@ -55,16 +57,21 @@ def overlay(
         raise DeepLabError(f"overlay opacity must lie in 0..1, got {alpha}")
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise DeepLabError("label values must lie in 0..255")
-    colours = VOC_COLORMAP[labels.astype(np.uint8)].astype(np.float64)
+    colours = colorize(labels, colormap).astype(np.float64)
     out = np.floor((1.0 - alpha) * img.astype(np.float64) + alpha * colours + 0.5)
     out = np.clip(out, 0, 255).astype(np.uint8)
     if legend and labels.size:
-        out = draw_legend(out, np.unique(labels).tolist(), class_names=class_names)
+        out = draw_legend(out, np.unique(labels).tolist(), class_names=class_names,
+                          colormap=colormap)  # fmt: skip
     return out
 
 
 def draw_legend(
-    rgb: np.ndarray, classes: Iterable[int], *, class_names: Sequence[str] = VOC_CLASSES
+    rgb: np.ndarray,
+    classes: Iterable[int],
+    *,
+    class_names: Sequence[str] = VOC_CLASSES,
+    colormap: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw a legend box (swatch + name per class) in the top-left corner; returns a copy."""
     classes = list(classes)
@@ -81,7 +88,7 @@ def draw_legend(
     draw.rectangle([0, 0, box_w, box_h], fill=(255, 255, 255, 200))
     for k, (c, name) in enumerate(zip(classes, names)):
         y = pad + k * (size + gap)
-        colour = tuple(int(v) for v in VOC_COLORMAP[c])
+        colour = tuple(int(v) for v in colorize(np.uint8(c), colormap))
         draw.rectangle([pad, y, pad + size - 1, y + size - 1], fill=colour, outline=(0, 0, 0))
         draw.text((pad * 2 + size, y + size / 2), name, fill=(0, 0, 0), font=font, anchor="lm")
     return np.asarray(img).copy()
@@ -93,6 +100,7 @@ def side_by_side(
     *,
     classes: Iterable[int] | None = None,
     class_names: Sequence[str] = VOC_CLASSES,
+    colormap: np.ndarray | None = None,
     panel_width: float = 2.4,
     caption: str | None = None,
     dpi: int = 100,
@@ -140,7 +148,7 @@ def side_by_side(
 
         handles = [
             Patch(
-                facecolor=VOC_COLORMAP[c] / 255.0,
+                facecolor=colorize(np.uint8(c), colormap) / 255.0,
                 edgecolor="black",
                 label=class_name(c, class_names),
             )
