@@ -75,9 +75,16 @@ def prototxt_net(variant: str, phase: str) -> list[Message]:
     return phase_layers(read_release(variant, kind), phase)
 
 
+def released_test_net(model):
+    """(overrides, zooms, crop) of the model's test network; a model without a separate test
+    network (earlier versions) runs its training network and zooms fc8 x8."""
+    net = getattr(model, "test_net", None)
+    return (net.overrides, net.zooms, net.crop) if net else ({}, {"fc8": 8}, 0)
+
+
 def phase_setting(model, name: str, key: str, value):
-    """A module setting as the model runs it in the given phase."""
-    return getattr(model, "test_overrides", {}).get(name, {}).get(key, value)
+    """A module setting as the model runs it in the test network."""
+    return released_test_net(model)[0].get(name, {}).get(key, value)
 
 
 def _param(layer: Message, key: str) -> Message:
@@ -257,7 +264,7 @@ def test_test_input_size_zooms_crop_and_fusion(variant):
     data = layer_named(layers, "data")
     side = _param(data, "transform_param").one("crop_size")
     # the default test size (513) lands on the release's input side on the model's grid
-    test_side = getattr(inference, "test_input_side", lambda m, s, t: t)
+    test_side = getattr(inference, "input_side_for", lambda m, s, t: t)
     assert test_side(model, 500, 513) == side
     interps = [ly for ly in layers if ly.one("type") == "INTERP"]
     zooms = {
@@ -270,12 +277,12 @@ def test_test_input_size_zooms_crop_and_fusion(variant):
         assert _param(fusion, "eltwise_param").one("operation") == "SUM"
         summed = [tops.get(b, our_name(b)) for b in fusion["bottom"]]
         zooms.update({name: 1 for name in summed if name not in zooms})  # data_ms: full size
-        assert summed == list(getattr(model, "test_zooms", {"fc8": 8}))
-    assert zooms == getattr(model, "test_zooms", {"fc8": 8})
+        assert summed == list(released_test_net(model)[1])
+    assert zooms == released_test_net(model)[1]
     crops = [_param(ly, "padding_param") for ly in layers if ly.one("type") == "PADDING"]
     crop_beg = -crops[0].one("pad_beg") if crops else 0
     crop_end = -crops[0].one("pad_end") if crops else 0
-    assert getattr(model, "test_crop", 0) == crop_beg
+    assert released_test_net(model)[2] == crop_beg
     # the zoomed map, cropped, is exactly the input side: aligned with the input pixels
     pad = phase_setting(model, "pool4", "padding", None)
     cells = inference.output_size(variant, side, **({} if pad is None else {"pool4_pad": pad}))
@@ -314,3 +321,37 @@ def test_shrink_is_never_an_average():
     label[1::8, 1::8] = 7
     small = inference.shrink_labels(torch.from_numpy(label), offset=1)
     assert torch.all(small == 7)
+
+
+@pytest.mark.parametrize("variant", ["deeplab", "deeplab-largefov"])
+def test_the_trainer_uses_the_released_label_pixels(variant, tmp_path, monkeypatch):
+    """One real training iteration: the loss sees label[-P + 8i, -P + 8j] of the crop."""
+    from PIL import Image
+
+    from deeplabv1.data.synth import make_synthetic_voc
+    from deeplabv1.train import loop
+
+    crop = load_config(CONFIGS[variant][0]).resolved_crop_size()
+    root = make_synthetic_voc(tmp_path / "voc", 1, size=(crop, crop), val_fraction=0.0)
+    yy, xx = np.mgrid[:crop, :crop]
+    pattern = ((3 * yy + xx) % 21).astype(np.uint8)  # a different class at every offset
+    (sid,) = (root / "ImageSets/Segmentation/train.txt").read_text().split()
+    Image.fromarray(pattern).save(root / "SegmentationClass" / f"{sid}.png")
+    seen = []
+
+    def spy(scores, labels):
+        seen.append(labels.clone())
+        return loop_loss(scores, labels)
+
+    loop_loss = loop.cross_entropy_sum
+    monkeypatch.setattr(loop, "cross_entropy_sum", spy)
+    cfg = load_config(
+        CONFIGS[variant][0], data_root=str(root), split="train", label_dir="SegmentationClass",
+        width=1 / 32, batch_size=1, max_iter=1, mirror=False, workers=0, device="cpu",
+        progress=False, tensorboard=False, checkpoint_every=0, out_dir=str(tmp_path / "run"),
+    )  # fmt: skip
+    loop.train(cfg)
+    shrink = _param(layer_named(prototxt_net(variant, "TRAIN"), "label_shrink"), "interp_param")
+    start = -shrink.one("pad_beg", 0)
+    expect = torch.from_numpy(pattern[start::8, start::8].astype(np.int64))
+    assert len(seen) == 1 and torch.equal(seen[0][0], expect)
