@@ -278,3 +278,37 @@ def release_caffemodel(train_net: list[Message], weights: dict, net_name: str) -
             blob.num, blob.channels, blob.height, blob.width = dims
             blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
     return net.SerializeToString()
+
+
+def vgg16_caffemodel(width: float, rng: np.random.Generator) -> bytes:
+    """ImageNet VGG16 (``VGG_ILSVRC_16_layers``) in the old V1 layout, channels x ``width``:
+    convolutions, then fc6 / fc7 / fc8 as INNER_PRODUCT matrices (legacy 1 x 1 x out x in)."""
+    cls = _fork_classes()
+    net = cls["NetParameter"](name="VGG_ILSVRC_16_layers")
+
+    def add(name, kind, *arrays):
+        layer = net.layers.add(name=name, type=FORK_LAYER_TYPES[kind])
+        for array in arrays:
+            blob = layer.blobs.add()
+            blob.num, blob.channels, blob.height, blob.width = (1,) * (4 - array.ndim) + array.shape
+            blob.data.extend(np.asarray(array, np.float32).ravel().tolist())
+
+    add("data", "DATA")
+    c = 3
+    blocks = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+    for b, (channels, convs) in enumerate(blocks, 1):
+        for i in range(1, convs + 1):
+            o = round(channels * width)
+            w = rng.standard_normal((o, c, 3, 3)) * math.sqrt(2.0 / (9 * c))
+            add(f"conv{b}_{i}", "CONVOLUTION", w, rng.standard_normal(o) * 0.1)
+            add(f"relu{b}_{i}", "RELU")
+            c = o
+        add(f"pool{b}", "POOLING")
+    fc, n_in = round(4096 * width), c * 49
+    for name, o, i in (("fc6", fc, n_in), ("fc7", fc, fc), ("fc8", 1000, fc)):
+        w = rng.standard_normal((o, i)) * math.sqrt(2.0 / i)
+        add(name, "INNER_PRODUCT", w, rng.standard_normal(o) * 0.1)
+        if name != "fc8":
+            add(f"relu{name[2]}", "RELU")
+            add(f"drop{name[2]}", "DROPOUT")
+    return net.SerializeToString()
