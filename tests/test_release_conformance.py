@@ -311,6 +311,16 @@ def test_named_crf_sets_carry_the_release_values():
         assert (p.w1, p.sa, p.sb, p.w2, p.sg) == tuple(
             float(found[k]) for k in ("bi_w", "bi_xy_std", "bi_rgb_std", "pos_w", "pos_xy_std")
         )
+    grid = (release_dir() / "run_densecrf_grid_search.sh").read_text()
+    ranges = {k: v.split() for k, v in re.findall(r"^range_(\w+)=\(([^)]*)\)", grid, re.M)}
+    assert all(len(v) == 1 for v in ranges.values())  # as released: one point
+    defaults = _shell_values(grid)
+    p = get_params("largefov-grid-search-script")
+    assert (p.w1, p.sa, p.sb, p.w2, p.sg) == tuple(
+        float(ranges[k][0]) for k in ("W", "XY_STD", "RGB_STD", "POS_W", "POS_XY_STD")
+    )
+    p = get_params("test-prototxt-dense-crf")
+    assert (p.w1, p.sa, p.sb) == (defaults["Bi_W"], defaults["Bi_X_STD"], defaults["Bi_R_STD"])
     # the paper's per-variant values stay the default of every variant
     assert get_params("deeplab-largefov") != get_params("largefov-run-densecrf")
 
