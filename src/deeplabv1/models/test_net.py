@@ -96,8 +96,8 @@ def run_layer(module: nn.Module, x: torch.Tensor, settings: dict[str, int] | Non
         stride = settings.get("stride", module.stride)
         return F.conv2d(x, module.weight, module.bias, stride, module.padding, module.dilation)
     if isinstance(module, nn.MaxPool2d):
-        padding = settings.get("padding", module.padding)
-        return F.max_pool2d(x, module.kernel_size, module.stride, padding, ceil_mode=True)
+        pad = settings.get("padding", module.padding)
+        return F.max_pool2d(x, module.kernel_size, module.stride, pad, ceil_mode=module.ceil_mode)
     raise DeepLabError(f"no test-time setting for {type(module).__name__}")
 
 
