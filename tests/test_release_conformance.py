@@ -158,9 +158,18 @@ def test_forward_order_and_wiring(variant, phase):
         assert layer_named(layers, f"{src}_conv").one("bottom") == src
 
 
+@pytest.fixture(scope="module")
+def voc21(tmp_path_factory):
+    """A tiny VOC-layout folder with the 21 VOC classes (for settings read from the data)."""
+    from deeplabv1.data.synth import make_synthetic_voc
+
+    return make_synthetic_voc(tmp_path_factory.mktemp("voc21"), 2, size=(32, 32), num_classes=21)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_learning_rate_and_decay_multipliers(variant):
-    cfg = load_config(CONFIGS[variant][0], width=1 / 16)
+def test_learning_rate_and_decay_multipliers(variant, voc21):
+    cfg = load_config(CONFIGS[variant][0], width=1 / 16, data_root=str(voc21), split="train",
+                      label_dir="SegmentationClass")  # fmt: skip
     model, _ = build_training_model(cfg)
     groups = {}
     for group in build_optimizer(model, cfg).param_groups:
@@ -342,7 +351,8 @@ def test_the_trainer_uses_the_released_label_pixels(variant, tmp_path, monkeypat
     from deeplabv1.train import loop
 
     crop = load_config(CONFIGS[variant][0]).resolved_crop_size()
-    root = make_synthetic_voc(tmp_path / "voc", 1, size=(crop, crop), val_fraction=0.0)
+    root = make_synthetic_voc(tmp_path / "voc", 1, size=(crop, crop), val_fraction=0.0,
+                              num_classes=21)  # fmt: skip
     yy, xx = np.mgrid[:crop, :crop]
     pattern = ((3 * yy + xx) % 21).astype(np.uint8)  # a different class at every offset
     (sid,) = (root / "ImageSets/Segmentation/train.txt").read_text().split()

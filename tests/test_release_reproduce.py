@@ -68,7 +68,8 @@ def expand(argv: list[str]) -> list[str]:
 
 
 def synthetic_voc(root, n, *, test=False):
-    make_synthetic_voc(root, n, size=(64, 48), seed=3, val_fraction=0.0 if test else 0.4)
+    make_synthetic_voc(root, n, size=(64, 48), seed=3, val_fraction=0.0 if test else 0.4,
+                       num_classes=21)  # the VOC classes, as the released models'  # fmt: skip
     lists = root / "ImageSets" / "Segmentation"
     if test:  # the test archive: images and a test list, no labels
         ids = (lists / "trainval.txt").read_text().split()
