@@ -66,8 +66,8 @@ def exhaustive(ds, root, points):
         conf = 0
         for i, sid in enumerate(ds.ids):
             rgb, labels = ds.load(i)
-            coarse, h, w, f = load_scores(root / "scores", sid)
-            probs = deeplab_crf(full_scores(coarse, h, w, f), rgb, CRFParams(*point), 2,
+            coarse, h, w, f, crop = load_scores(root / "scores", sid)
+            probs = deeplab_crf(full_scores(coarse, h, w, f, crop), rgb, CRFParams(*point), 2,
                                 method="dense")  # fmt: skip
             conf = conf + confusion_matrix(probs.argmax(0).numpy(), labels, NUM_CLASSES)
         out[point] = 100 * mean_iou(conf)
@@ -150,7 +150,7 @@ def test_scores_round_trip_exactly(tmp_path):
     save_scores(tmp_path, "x", coarse, 33, 25, compress=True)
     from deeplabv1.evaluate.scores import load_scores
 
-    back, h, w, f = load_scores(tmp_path, "x")
+    back, h, w, f, crop = load_scores(tmp_path, "x")
     np.testing.assert_array_equal(back, coarse.numpy())
     assert (h, w, f) == (33, 25, 8)
-    assert tuple(full_scores(back, h, w, f).shape) == (3, 33, 25)
+    assert tuple(full_scores(back, h, w, f, crop).shape) == (3, 33, 25)

@@ -110,8 +110,8 @@ def test_released_geometry_settings():
     assert not hasattr(meta_build("deeplab-largefov", pool5a=False), "pool5a")
 
 
-def test_init_as_released():
-    model = build_model("deeplab-msc", width=0.5)
+def test_init_paper_reading():
+    model = build_model("deeplab-msc", width=0.5, msc_init="paper")
     assert abs(model.fc8.weight.std().item() - 0.01) < 0.001
     assert torch.all(model.fc8.bias == 0)
     for src in model.msc_branch_names:
@@ -124,12 +124,15 @@ def test_init_as_released():
     assert torch.all(model.conv3_1.bias == 0) and model.conv3_1.weight.std() > 0.01
 
 
-def test_msc_prototxt_init():
-    model = build_model("deeplab-msc-largefov", width=0.5, msc_init="prototxt")
+def test_msc_release_init_is_the_default():
+    model = build_model("deeplab-msc-largefov", width=0.5)
     assert abs(model.pool4_fc.weight.std().item() - 0.005) < 0.001
     assert torch.all(model.pool3_ms.weight == 0)
     assert abs(model.pool2_fc.weight.std().item() - 0.001) < 0.0002
-    assert model.model_kwargs["msc_init"] == "prototxt"
+    assert model.model_kwargs["msc_init"] == "release"
+    old = build_model("deeplab-msc", width=0.5, msc_init="prototxt")  # earlier name: release
+    assert torch.all(old.pool3_ms.weight == 0)
+    assert build_model("deeplab-msc", width=0.5, msc_init="spec").pool3_ms.weight.std() > 0
     with pytest.raises(DeepLabError, match="msc_init"):
         build_model("deeplab-msc", msc_init="xavier")
 

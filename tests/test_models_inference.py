@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from deeplabv1.errors import DeepLabError
 from deeplabv1.models import build_model
-from deeplabv1.models.inference import predict_scores, shrink_labels, zoom_scores
+from deeplabv1.models.inference import crop_zoomed, predict_scores, shrink_labels, zoom_scores
 from deeplabv1.models.receptive_field import output_size
 
 
@@ -73,11 +73,17 @@ def test_predict_scores_is_the_caffe_test_procedure():
 
 
 def test_predict_scores_without_padding_and_short_maps():
-    model = build_model("deeplab", width=1 / 16, num_classes=3).eval()  # pool4_pad 0: 306 -> 39
+    # DeepLab with its training geometry at test time: pool4 pad 0, no crop; 306 -> 39 cells
+    model = build_model("deeplab", width=1 / 16, num_classes=3, test_pool4_pad=0).eval()
     images = torch.randn(1, 3, 306, 306)
-    scores = predict_scores(model, images, test_size=None)
+    scores = predict_scores(model, images, test_size=None)  # 306 = 8k + 2: not padded
     assert tuple(scores.shape) == (1, 3, 306, 306)  # (39 - 1) * 8 + 1 = 305: last row repeated
     torch.testing.assert_close(scores[..., 305, :], scores[..., 304, :])
+    with torch.no_grad():
+        full = F.interpolate(model(images), size=(305, 305), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(scores[..., :305, :305], full)
+    short = crop_zoomed(torch.randn(1, 3, 39, 39), 306, 306)
+    torch.testing.assert_close(short[..., :, 305], short[..., :, 304])
     with pytest.raises(DeepLabError, match="larger than test_size"):
         predict_scores(model, images, test_size=300)
 

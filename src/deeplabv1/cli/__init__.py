@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "train",
     "eval",
     "crf_search",
+    "paper_table",
     "predict",
     "export",
     "plot",

@@ -6,8 +6,9 @@ This is the project's only binary-format parser. It understands just what weight
 - ``NetParameter``: ``name`` = 1, ``layer`` = 100 (``LayerParameter``), ``layers`` = 2 (the old
   ``V1LayerParameter``); a file holding both is rejected, as Caffe does.
 - ``LayerParameter``: ``name`` = 1, ``type`` = 2 (string), ``blobs`` = 7.
-- ``V1LayerParameter``: ``name`` = 4, ``type`` = 5 (enum), ``blobs`` = 6; a nested V0 layer
-  (field 1) is rejected with a hint to upgrade the file with Caffe's tools.
+- ``V1LayerParameter``: ``name`` = 4, ``type`` = 5 (enum, reported by the DeepLab fork's names,
+  ``V1_LAYER_TYPES``), ``blobs`` = 6; a nested V0 layer (field 1) is rejected with a hint to
+  upgrade the file with Caffe's tools.
 - ``BlobProto``: ``shape`` = 7 (``BlobShape.dim`` = 1, packed or not), legacy ``num``,
   ``channels``, ``height``, ``width`` = 1..4, ``data`` = 5 (float), ``double_data`` = 8 (double),
   each packed or not. As in Caffe's ``Blob::FromProto``, legacy dimensions win when present and
@@ -30,10 +31,21 @@ from deeplabv1.errors import DeepLabError
 
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
-# V1LayerParameter.LayerType values that carry weights (others keep a generic name)
-V1_LAYER_TYPES = {4: "Convolution", 14: "InnerProduct", 39: "Deconvolution", 6: "Dropout",
-                  17: "Pooling", 18: "ReLU", 5: "Data", 12: "ImageData", 20: "Softmax",
-                  21: "SoftmaxWithLoss", 1: "Accuracy", 22: "Split", 3: "Concat", 25: "Eltwise"}
+# The old V1 layer type enum as the DeepLab fork of Caffe defines it (its caffe.proto), by the
+# fork's names. Values 0..38 are upstream Caffe's too; from 39 on the fork has its own layers
+# (upstream's V1 39 is DECONVOLUTION, the fork's IMAGE_SEG_DATA). Other values: "V1:<n>".
+V1_LAYER_TYPES = dict(enumerate((
+    "NONE", "ACCURACY", "BNLL", "CONCAT", "CONVOLUTION", "DATA", "DROPOUT", "EUCLIDEAN_LOSS",
+    "FLATTEN", "HDF5_DATA", "HDF5_OUTPUT", "IM2COL", "IMAGE_DATA", "INFOGAIN_LOSS",
+    "INNER_PRODUCT", "LRN", "MULTINOMIAL_LOGISTIC_LOSS", "POOLING", "RELU", "SIGMOID", "SOFTMAX",
+    "SOFTMAX_LOSS", "SPLIT", "TANH", "WINDOW_DATA", "ELTWISE", "POWER",
+    "SIGMOID_CROSS_ENTROPY_LOSS", "HINGE_LOSS", "MEMORY_DATA", "ARGMAX", "THRESHOLD",
+    "DUMMY_DATA", "SLICE", "MVN", "ABSVAL", "SILENCE", "CONTRASTIVE_LOSS", "EXP",
+    "IMAGE_SEG_DATA", "SEG_ACCURACY", "INTERP", "PADDING", "MAT_WRITE", "MAT_READ", "DENSE_CRF",
+    "DOMINANT_CHANNEL", "BIAS_CHANNEL", "UNIQUE_LABEL", "CENSOR_LABEL", "ADAPTIVE_BIAS_CHANNEL",
+    "CHANNEL_AGGREGATOR", "IGNORE_OVERLAY", "HISTOGRAM", "RELATIVE_ERROR", "GAIN_CHANNEL",
+    "ONEHOT",
+)))  # fmt: skip
 
 VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 

@@ -12,13 +12,22 @@ kernel. The paper's cross-validated values:
 DeepLab-7x7 and DeepLab-4x4 have no published CRF values. We give them the LargeFOV values
 (same 224-pixel fc6 footprint and output stride; LargeFOV's are the best documented): a
 documented choice, not a published number. Re-tune with ``deeplabv1 crf-search``.
+
+``RELEASE_CRF_PARAMS``: the other sets in the authors' files, by name with their source
+(``get_params("largefov-run-densecrf")``); the per-variant values above stay the defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["DEEPLAB_CRF_PARAMS", "PUBLISHED_VARIANTS", "CRFParams", "get_params"]
+__all__ = [
+    "DEEPLAB_CRF_PARAMS",
+    "PUBLISHED_VARIANTS",
+    "RELEASE_CRF_PARAMS",
+    "CRFParams",
+    "get_params",
+]
 
 
 @dataclass(frozen=True)
@@ -59,14 +68,24 @@ DEEPLAB_CRF_PARAMS: dict[str, CRFParams] = {
 
 PUBLISHED_VARIANTS = ("deeplab", "deeplab-msc", "deeplab-largefov", "deeplab-msc-largefov")
 
+# Other values found in the authors' release files (never a default; see docs/crf.md):
+RELEASE_CRF_PARAMS: dict[str, CRFParams] = {
+    # exper/run_densecrf.sh (MODEL_NAME deelab_largeFOV): -bw 4 -bx/-by 49 -br/-bg/-bb 5, 3 / 3
+    "largefov-run-densecrf": CRFParams(w1=4, sa=49, sb=5, w2=3, sg=3),
+    # the DENSE_CRF layer of the LargeFOV / MSc-LargeFOV test prototxts (commented out there);
+    # also the defaults set before the loops of run_densecrf_grid_search.sh
+    "test-prototxt-dense-crf": CRFParams(w1=5, sa=50, sb=10, w2=3, sg=3),
+    # the one point the released run_densecrf_grid_search.sh evaluates (its ranges: 4, 51, 5)
+    "largefov-grid-search-script": CRFParams(w1=4, sa=51, sb=5, w2=3, sg=3),
+}
+
 
 def get_params(params: str | CRFParams) -> CRFParams:
     """CRFParams by variant name (case-insensitive) or passed through."""
     if isinstance(params, CRFParams):
         return params
     key = str(params).lower()
-    if key not in DEEPLAB_CRF_PARAMS:
-        raise ValueError(
-            f"CRF params: unknown variant {params!r}; expected one of {sorted(DEEPLAB_CRF_PARAMS)}"
-        )
-    return DEEPLAB_CRF_PARAMS[key]
+    known = {**DEEPLAB_CRF_PARAMS, **RELEASE_CRF_PARAMS}
+    if key not in known:
+        raise ValueError(f"CRF params: unknown variant {params!r}; expected one of {sorted(known)}")
+    return known[key]

@@ -3,10 +3,13 @@
 Training: convert to the Caffe input (BGR, 0-255, minus mean), pad bottom/right up to the crop
 size with the mean colour (0 after mean subtraction) and the label with 255, take a random
 ``crop_size`` crop, mirror with probability 1/2. No scale jitter. The label stays at full crop
-resolution; the trainer shrinks it to the score grid with ``shrink_labels`` (``label[::8, ::8]``).
+resolution; the trainer shrinks it to the score grid with ``shrink_labels``
+(``label[o::8, o::8]``: o = 1 for DeepLab's 306 crop, as its train prototxt, 0 for 321 crops).
 
-Testing: pad bottom/right to ``test_size`` (513 for DeepLab-LargeFOV) with the mean colour; the
-label and the original RGB image are returned unpadded so that scores can be cropped back.
+Testing: pad bottom/right to ``test_size`` (513) with the mean colour; the label and the
+original RGB image are returned unpadded so that scores can be cropped back. The test procedure
+(``deeplabv1.models.inference``) pads further to the side the network's test prototxt uses
+(DeepLab: 514), again with the mean colour.
 
 Randomness comes only from the ``rng`` argument (``np.random.Generator``), so the dataset decides
 the seed of every item and training resumes exactly.

@@ -112,16 +112,16 @@ _CRF: tuple[int, str, str] = (10, "after", "lattice")
 
 
 def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
-    """(coarse scores, h, w, factor, rgb, labels) of the first ``num_images`` images."""
+    """(coarse scores, h, w, factor, crop, rgb, labels) of the first ``num_images`` images."""
     from deeplabv1.evaluate.scores import load_scores
 
     out = []
     for i in range(min(num_images, len(dataset))):
         rgb, labels = dataset.load(i)
-        coarse, h, w, factor = load_scores(scores_dir, dataset.ids[i])
+        coarse, h, w, factor, crop = load_scores(scores_dir, dataset.ids[i])
         if (h, w) != labels.shape:
             raise DeepLabError(f"{scores_dir}/{dataset.ids[i]}.npz: size differs from the image")
-        out.append((coarse, h, w, factor, rgb, labels))
+        out.append((coarse, h, w, factor, crop, rgb, labels))
     return out
 
 
@@ -148,10 +148,10 @@ def evaluate_point(point: Point) -> dict:
     params = CRFParams(*point)
     t0 = time.perf_counter()
     acc = None
-    for coarse, h, w, factor, rgb, labels in _IMAGES:
+    for coarse, h, w, factor, crop, rgb, labels in _IMAGES:
         if acc is None:
             acc = ConfusionAccumulator(coarse.shape[0])
-        pred = run_crf(full_scores(coarse, h, w, factor), rgb, params, *_CRF)
+        pred = run_crf(full_scores(coarse, h, w, factor, crop), rgb, params, *_CRF)
         acc.update(pred, labels)
     rec = dict(zip(PARAM_NAMES, point))
     rec["mean_iou"] = round(100 * mean_iou(acc.matrix), 4)

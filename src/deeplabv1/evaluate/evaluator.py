@@ -1,8 +1,10 @@
 """Run a network (or saved score maps) over a split with the paper's test procedure.
 
-Per image (SPEC 3): the Caffe input padded bottom/right to ``test_size`` (the dataset's
-``TestTransform``), the network's stride-8 scores, bilinear align-corners zoom x8, crop to the
-image, then argmax ("network") and/or the dense CRF on those scores followed by argmax ("crf").
+Per image, the released test procedure: the Caffe input padded bottom/right to ``test_size``
+(the dataset's ``TestTransform``) and then to the side of the variant's test network, the test
+network's scores (``deeplabv1.models.inference``: DeepLab's pool4 pad 1, MSc's dense branches),
+bilinear align-corners zoom x8, the release's crop (DeepLab 7 pixels), cut to the image, then
+argmax ("network") and/or the dense CRF on those scores followed by argmax ("crf").
 One confusion matrix per method is accumulated over the split (``metrics``), optionally the
 trimap bands (``trimap``). The coarse scores can be saved (``scores``) so that the CRF can be
 rerun, or cross-validated, without the network.
@@ -38,9 +40,13 @@ def network_scores(
 ) -> Iterator[tuple[str, torch.Tensor, np.ndarray, np.ndarray]]:
     """Yield (id, full-resolution scores (C,H,W), rgb (H,W,3) uint8, labels (H,W)) per image.
 
-    Test items come padded to the test size; the network gives the stride-8 scores, which are
-    saved to ``save_dir`` if given, then zoomed x8 and cropped to the image.
+    Test items come padded to the test size; the test network gives the coarse scores (with
+    their zoom factor and crop), which are saved to ``save_dir`` if given, then zoomed and
+    cropped to the image. MSc's dense test network sums at full resolution: its maps are saved
+    at full size (factor 1), cut to the image.
     """
+    from deeplabv1.models.inference import input_side_for, run_test_network
+
     subset = torch.utils.data.Subset(dataset, list(indices))
     loader = torch.utils.data.DataLoader(
         subset, batch_size=batch_size, num_workers=workers, collate_fn=list
@@ -48,14 +54,23 @@ def network_scores(
     model.eval()
     for items in loader:
         images = torch.stack([it["image"] for it in items]).to(device)
+        height, width = images.shape[-2:]
+        pad_h = input_side_for(model, height) - height
+        pad_w = input_side_for(model, width) - width
+        images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h))  # 0 = the mean colour
         with torch.inference_mode():
-            coarse = model(images).float()
+            coarse, factor, crop = run_test_network(model, images)
+            coarse = coarse.float()
         for it, c in zip(items, coarse):
             h, w = int(it["height"]), int(it["width"])
+            c_crop = crop
+            if factor == 1:  # already full size: keep only the image's pixels
+                c, c_crop = c[:, crop : crop + h, crop : crop + w], 0
             if save_dir is not None:
-                save_scores(save_dir, it["id"], c, h, w, dtype=score_dtype, compress=compress)
+                save_scores(save_dir, it["id"], c, h, w, factor=factor, crop=c_crop,
+                            dtype=score_dtype, compress=compress)  # fmt: skip
             rgb = np.asarray(it["rgb"], dtype=np.uint8)
-            yield it["id"], full_scores(c, h, w), rgb, np.asarray(it["label"])
+            yield it["id"], full_scores(c, h, w, factor, c_crop), rgb, np.asarray(it["label"])
 
 
 def saved_scores(
@@ -65,7 +80,7 @@ def saved_scores(
     for i in indices:
         image_id = dataset.ids[i]
         rgb, labels = dataset.load(i)
-        coarse, h, w, factor = load_scores(scores_dir, image_id)
+        coarse, h, w, factor, crop = load_scores(scores_dir, image_id)
         if (h, w) != labels.shape:
             from deeplabv1.errors import DeepLabError
 
@@ -73,7 +88,8 @@ def saved_scores(
                 f"{Path(scores_dir) / image_id}.npz: scores are for a {w}x{h} image, "
                 f"the dataset's image is {labels.shape[1]}x{labels.shape[0]}"
             )
-        yield image_id, full_scores(torch.from_numpy(coarse).to(device), h, w, factor), rgb, labels
+        full = full_scores(torch.from_numpy(coarse).to(device), h, w, factor, crop)
+        yield image_id, full, rgb, labels
 
 
 def run_crf(

@@ -1,12 +1,15 @@
 """Saved score maps: the network's coarse fc8 output per image, so the CRF can rerun without it.
 
 A score folder holds one ``<id>.npz`` per image with ``scores`` (C, h, w) on the stride-8 grid
-(float32, or float16 when asked), the image's ``height`` and ``width`` and the zoom ``factor``
-(8), plus ``meta.json`` describing the run (arch, num_classes, test_size, weights). Storing the
-coarse map instead of the full-resolution one is ~64x smaller (65x65 instead of 513x513 for a
-padded VOC image) and loses nothing: the full-resolution scores are the deterministic bilinear
-(align-corners) zoom of the coarse map, cropped to the image, recomputed by ``full_scores``.
-Every file is written atomically.
+(float32, or float16 when asked), the image's ``height`` and ``width``, the zoom ``factor`` (8)
+and the ``crop`` cut at the start of the zoomed map (7 for DeepLab's test network, else 0;
+absent in older files: 0), plus ``meta.json`` describing the run (arch, num_classes, test_size,
+weights). Storing the coarse map instead of the full-resolution one is ~64x smaller (65x65
+instead of 513x513 for a padded VOC image) and loses nothing: the full-resolution scores are the
+deterministic bilinear (align-corners) zoom of the coarse map, cropped to the image, recomputed
+by ``full_scores``. MSc's released test network sums its maps at full resolution: those are
+stored at the image's size with factor 1 (float16 and ``compress`` help there). Every file is
+written atomically.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def save_scores(
     width: int,
     *,
     factor: int = 8,
+    crop: int = 0,
     dtype: str = "float32",
     compress: bool = False,
 ) -> Path:
@@ -51,6 +55,7 @@ def save_scores(
         "height": np.int64(height),
         "width": np.int64(width),
         "factor": np.int64(factor),
+        "crop": np.int64(crop),
     }
     save = np.savez_compressed if compress else np.savez
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -58,8 +63,11 @@ def save_scores(
     return path
 
 
-def load_scores(folder: str | os.PathLike, image_id: str) -> tuple[np.ndarray, int, int, int]:
-    """Read ``folder/<image_id>.npz``: (coarse scores float32 (C, h, w), height, width, factor)."""
+def load_scores(
+    folder: str | os.PathLike, image_id: str
+) -> tuple[np.ndarray, int, int, int, int]:
+    """Read ``folder/<image_id>.npz``: (coarse scores float32 (C, h, w), height, width, factor,
+    crop)."""
     path = Path(folder) / f"{image_id}.npz"
     if not path.is_file():
         raise DeepLabError(f"{path}: score file not found (was it saved with --save-scores?)")
@@ -67,31 +75,25 @@ def load_scores(folder: str | os.PathLike, image_id: str) -> tuple[np.ndarray, i
         with np.load(path, allow_pickle=False) as z:
             coarse = np.asarray(z["scores"], dtype=np.float32)
             height, width, factor = int(z["height"]), int(z["width"]), int(z["factor"])
+            crop = int(z["crop"]) if "crop" in z.files else 0
     except (OSError, KeyError, ValueError) as exc:
         raise DeepLabError(f"{path}: not a readable score file ({exc})") from exc
     if coarse.ndim != 3:
         raise DeepLabError(f"{path}: scores must be (C, h, w), got shape {coarse.shape}")
-    return coarse, height, width, factor
+    if factor < 1 or crop < 0:
+        raise DeepLabError(f"{path}: bad factor {factor} or crop {crop}")
+    return coarse, height, width, factor, crop
 
 
-def full_scores(coarse: torch.Tensor | np.ndarray, height: int, width: int, factor: int = 8):
-    """Full-resolution scores (C, height, width): zoom the coarse map x factor and crop.
+def full_scores(
+    coarse: torch.Tensor | np.ndarray, height: int, width: int, factor: int = 8, crop: int = 0
+):
+    """Full-resolution scores (C, height, width): zoom the coarse map x factor, cut ``crop``
+    pixels at the start, keep the image (``deeplabv1.models.inference.crop_zoomed``: where the
+    zoomed map is smaller than the image, its last row / column is repeated)."""
+    from deeplabv1.models.inference import crop_zoomed
 
-    As ``deeplabv1.models.inference.predict_scores``: where the zoomed map is smaller than the
-    image, its last row / column is repeated.
-    """
-    import torch.nn.functional as F
-
-    from deeplabv1.models.inference import zoom_scores
-
-    coarse = torch.as_tensor(coarse, dtype=torch.float32)
-    squeeze = coarse.dim() == 3
-    zoomed = zoom_scores(coarse[None] if squeeze else coarse, factor=factor)
-    short_h, short_w = max(0, height - zoomed.shape[-2]), max(0, width - zoomed.shape[-1])
-    if short_h or short_w:
-        zoomed = F.pad(zoomed, (0, short_w, 0, short_h), mode="replicate")
-    zoomed = zoomed[..., :height, :width]
-    return zoomed[0] if squeeze else zoomed
+    return crop_zoomed(torch.as_tensor(coarse, dtype=torch.float32), height, width, factor, crop)
 
 
 def write_meta(folder: str | os.PathLike, meta: dict[str, Any]) -> None:

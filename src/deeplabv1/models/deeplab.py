@@ -1,4 +1,4 @@
-"""The DeepLab V1 network and its six variants (SPEC section 1).
+"""The DeepLab V1 network and its six variants.
 
 Every variant is the VGG16 trunk of :mod:`deeplabv1.models.vgg` (output stride 8) followed by
 fc6 (atrous conv) -> ReLU -> dropout -> fc7 (1x1) -> ReLU -> dropout -> fc8 (1x1 -> classes).
@@ -27,6 +27,7 @@ from deeplabv1.models.msc import (
     init_msc_branches,
     make_msc_branches,
 )
+from deeplabv1.models.test_net import TestNet, build_test_net, forward_test, run_layer
 from deeplabv1.models.vgg import make_trunk, scaled
 
 FC8_STD = 0.01
@@ -59,10 +60,16 @@ def make_head(
 class DeepLabV1(nn.Module):
     """A DeepLab V1 network: Caffe input (B,3,H,W) -> raw fc8 scores on the stride-8 grid.
 
+    ``forward`` is the released *train* network; ``forward_test`` the released *test* network
+    (:mod:`deeplabv1.models.test_net`), which ``deeplabv1.models.inference`` runs.
+
     Attributes: ``arch`` (CLI name), ``num_classes``, ``width``, ``model_kwargs`` (builder
     settings, stored in checkpoints), ``path_names`` (main-path module names in forward order),
-    ``classifier_names`` (layers trained with lr x10), ``msc_branch_names`` (source blobs of the
-    MSc branches, empty otherwise) and ``msc_layer_names`` (all branch module names).
+    ``classifier_names`` (the classifiers trained from scratch: fc8 and the MSc ``*_ms``),
+    ``high_lr_names`` (layers trained at the classifier lr multiplier, x10: fc8 of the plain
+    variants; none in MSc, which the release trains at x1), ``msc_branch_names`` (source blobs of
+    the MSc branches, empty otherwise), ``msc_layer_names`` (all branch module names) and
+    ``test_net`` (a :class:`~deeplabv1.models.test_net.TestNet`).
     """
 
     def __init__(
@@ -74,7 +81,8 @@ class DeepLabV1(nn.Module):
         width: float,
         model_kwargs: dict[str, Any],
         msc: bool = False,
-        msc_init: str = "spec",
+        msc_init: str = "release",
+        test: TestNet | None = None,
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -98,11 +106,13 @@ class DeepLabV1(nn.Module):
             self.msc_branch_names = tuple(src for src, _ in MSC_SOURCES)
             self.msc_layer_names = sum((branch_layer_names(s) for s in self.msc_branch_names), ())
         self.classifier_names = ("fc8",) + tuple(f"{s}_ms" for s in self.msc_branch_names)
+        self.high_lr_names = () if msc else ("fc8",)
         self.msc_init = msc_init
+        self.test_net = test or TestNet()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise as released: fc8 N(0, 0.01); MSc branches per SPEC; trunk random.
+        """Initialise as released: fc8 N(0, 0.01); MSc branches per ``msc_init``; trunk random.
 
         The trunk (conv1_1 .. fc7) is meant to come from converted ImageNet weights; without them
         it gets He-normal (fan_out, ReLU) weights and zero biases, as torchvision's VGG does.
@@ -118,15 +128,29 @@ class DeepLabV1(nn.Module):
             init_msc_branches(self, self.msc_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training network: stride-8 scores (MSc: fc8 + the five branches, summed)."""
+        return self.fuse(*self.run_path(x))
+
+    def forward_test(self, x: torch.Tensor) -> torch.Tensor:
+        """The released test network (see :mod:`deeplabv1.models.test_net`); its output is
+        zoomed by ``test_net.factor`` and cropped by ``test_net.crop`` to give the final map."""
+        return forward_test(self, x)
+
+    def run_path(
+        self, x: torch.Tensor, overrides: dict[str, dict[str, int]] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Main path (with per-module setting ``overrides``): fc8 scores and the MSc sources."""
         taps = set(self.msc_branch_names)
         blobs = {"data": x}
         h = x
         for name in self.path_names:
-            h = getattr(self, name)(h)
+            h = run_layer(getattr(self, name), h, (overrides or {}).get(name))
             if name in taps:
                 blobs[name] = h
-        if not taps:
-            return h
+        return h, blobs
+
+    def fuse(self, h: torch.Tensor, blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """fc8 plus every MSc branch on the stride-8 grid (the training forward's sum)."""
         out_hw = (h.shape[-2], h.shape[-1])
         for src in self.msc_branch_names:
             h = h + branch_scores(self, src, blobs[src], out_hw)
@@ -148,7 +172,9 @@ def build_deeplab(
     fc6_channels: int,
     pool5a: bool = False,
     msc: bool = False,
-    msc_init: str = "spec",
+    msc_init: str = "release",
+    test_pool4_pad: int | None = None,
+    msc_test: str = "dense",
     model_kwargs: dict[str, Any],
 ) -> DeepLabV1:
     """Assemble trunk + head (+ MSc branches) into a :class:`DeepLabV1`."""
@@ -165,6 +191,10 @@ def build_deeplab(
         num_classes=num_classes,
         pool5a=pool5a,
     )
+    test = build_test_net(
+        trunk=trunk, pool4_pad=pool4_pad, test_pool4_pad=test_pool4_pad,
+        msc_sources=MSC_SOURCES if msc else (), msc_test=msc_test,
+    )  # fmt: skip
     return DeepLabV1(
         path,
         arch=arch,
@@ -173,4 +203,5 @@ def build_deeplab(
         model_kwargs=model_kwargs,
         msc=msc,
         msc_init=msc_init,
+        test=test,
     )

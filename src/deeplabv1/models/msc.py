@@ -1,20 +1,22 @@
-"""DeepLab-MSc: five two-layer MLP branches on the image and pool1..pool4 (SPEC section 1).
+"""DeepLab-MSc: five two-layer MLP branches on the image and pool1..pool4.
 
 Each branch is: conv 3x3 -> 128 ch (+ReLU, dropout 0.5), conv 1x1 -> 128 ch (+ReLU, dropout 0.5),
-conv 1x1 -> classes. The 3x3 conv has pad 1 and a stride chosen so that the branch lands on the
-stride-8 score grid: image 8, pool1 4, pool2 2, pool3 1, pool4 1. The five branch score maps are
-summed with fc8 (the paper's "concatenate 5 x 128 = 640 channels, then classify" is the same
-linear map written as one classifier per branch).
+conv 1x1 -> classes. In the training network the 3x3 conv has pad 1 and a stride chosen so that
+the branch lands on the stride-8 score grid: image 8, pool1 4, pool2 2, pool3 1, pool4 1, and
+the five branch score maps are summed with fc8 there (the paper's "concatenate 5 x 128 = 640
+channels, then classify" is the same linear map written as one classifier per branch). The
+released test network runs the branches densely and sums at full resolution instead
+(:mod:`deeplabv1.models.test_net`).
 
-Layer names are the released DeepLab-MSc prototxt's (config/DeepLab-MSc/train.prototxt of the
-authors' release): for a source blob ``src`` in ``data, pool1, pool2, pool3, pool4`` the
-parameter layers are ``<src>_conv`` (3x3), ``<src>_fc`` (1x1) and ``<src>_ms`` (classifier), with
-``relu_<src>_conv``, ``drop_<src>_conv``, ``relu_<src>_fc``, ``drop_<src>_fc`` in between.
+Layer names are the released DeepLab-MSc prototxt's: for a source blob ``src`` in
+``data, pool1, pool2, pool3, pool4`` the parameter layers are ``<src>_conv`` (3x3), ``<src>_fc``
+(1x1) and ``<src>_ms`` (classifier), with ``relu_<src>_conv``, ``drop_<src>_conv``,
+``relu_<src>_fc``, ``drop_<src>_fc`` in between.
 
-Initialisation (``msc_init``): ``"spec"`` (default, SPEC section 1) draws the two branch convs
-from N(0, 0.001) and the classifiers from N(0, 0.01). ``"prototxt"`` follows the released train
-prototxt exactly where it differs: ``pool4_fc`` N(0, 0.005), and ``pool3_ms`` has no filler, so
-Caffe's default constant 0.
+Initialisation (``msc_init``): ``"release"`` (default) uses the released train prototxt's
+fillers: the two branch convs N(0, 0.001) except ``pool4_fc`` N(0, 0.005), the classifiers
+N(0, 0.01) except ``pool3_ms``, which has no filler (Caffe's default: constant 0); biases 0.
+``"paper"`` is the plain reading (every branch conv N(0, 0.001), every classifier N(0, 0.01)).
 
 Caffe requires every summed map to have the same size, which holds for inputs of side 8k+1
 (321, 513). For other sides ceil-mode pooling can give the trunk one more row/column than a
@@ -38,7 +40,9 @@ MSC_SOURCES: tuple[tuple[str, int], ...] = (
 MSC_HIDDEN = 128
 MSC_CONV_STD = 0.001
 MSC_CLASSIFIER_STD = 0.01
-MSC_INITS = ("spec", "prototxt")
+MSC_INITS = ("release", "paper")
+MSC_INIT_ALIASES = {"prototxt": "release", "spec": "paper"}  # names of earlier versions
+RELEASE_STD = {"pool4_fc": 0.005, "pool3_ms": 0.0}  # where the release's fillers differ
 
 
 def branch_layer_names(src: str) -> tuple[str, ...]:
@@ -71,15 +75,16 @@ def make_msc_branches(
     return layers
 
 
-def init_msc_branches(model: nn.Module, msc_init: str = "spec") -> None:
-    """Released init: branch convs N(0, 0.001), classifiers N(0, 0.01), biases 0 (see above)."""
+def init_msc_branches(model: nn.Module, msc_init: str = "release") -> None:
+    """Initialise the branches: ``"release"`` fillers or the ``"paper"`` reading (see above)."""
+    msc_init = MSC_INIT_ALIASES.get(msc_init, msc_init)
     if msc_init not in MSC_INITS:
         raise DeepLabError(f"msc_init must be one of {', '.join(MSC_INITS)}, got {msc_init!r}")
     for src, _ in MSC_SOURCES:
         for name, std in ((f"{src}_conv", MSC_CONV_STD), (f"{src}_fc", MSC_CONV_STD),
                           (f"{src}_ms", MSC_CLASSIFIER_STD)):  # fmt: skip
-            if msc_init == "prototxt":
-                std = {"pool4_fc": 0.005, "pool3_ms": 0.0}.get(name, std)
+            if msc_init == "release":
+                std = RELEASE_STD.get(name, std)
             conv = getattr(model, name)
             if std > 0:
                 nn.init.normal_(conv.weight, 0.0, std)

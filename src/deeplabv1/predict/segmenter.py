@@ -6,15 +6,17 @@
 >>> labels, probs = result                      # (H, W) uint8 classes, (C, H, W) float32
 >>> seg.class_names[labels[0, 0]]               # the checkpoint's class names
 
-Test size: the paper pads every image bottom/right with the mean colour to 513 x 513. An image
-side longer than ``test_size`` is padded to the next ``8k + 1`` instead (e.g. 640 -> 641), the
-size at which Caffe's ``(h - 1) * 8 + 1`` zoom of the score map lands exactly on the input
-grid; ``test_size=None`` always uses that minimal ``8k + 1`` padding.
+Test procedure: the released test network of the model's variant
+(``deeplabv1.models.inference``): every image is padded bottom/right with the mean colour to
+513 x 513, then to the side the variant's test prototxt uses (DeepLab: 514, with pool4 pad 1
+and a 7-pixel crop after the zoom; MSc: dense branches summed at full resolution). An image side
+longer than ``test_size`` is padded to the next ``8k + 1`` (DeepLab: ``8k + 2``) instead (e.g.
+640 -> 641), the size at which the score map's zoom lands exactly on the input grid;
+``test_size=None`` always uses that minimal padding.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -47,10 +49,11 @@ class Prediction:
         return iter((self.labels, self.probs))
 
 
-def padded_size(size: int, test_size: int | None) -> int:
+def padded_size(size: int, test_size: int | None, model: torch.nn.Module | None = None) -> int:
     """Side length the network sees for an image side ``size`` (see the module docstring)."""
-    minimal = 8 * math.ceil((size - 1) / 8) + 1
-    return minimal if test_size is None else max(int(test_size), minimal)
+    from deeplabv1.models.inference import input_side_for
+
+    return input_side_for(model, size, test_size)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -137,7 +140,8 @@ class Segmenter:
 
         h, w = rgb.shape[:2]
         x = to_caffe_input(rgb).to(self.device)
-        ph, pw = padded_size(h, self.test_size), padded_size(w, self.test_size)
+        ph = padded_size(h, self.test_size, self.model)
+        pw = padded_size(w, self.test_size, self.model)
         # zero in Caffe input space is the mean colour: the released test-time padding
         x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), value=0.0)
         scores = predict_scores(self.model, x[None], test_size=None)

@@ -1,11 +1,12 @@
 """``TrainConfig``: every setting of ``deeplabv1 train``, defaulting to the paper's recipe.
 
 Defaults follow SPEC section 3 (the authors' released solver files): SGD with momentum 0.9,
-weight decay 5e-4 (none on biases), base lr 1e-3, classifier layers lr x10, biases lr x2,
-"step" policy with gamma 0.1 every 2,000 iterations, 6,000 iterations, batch 20, crop 321
-(306 for DeepLab). Values come from the dataclass defaults < ``--config FILE.yaml`` < flags
-(``deeplabv1.config.resolve_config``); the resolved config is written as ``config.yaml`` in
-``out_dir`` beside the checkpoints.
+weight decay 5e-4 (none on biases), base lr 1e-3, fc8 lr x10 (MSc: x1), biases lr x2,
+"step" policy with gamma 0.1 every 2,000 iterations, 6,000 iterations, batch 20 (the configs
+under ``configs/`` carry each released variant's batch), crop 321 (306 for DeepLab), labels
+shrunk from pixel 1 (DeepLab) or 0. Values come from the dataclass defaults
+< ``--config FILE.yaml`` < flags (``deeplabv1.config.resolve_config``); the resolved config is
+written as ``config.yaml`` in ``out_dir`` beside the checkpoints.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class TrainConfig:
         None, "plain folder without split lists: hold out this fraction of the images as val "
         "(a fixed, hash-based choice; pass the same value to eval)")
     crop_size: int | None = _f(None, "training crop (None = 306 for deeplab, 321 otherwise)")
+    label_offset: int | None = _f(
+        None, "label pixel of the first score cell when labels are shrunk to the score grid "
+        "(targets label[o + 8i]; None = as released: 1 for deeplab's 306 crop, 0 otherwise)")
     mirror: bool = _f(True, "random horizontal mirror")
     workers: int = _f(2, "DataLoader worker processes (0 = load in the main process)")
     # optimisation (SPEC section 3)
@@ -71,7 +75,9 @@ class TrainConfig:
     step_size: int = _f(2000, "step policy: iterations between lr drops")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(5e-4, "L2 weight decay on weights (never on biases)")
-    classifier_lr_mult: float = _f(10.0, "lr multiplier of the classifier layers (fc8, MSc)")
+    classifier_lr_mult: float = _f(
+        10.0, "lr multiplier of fc8 in the plain variants (the MSc release trains fc8 and the "
+        "branch classifiers at x1)")
     bias_lr_mult: float = _f(2.0, "lr multiplier of biases (fc8 bias: 10 x 2 = 20)")
     sgd_variant: Literal["caffe", "pytorch"] = _f(
         "caffe", "caffe: v = m v + lr (g + wd w), w -= v; pytorch: v = m v + g + wd w, "
@@ -115,6 +121,13 @@ class TrainConfig:
             return self.crop_size
         return 306 if self.arch == "deeplab" else 321
 
+    def resolved_label_offset(self) -> int:
+        """The label shrink offset: as set, or the release's (DeepLab's train prototxt shrinks
+        its 306 label with ``pad_beg: -1``, the 321-crop variants with 0)."""
+        if self.label_offset is not None:
+            return self.label_offset
+        return 1 if self.arch == "deeplab" else 0
+
     def resolved_msc_train_fc8(self) -> bool:
         """Whether fc8 is trained in an MSc model (release: MSc yes, MSc-LargeFOV no)."""
         if self.msc_train_fc8 is not None:
@@ -135,6 +148,7 @@ class TrainConfig:
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
             (self.width > 0, "width must be > 0"),
+            (self.label_offset is None or self.label_offset >= 0, "label_offset must be >= 0"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.data_root is not None, "data_root is required (a dataset folder)"),
             (self.num_classes is None or 2 <= self.num_classes <= 255,

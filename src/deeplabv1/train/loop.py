@@ -135,6 +135,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     # batch: each process's loss is its share of the batch loss; DDP averages, so scale back up
     grad_scale = info.world_size if cfg.loss_norm == "batch" else 1
+    label_offset = cfg.resolved_label_offset()
     model.train()
     window_loss = torch.zeros((), dtype=torch.float64, device=info.device)
     window_iters, t_start = 0, time.perf_counter()
@@ -144,7 +145,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
         micro = [next(batches) for _ in range(cfg.iter_size)]
         images = [m["image"].to(info.device, non_blocking=True).contiguous(
             memory_format=memory_format) for m in micro]
-        labels = [shrink_labels(m["label"]).to(info.device, non_blocking=True) for m in micro]
+        labels = [shrink_labels(m["label"], offset=label_offset).to(info.device, non_blocking=True)
+                  for m in micro]  # fmt: skip
         batch_valid = all_reduce_sum(sum(count_valid(y) for y in labels), info).clamp(min=1)
         for k, (x, y) in enumerate(zip(images, labels)):
             last = k == cfg.iter_size - 1

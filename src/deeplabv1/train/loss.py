@@ -1,10 +1,10 @@
 """The DeepLab loss: softmax cross-entropy over the non-ignored pixels of the score grid.
 
-Labels are shrunk to the stride-8 score grid by subsampling (``label[..., ::8, ::8]``, exactly
-Caffe's align-corners shrink; never averaging) and pixels labelled 255 are ignored. The sum of
-the per-pixel losses is divided by a ``normaliser`` the caller chooses: the number of valid pixels
-of the whole batch (over micro-batches and processes) makes gradient accumulation and DDP give
-exactly the gradient of one big batch.
+Labels are shrunk to the stride-8 score grid by subsampling (``label[..., o::8, o::8]`` with
+the release's offset o, exactly Caffe's align-corners shrink; never averaging) and pixels
+labelled 255 are ignored. The sum of the per-pixel losses is divided by a ``normaliser`` the
+caller chooses: the number of valid pixels of the whole batch (over micro-batches and processes)
+makes gradient accumulation and DDP give exactly the gradient of one big batch.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The paper's optimiser: per-layer lr/decay multipliers, Caffe-style SGD and the "step" policy.
 
 Caffe multiplies each blob's learning rate by ``lr_mult`` and its weight decay by
-``decay_mult``. The DeepLab solver files give weights lr x1 / decay x1, biases lr x2 / decay x0,
-and the classifier (fc8, MSc branch classifiers) x10 on top: fc8 weight lr x10, fc8 bias lr x20.
-Parameters with ``requires_grad=False`` (the frozen MSc trunk) are left out of the optimiser.
+``decay_mult``. The released train prototxts give weights lr x1 / decay x1, biases lr x2 /
+decay x0, and the plain variants' fc8 x10 on top (weight x10, bias x20): the layers in
+``model.high_lr_names``. The MSc releases train fc8 and the branch classifiers at x1 / x2 like
+every other layer. Parameters with ``requires_grad=False`` (the frozen MSc trunk) are left out
+of the optimiser.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ def parameter_multipliers(
 ) -> dict[str, tuple[float, float]]:
     """``{param name: (lr_mult, decay_mult)}`` for every trainable parameter of ``model``.
 
-    A parameter is a classifier parameter when its module name is in
-    ``model.classifier_names`` (or nested under one); a bias is a 1-D parameter named ``*.bias``.
+    A parameter gets ``classifier_lr_mult`` when its module name is in ``model.high_lr_names``
+    (or nested under one); a bias is a 1-D parameter named ``*.bias``.
     """
-    classifiers = tuple(getattr(model, "classifier_names", ("fc8",)))
+    classifiers = tuple(getattr(model, "high_lr_names", ("fc8",)))
     out = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
