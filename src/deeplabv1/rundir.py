@@ -51,6 +51,8 @@ def _holder(path: Path) -> str:
     """Who holds the lock, as written into the lock file, in words."""
     try:
         info = json.loads(path.read_text())
+        if info["pid"] == os.getpid() and info["host"] == socket.gethostname():
+            return "this very command: give it different folders"
         return (f"pid {info['pid']} on {info['host']}, `{info['command']}`, since "
                 f"{info['started']}")  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
@@ -119,11 +121,13 @@ def run_directory(
     input_folders: dict[str, str | os.PathLike | None] | None = None,
     overwrite: bool = False,
     flag: str = "the output folder",
+    clean: bool = True,
 ) -> Iterator[Path]:
     """Create, lock and guard an output folder for one run (see the module doc).
 
     ``inputs``: files the command reads (never written, not even with ``overwrite``);
-    ``input_folders``: ``{flag: folder}`` of input folders the output folder must differ from.
+    ``input_folders``: ``{flag: folder}`` of input folders the output folder must differ from;
+    ``clean``: remove stale temporary files of atomic writes (the whole tree under ``path``).
     """
     path = Path(path)
     for name, folder in (input_folders or {}).items():
@@ -132,5 +136,6 @@ def run_directory(
                                "the inputs; choose another output folder")  # fmt: skip
     make_folder(path)
     with RunLock(path), output_rules(inputs, overwrite):
-        remove_stale_temporaries(path)
+        if clean:
+            remove_stale_temporaries(path)
         yield path
