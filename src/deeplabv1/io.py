@@ -32,12 +32,12 @@ from deeplabv1.errors import DeepLabError
 OUTPUTS_LIST = ".deeplabv1-outputs"
 TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", ...)
 _HINTS = {
-    errno.ENOSPC: "disk full",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file size limit reached",
-    errno.EROFS: "read-only file system: choose another output folder",
-    errno.EACCES: "no permission to write there",
-    errno.EPERM: "no permission to write there",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "over the disk quota",
+    errno.EFBIG: "over the file size limit",
+    errno.EROFS: "choose a writable output folder",
+    errno.EACCES: "choose a folder you may write to",
+    errno.EPERM: "choose a folder you may write to",
 }
 
 

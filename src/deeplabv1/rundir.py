@@ -73,7 +73,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise write_error(self.path, exc) from exc
+            raise write_error(self.folder, exc) from exc
         if not _try_lock(fd):
             os.close(fd)
             raise DeepLabError(
