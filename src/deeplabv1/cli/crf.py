@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.predict.images import ImageSettings
 
 
 def _help(text: str):
@@ -29,7 +30,7 @@ def _help(text: str):
 
 
 @dataclass
-class CRFConfig:
+class CRFConfig(ImageSettings):
     """Settings of `deeplabv1 crf` (flags, or keys of a --config YAML file)."""
 
     image: str | None = _help("input image (single mode)")
@@ -54,12 +55,6 @@ class CRFConfig:
     )
     device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "cpu or cuda"})
     workers: int = field(default=0, metadata={"help": "batch processes (0: every core)"})
-    background: Literal["white", "black"] = field(
-        default="white", metadata={"help": "white or black: what transparent pixels become"}
-    )
-    max_megapixels: float = field(
-        default=40.0, metadata={"help": "refuse larger images (megapixels, 40 by default)"}
-    )
     overwrite: bool = field(
         default=False, metadata={"help": "replace existing outputs deeplabv1 did not write"}
     )
@@ -73,10 +68,7 @@ class CRFConfig:
             raise DeepLabError(f"crf: iters (--iters) must be >= 0, got {self.iters}")
         if self.workers < 0:
             raise DeepLabError(f"crf: workers (--workers) must be >= 0, got {self.workers}")
-        if not self.max_megapixels > 0:
-            raise DeepLabError(
-                f"crf: max_megapixels (--max-megapixels) must be > 0, got {self.max_megapixels}"
-            )
+        self.max_pixels()
 
 
 def add_parser(subparsers) -> None:
@@ -153,7 +145,7 @@ def _options(cfg: CRFConfig) -> dict:
         device=cfg.device,
         probabilities=cfg.probabilities,
         background=cfg.background,
-        max_pixels=int(cfg.max_megapixels * 1e6),
+        max_pixels=cfg.max_pixels(),
     )
 
 

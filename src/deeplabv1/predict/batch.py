@@ -23,15 +23,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.predict.images import ImageSettings
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ImageSettings):
     """Settings of ``deeplabv1 predict`` (flags, or keys of a ``--config`` YAML file)."""
 
     inputs: list[str] = field(default_factory=list)
@@ -50,12 +50,6 @@ class PredictConfig:
     test_size: int = field(
         default=513, metadata={"help": "pad images to this square (0: to the next 8k+1 only)"}
     )
-    background: Literal["white", "black"] = field(
-        default="white", metadata={"help": "white or black: what transparent pixels become"}
-    )
-    max_megapixels: float = field(
-        default=40.0, metadata={"help": "refuse larger images (megapixels, 40 by default)"}
-    )
     overwrite: bool = field(
         default=False, metadata={"help": "replace existing outputs deeplabv1 did not write"}
     )
@@ -71,12 +65,11 @@ class PredictConfig:
             (0.0 <= self.alpha <= 1.0, f"alpha (--alpha) must lie in 0..1, got {self.alpha}"),
             (self.test_size >= 0, f"test_size (--test-size) must be >= 0, got {self.test_size}"),
             (self.crf_iters >= 0, f"crf_iters (--crf-iters) must be >= 0, got {self.crf_iters}"),
-            (self.max_megapixels > 0,
-             f"max_megapixels (--max-megapixels) must be > 0, got {self.max_megapixels}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise DeepLabError(f"predict: {message}")
+        self.max_pixels()
 
 
 def output_names(stem: str, cfg: PredictConfig) -> list[str]:
@@ -116,7 +109,7 @@ def segment_one(seg, path: Path, stem: str, cfg: PredictConfig, out_dir: Path) -
     from deeplabv1.viz.figures import overlay, side_by_side
 
     start = time.perf_counter()
-    rgb = load_image(path, background=cfg.background, max_pixels=int(cfg.max_megapixels * 1e6))
+    rgb = load_image(path, background=cfg.background, max_pixels=cfg.max_pixels())
     gt, note = None, None
     if cfg.side_by_side and cfg.gt:
         gt_path = find_ground_truth(Path(cfg.gt), path)

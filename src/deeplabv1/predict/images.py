@@ -28,7 +28,9 @@ from __future__ import annotations
 import glob
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -72,6 +74,25 @@ def to_rgb(img: Image.Image, background: str = "white", name: str = "image") -> 
     what = _MODE_NAMES.get(mode, "not a colour or grey image")
     raise DeepLabError(f"{name}: unsupported image mode {mode!r} ({what}); convert it to 8-bit "
                        "RGB first")  # fmt: skip
+
+
+@dataclass
+class ImageSettings:
+    """How ``predict`` and ``crf`` read images: settings both commands' configs inherit."""
+
+    background: Literal["white", "black"] = field(
+        default="white", metadata={"help": "white or black: what transparent pixels become"}
+    )
+    max_megapixels: float = field(
+        default=MAX_PIXELS / 1e6, metadata={"help": "refuse larger images (megapixels)"}
+    )
+
+    def max_pixels(self) -> int:
+        """The size limit in pixels (DeepLabError unless it is positive)."""
+        if not self.max_megapixels > 0:
+            raise DeepLabError(f"max_megapixels (--max-megapixels) must be > 0, got "
+                               f"{self.max_megapixels}")  # fmt: skip
+        return int(self.max_megapixels * 1e6)
 
 
 def load_image(
