@@ -101,8 +101,14 @@ def record_outputs(paths: Iterable[str | os.PathLike]) -> None:
         try:
             with open(listing, "a", encoding="utf-8") as f:
                 f.write("".join(f"{n}\n" for n in names))
+            st = os.stat(listing)
         except OSError as exc:
             raise write_error(listing, exc) from exc
+        # keep the cache current without reading the list again (thousands of labels per folder)
+        key = os.path.realpath(folder)
+        known = _LISTED[key][1] if key in _LISTED else set()
+        known.update(names)
+        _LISTED[key] = ((st.st_size, st.st_mtime_ns), known)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
