@@ -157,6 +157,7 @@ def test_predict_refuses_a_checkpoint_with_nan_weights(tmp_path, capsys):
     image, _ = image_and_scores(tmp_path, "a")
     assert main(["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]) == 2
     assert_one_line_error(capsys.readouterr().err, "predict", str(weights), "NaN")
+    assert not (tmp_path / "o").exists()  # the folder this failed run created is gone again
 
 
 def test_weight_mismatch_names_the_checkpoint(tmp_path, capsys):

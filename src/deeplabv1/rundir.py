@@ -11,6 +11,8 @@ synth|prepare|download``) starts:
    its process, so the lock file of a killed run is stale and simply taken over;
 3. temporary files of atomic writes that an interrupted run left behind are deleted;
 4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``) apply to every write.
+
+A run that fails before writing anything into a folder it created removes that folder again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import make_folder, output_rules, remove_stale_temporaries, write_error
+from deeplabv1.io import (
+    OUTPUTS_LIST,
+    make_folder,
+    output_rules,
+    remove_stale_temporaries,
+    write_error,
+)
 
 LOCK_NAME = ".deeplabv1.lock"
 
@@ -134,8 +142,26 @@ def run_directory(
         if folder is not None and path.exists() and _same_folder(path, Path(folder)):
             raise DeepLabError(f"{flag} {path} is the {name} folder: outputs would mix with "
                                "the inputs; choose another output folder")  # fmt: skip
+    created = not os.path.lexists(path)
     make_folder(path)
-    with RunLock(path), output_rules(inputs, overwrite):
-        if clean:
-            remove_stale_temporaries(path)
-        yield path
+    lock = RunLock(path).acquire()
+    try:
+        with output_rules(inputs, overwrite):
+            if clean:
+                remove_stale_temporaries(path)
+            yield path
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no folder behind
+            _remove_if_unused(path)
+        raise
+    finally:
+        lock.release()
+
+
+def _remove_if_unused(path: Path) -> None:
+    """Delete ``path`` (which this run created) if it holds only the lock and the list."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in path.iterdir()} <= {LOCK_NAME, OUTPUTS_LIST}:
+            for name in (OUTPUTS_LIST, LOCK_NAME):
+                (path / name).unlink(missing_ok=True)
+            path.rmdir()
