@@ -138,3 +138,14 @@ def test_full_disk_leaves_no_partial_outputs_of_a_failed_image(tmp_path):
     assert {"a_net.png", "a_net_overlay.png"} <= names
     assert not {n for n in names if n.startswith("b_")}
     assert not {n for n in names if n.endswith(".tmp")}
+
+
+def test_eval_output_folder_may_not_be_the_scores_folder(tmp_path, capsys):
+    from deeplabv1.cli import main
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "meta.json").write_text("{}")
+    assert main(["eval", "--scores", str(scores), "--data", str(tmp_path), "-o", str(scores)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "eval", "-o", "--scores folder")
+    assert sorted(p.name for p in scores.iterdir()) == ["meta.json"]
