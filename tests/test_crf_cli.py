@@ -67,7 +67,7 @@ def test_batch_mode_reports_bad_and_missing_files(shared_data, voc_samples, tmp_
     status = main([*argv, "--out-dir", str(out_dir), "--workers", "2"])
     err = capsys.readouterr().err
     assert status == 1
-    assert f"{bad}: " in err and "NaN" in err
+    assert f"skipped {npy_dir / bad}.npy: " in err and "NaN" in err
     assert "lonely" in err
     written = sorted(p.stem for p in out_dir.glob("*.png"))
     assert written == sorted(sid for sid, _, _ in voc_samples[:2])

@@ -101,7 +101,7 @@ def test_eval_matches_independent_pipeline_and_rerun_from_scores(setup):
     md = (out / "results.md").read_text()
     assert "DeepLab-LargeFOV" in md and "DeepLab-CRF-LargeFOV" in md and "w=5" in md
     assert sorted(p.name for p in (root / "scores").iterdir()) == sorted(
-        [f"{s}.npz" for s in ds.ids] + ["meta.json"]
+        [f"{s}.npz" for s in ds.ids] + ["meta.json", ".deeplabv1-outputs"]
     )
     # the CRF rerun from saved scores (no network) reproduces every number
     res2 = run_eval(config(root, data, scores=str(root / "scores"), out=str(root / "out2")))

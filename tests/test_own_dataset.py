@@ -121,7 +121,7 @@ def test_predict_legend_overlay_and_segmenter_use_the_names(trained, tmp_path) -
 
 def test_train_warns_about_0_255_masks(tmp_path, capsys) -> None:
     root = make_synthetic_folder(tmp_path / "binary", 4, size=(48, 40))
-    for mask in (root / "masks").iterdir():
+    for mask in sorted((root / "masks").glob("*.png")):
         binary = np.where(np.asarray(Image.open(mask)) == 0, 0, 255).astype(np.uint8)
         Image.fromarray(binary, mode="L").save(mask)
     argv = ["train", "--data-root", str(root), "--split", "all", "--num-classes", "2",

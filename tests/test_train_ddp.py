@@ -76,4 +76,5 @@ def test_two_gloo_processes_match_one_process(synth_root, tmp_path):
     assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], rel=1e-5)
     # only rank 0 wrote checkpoints and logs
     assert sorted(p.name for p in (tmp_path / "2").iterdir()) == [
-        "checkpoint_000002.pt", "config.yaml", "final.pt", "log.jsonl"]
+        ".deeplabv1-outputs", ".deeplabv1.lock", "checkpoint_000002.pt", "config.yaml",
+        "final.pt", "log.jsonl"]

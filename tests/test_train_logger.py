@@ -45,4 +45,4 @@ def test_without_tensorboard_nothing_is_written(tmp_path, monkeypatch):
     log = TrainLogger(tmp_path, start_iter=3, max_iter=5, progress=False, tensorboard=True)
     log.log({"iter": 5, "loss": 0.1, "lr": 1e-4, "images_per_s": 1.0, "time": 0.5})
     log.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".deeplabv1-outputs", "log.jsonl"]

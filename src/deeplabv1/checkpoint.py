@@ -14,6 +14,7 @@ Keys (``load_checkpoint`` checks the required ones):
   names for 21 classes and ``class0``, ``class1``, ... otherwise, with the VOCdevkit colours
 - optional: ``crf`` (CRF parameters to use with this model), ``optimizer``, ``scheduler``,
   ``iteration``, ``rng`` (training state for exact resume), ``source`` (where weights came from)
+- ``file``: added by ``load_checkpoint`` (the path it read, for messages); never saved
 
 Files are read with ``torch.load(weights_only=True)``: no pickle code ever runs.
 """
@@ -63,6 +64,7 @@ def save_checkpoint(
         "config": dict(config or {}),
     }
     ckpt.update(extra)
+    ckpt.pop("file", None)  # where a loaded checkpoint came from, not part of the format
     atomic_torch_save(path, ckpt)
 
 
@@ -91,6 +93,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt.setdefault("model_kwargs", {})
     ckpt.setdefault("config", {})
     checkpoint_classes(ckpt, str(path))  # malformed names or palette: an error naming the file
+    ckpt["file"] = str(path)
     return ckpt
 
 
@@ -105,6 +108,18 @@ def checkpoint_classes(ckpt: dict, where: str = "checkpoint"):
     return stored_classes(ckpt.get("class_names"), ckpt.get("palette"), num_classes, where)
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise DeepLabError naming ``source`` and the tensors that hold NaN or infinite values
+    (a diverged run or a corrupt file: such a network predicts nothing useful)."""
+    bad = [name for name, value in state.items()
+           if torch.is_tensor(value) and value.is_floating_point()
+           and not bool(torch.isfinite(value).all())]  # fmt: skip
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DeepLabError(f"{source}: weights hold NaN or infinite values ({shown}): a diverged "
+                           "or corrupt model")  # fmt: skip
+
+
 def model_from_checkpoint(
     ckpt: dict | str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> torch.nn.Module:
@@ -112,13 +127,13 @@ def model_from_checkpoint(
     ``class_names`` and ``palette`` attributes are the checkpoint's (``checkpoint_classes``)."""
     from deeplabv1.models import build_model
 
-    source = "checkpoint"
     if not isinstance(ckpt, dict):
-        source = str(ckpt)
         ckpt = load_checkpoint(ckpt, map_location=map_location)
+    source = ckpt.get("file", "checkpoint")
     model = build_model(
         ckpt["arch"], num_classes=ckpt["num_classes"], width=ckpt["width"], **ckpt["model_kwargs"]
     )
+    check_finite(ckpt["model"], source)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:

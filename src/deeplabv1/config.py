@@ -72,6 +72,21 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         parser.add_argument(_flag(field.name), **kwargs)
 
 
+def _describe(tp: Any) -> str:
+    """A type in words, for error messages ("an integer", "one of 'a', 'b'", ...)."""
+    base, optional = _base_type(tp)
+    origin = typing.get_origin(base)
+    if origin is typing.Literal:
+        text = "one of " + ", ".join(repr(a) for a in typing.get_args(base))
+    elif origin in (list, tuple):
+        inner = typing.get_args(base)[0] if typing.get_args(base) else Any
+        text = f"a list (each {_describe(inner)})"
+    else:
+        text = {bool: "true or false", int: "an integer", float: "a number",
+                str: "a string"}.get(base, getattr(base, "__name__", str(base)))  # fmt: skip
+    return text + (" (or null)" if optional else "")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     base, optional = _base_type(tp)
     if value is None:
@@ -82,6 +97,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     try:
         if base is bool:
             return value if isinstance(value, bool) else _parse_bool(str(value))
+        if base in (int, float) and isinstance(value, bool):  # YAML `true` is not a number
+            raise ValueError(value)
         if base is int:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
@@ -102,9 +119,43 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(items) if origin is tuple else items
     except DeepLabError:
         raise
-    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-        raise DeepLabError(f"{where}: cannot use {value!r} as {base}") from exc
+    except (ValueError, TypeError, OverflowError, argparse.ArgumentTypeError) as exc:
+        raise DeepLabError(f"{where}: expected {_describe(tp)}, got {value!r}") from exc
     return value
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` already has type ``tp`` (no conversion; bool is not a number)."""
+    base, optional = _base_type(tp)
+    if value is None:
+        return optional
+    origin = typing.get_origin(base)
+    if base is bool:
+        return isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return value in typing.get_args(base)
+    if origin in (list, tuple):
+        inner = typing.get_args(base)[0] if typing.get_args(base) else Any
+        return isinstance(value, (list, tuple)) and all(_fits(v, inner) for v in value)
+    return True
+
+
+def check_types(cfg: Any, where: str) -> None:
+    """Raise a DeepLabError naming the first setting of config dataclass ``cfg`` whose value
+    does not have its declared type (for configs built in Python rather than from flags/YAML,
+    e.g. ``TrainConfig(num_classes="21")``)."""
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if not _fits(value, hints[field.name]):
+            raise DeepLabError(f"{where}: {field.name} must be {_describe(hints[field.name])}, "
+                               f"got {value!r} ({type(value).__name__})")  # fmt: skip
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:

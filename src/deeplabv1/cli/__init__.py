@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except DeepLabError as exc:
         print(f"deeplabv1 {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file the command could not read or write: name it, no traceback
+        where = exc.filename if exc.filename is not None else "a file"
+        print(f"deeplabv1 {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"deeplabv1 {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -39,6 +39,8 @@ class ConvertConfig:
         default_factory=list, metadata={"help": "caffe: CAFFE_NAME=OUR_NAME layer renames"})
     model_kwargs: list[str] = dataclasses.field(
         default_factory=list, metadata={"help": "builder settings KEY=VALUE, e.g. pool4_pad=1"})
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "replace an existing output deeplabv1 did not write"})
 
 
 def add_parser(subparsers) -> None:
@@ -72,21 +74,29 @@ def _model_kwargs(items: list[str]) -> dict:
 
 def run(args) -> int:
     """Entry point of ``deeplabv1 convert``."""
+    from deeplabv1.io import output_rules
+
     cfg = resolve_config(ConvertConfig, args)
-    result = convert(cfg)
+    with output_rules([cfg.source], overwrite=cfg.overwrite):
+        result = convert(cfg)
     print(result["summary"])
     return 0
 
 
 def convert(cfg: ConvertConfig) -> dict:
-    """Run one conversion; writes ``cfg.output`` (+ ``<stem>.config.yaml``); returns a summary."""
+    """Run one conversion; writes ``cfg.output`` (+ ``<stem>.config.yaml``); returns a summary.
+
+    Weights holding NaN or infinite values are refused, naming the file.
+    """
     import torch
 
-    from deeplabv1.checkpoint import model_from_checkpoint, save_checkpoint
+    from deeplabv1.checkpoint import check_finite, model_from_checkpoint, save_checkpoint
     from deeplabv1.convert import caffe, caffe_proto, torchvision_vgg
+    from deeplabv1.io import check_outputs
     from deeplabv1.models import build_model
 
     src, out = Path(cfg.source), Path(cfg.output)
+    check_outputs([out, out.with_name(out.stem + ".config.yaml")])  # before reading anything
     kwargs = _model_kwargs(cfg.model_kwargs)
     found: dict = {}
     if cfg.source_format == "torchvision-vgg16":
@@ -126,6 +136,7 @@ def convert(cfg: ConvertConfig) -> dict:
         weights, report = caffe.caffe_to_deeplab(named, template, source=str(src),
                                                  strict=cfg.strict)
         record.update({k: v for k, v in report.items() if k != "loaded"})
+    check_finite(weights, str(src))
     config = config_to_dict(cfg)
     save_checkpoint(out, weights, arch=cfg.arch, num_classes=num_classes, width=width,
                     model_kwargs=model.model_kwargs, config=config, source=record)

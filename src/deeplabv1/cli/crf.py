@@ -8,6 +8,10 @@ SCORES.npy is a (C, H, W) float array of raw (pre-softmax) scores at the image's
 in a worker process (one thread each, every core by default) and a bad file is reported by name
 while the rest continue. The exit status is 1 if anything failed or lacked a partner. On the CPU
 (numba installed) the command runs on the torch-free engine and never imports torch.
+
+Images are read as `deeplabv1 predict` reads them (any mode, EXIF orientation, transparency on
+--background, at most --max-megapixels). Outputs never replace an input, nor a file deeplabv1 did
+not write unless --overwrite; --out-dir must differ from --image-dir and --scores-dir.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.predict.images import ImageSettings
 
 
 def _help(text: str):
@@ -25,7 +30,7 @@ def _help(text: str):
 
 
 @dataclass
-class CRFConfig:
+class CRFConfig(ImageSettings):
     """Settings of `deeplabv1 crf` (flags, or keys of a --config YAML file)."""
 
     image: str | None = _help("input image (single mode)")
@@ -50,6 +55,20 @@ class CRFConfig:
     )
     device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "cpu or cuda"})
     workers: int = field(default=0, metadata={"help": "batch processes (0: every core)"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace existing outputs deeplabv1 did not write"}
+    )
+
+    def validate(self) -> None:
+        """Reject impossible values, naming the setting."""
+        from deeplabv1.config import check_types
+
+        check_types(self, "crf")
+        if self.iters < 0:
+            raise DeepLabError(f"crf: iters (--iters) must be >= 0, got {self.iters}")
+        if self.workers < 0:
+            raise DeepLabError(f"crf: workers (--workers) must be >= 0, got {self.workers}")
+        self.max_pixels()
 
 
 def add_parser(subparsers) -> None:
@@ -82,10 +101,9 @@ def run(args) -> int:
     from deeplabv1.config import resolve_config
 
     cfg = resolve_config(CRFConfig, args)
+    cfg.validate()
     _quiet_warnings()
     params = resolve_params(cfg)
-    if cfg.iters < 0:
-        raise DeepLabError(f"--iters: must be >= 0, got {cfg.iters}")
     if cfg.device == "cuda":
         import torch
 
@@ -98,14 +116,17 @@ def run(args) -> int:
     if any(single):
         if not all(single):
             raise DeepLabError("single mode needs --image, --scores and -o/--output")
-        from deeplabv1.crf.files import crf_file
+        from deeplabv1.cli.crf_files import crf_file
+        from deeplabv1.io import check_outputs, output_rules
 
-        labels = crf_file(cfg.image, cfg.scores, args.output, params, **_options(cfg))
+        with output_rules([cfg.image, cfg.scores], overwrite=cfg.overwrite):
+            check_outputs([args.output])  # before the work, not after
+            labels = crf_file(cfg.image, cfg.scores, args.output, params, **_options(cfg))
         print(f"wrote {args.output} ({labels.shape[1]} x {labels.shape[0]})")
         return 0
     if not all(batch):
         raise DeepLabError("batch mode needs --image-dir, --scores-dir and --out-dir")
-    from deeplabv1.crf.batch import run_batch
+    from deeplabv1.cli.crf_batch import run_batch
 
     return run_batch(cfg, params, _options(cfg))
 
@@ -123,6 +144,8 @@ def _options(cfg: CRFConfig) -> dict:
         normalization=cfg.normalization,
         device=cfg.device,
         probabilities=cfg.probabilities,
+        background=cfg.background,
+        max_pixels=cfg.max_pixels(),
     )
 
 

@@ -31,9 +31,13 @@ def run(args) -> int:
     from deeplabv1.config import resolve_config
     from deeplabv1.evaluate.config import CRFSearchConfig
     from deeplabv1.evaluate.run import run_crf_search
+    from deeplabv1.io import check_outputs
+    from deeplabv1.rundir import run_directory
 
     cfg = resolve_config(CRFSearchConfig, args)
-    search = run_crf_search(cfg)
+    with run_directory(cfg.out, overwrite=cfg.overwrite, flag="-o") as out:
+        check_outputs(out / n for n in ("config.yaml", "points.jsonl", "best.json", "search.md"))
+        search = run_crf_search(cfg)
     print((Path(cfg.out) / "search.md").read_text())
     b = search["best"]
     print(f"best: --w1 {b['w1']:g} --sa {b['sa']:g} --sb {b['sb']:g} --w2 {b['w2']:g} "

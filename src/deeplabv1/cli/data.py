@@ -86,14 +86,17 @@ def run_prepare(args: argparse.Namespace) -> int:
     from deeplabv1.config import save_config
     from deeplabv1.data.config import PREPARE_CONFIG_NAME, PrepareConfig
     from deeplabv1.data.prepare import prepare_aug
-    from deeplabv1.data.voc import SEGMENTATION_LISTS
+    from deeplabv1.data.voc import SEGMENTATION_LISTS, resolve_voc_root
+    from deeplabv1.rundir import run_directory
 
     cfg = _resolve(PrepareConfig, args)
-    res = prepare_aug(Path(cfg.voc), Path(cfg.sbd), None if cfg.out is None else Path(cfg.out),
-                      workers=cfg.workers, strict=cfg.strict, num_classes=cfg.num_classes,
-                      progress=sys.stderr.isatty())  # fmt: skip
-    saved = res.out_root / SEGMENTATION_LISTS / PREPARE_CONFIG_NAME
-    save_config(cfg, saved)
+    out_root = resolve_voc_root(cfg.voc) if cfg.out is None else Path(cfg.out)
+    with run_directory(out_root, overwrite=cfg.overwrite, flag="--out"):
+        res = prepare_aug(Path(cfg.voc), Path(cfg.sbd), out_root, workers=cfg.workers,
+                          strict=cfg.strict, num_classes=cfg.num_classes,
+                          progress=sys.stderr.isatty())  # fmt: skip
+        saved = res.out_root / SEGMENTATION_LISTS / PREPARE_CONFIG_NAME
+        save_config(cfg, saved)
     for note in res.notes:
         print(f"note: {note}")
     c = res.counts
@@ -108,15 +111,20 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     from deeplabv1.config import save_config
+    from deeplabv1.data.archive import remove_stale_extractions
     from deeplabv1.data.config import DOWNLOAD_CONFIG_NAME, DownloadConfig
     from deeplabv1.data.download import download_datasets
+    from deeplabv1.rundir import run_directory
 
     cfg = _resolve(DownloadConfig, args)
-    paths = download_datasets(Path(cfg.root), names=cfg.archive_names(), source=cfg.source,
-                              md5=cfg.md5_overrides(), extract=cfg.extract,
-                              progress=sys.stderr.isatty())  # fmt: skip
-    saved = Path(cfg.root) / DOWNLOAD_CONFIG_NAME
-    save_config(cfg, saved)
+    # the root may hold much else: only our own leftovers are cleaned (.extract-* folders)
+    with run_directory(cfg.root, overwrite=cfg.overwrite, flag="--root", clean=False):
+        remove_stale_extractions(cfg.root)
+        paths = download_datasets(Path(cfg.root), names=cfg.archive_names(), source=cfg.source,
+                                  md5=cfg.md5_overrides(), extract=cfg.extract,
+                                  progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
+        saved = Path(cfg.root) / DOWNLOAD_CONFIG_NAME
+        save_config(cfg, saved)
     for name, path in paths.items():
         print(f"{name}: {path}")
     print(f"config: {saved}")
@@ -129,13 +137,15 @@ def run_synth(args: argparse.Namespace) -> int:
     from deeplabv1.config import save_config
     from deeplabv1.data.config import SYNTH_CONFIG_NAME, SynthConfig
     from deeplabv1.data.synth import make_synthetic_voc
+    from deeplabv1.rundir import run_directory
 
     cfg = _resolve(SynthConfig, args)
     start = time.perf_counter()
-    root = make_synthetic_voc(Path(cfg.out), cfg.num, size=cfg.size, seed=cfg.seed,
-                              num_classes=cfg.num_classes, val_fraction=cfg.val_fraction,
-                              void_width=cfg.void_width)  # fmt: skip
-    save_config(cfg, root / SYNTH_CONFIG_NAME)
+    with run_directory(cfg.out, overwrite=cfg.overwrite, flag="--out"):
+        root = make_synthetic_voc(Path(cfg.out), cfg.num, size=cfg.size, seed=cfg.seed,
+                                  num_classes=cfg.num_classes, val_fraction=cfg.val_fraction,
+                                  void_width=cfg.void_width)  # fmt: skip
+        save_config(cfg, root / SYNTH_CONFIG_NAME)
     print(f"wrote {cfg.num} images ({cfg.size[0]}x{cfg.size[1]}) to {root} in "
           f"{time.perf_counter() - start:.1f} s; config: {root / SYNTH_CONFIG_NAME}")
     return 0

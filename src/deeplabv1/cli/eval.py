@@ -29,12 +29,25 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Resolve the config, evaluate, print the Markdown summary."""
+    import contextlib
+
     from deeplabv1.config import resolve_config
     from deeplabv1.evaluate.config import EvalConfig
     from deeplabv1.evaluate.run import run_eval
+    from deeplabv1.io import check_outputs
+    from deeplabv1.rundir import run_directory
 
     cfg = resolve_config(EvalConfig, args)
-    run_eval(cfg)
+    cfg.validate()
+    with contextlib.ExitStack() as stack:
+        for flag, folder in (("-o", cfg.out), ("--save-scores", cfg.save_scores)):
+            if folder is not None:
+                stack.enter_context(run_directory(
+                    folder, inputs=[cfg.weights], input_folders={"--scores": cfg.scores},
+                    overwrite=cfg.overwrite, flag=flag))  # fmt: skip
+        out = Path(cfg.out)
+        check_outputs(out / n for n in ("config.yaml", "results.json", "results.md", "trimap.png"))
+        run_eval(cfg)
     print((Path(cfg.out) / "results.md").read_text())
     print(f"results written to {cfg.out}/results.json")
     return 0

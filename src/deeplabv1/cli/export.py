@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="compare onnxruntime with PyTorch on a random input (needs onnxruntime)",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing file deeplabv1 did not write"
+    )
     p.set_defaults(func=run)
 
 
@@ -31,12 +34,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from deeplabv1.checkpoint import model_from_checkpoint
-    from deeplabv1.predict.export import export_onnx, run_onnx
+    from deeplabv1.io import check_outputs, output_rules
+    from deeplabv1.predict.export import export_onnx, require_onnx, run_onnx
 
-    model = model_from_checkpoint(args.weights).eval()
-    path = export_onnx(
-        model, args.onnx, input_size=args.input_size, dynamic=args.dynamic, opset=args.opset
-    )
+    require_onnx(check=args.check)
+    with output_rules([args.weights], overwrite=args.overwrite):
+        check_outputs([args.onnx])
+        model = model_from_checkpoint(args.weights).eval()
+        path = export_onnx(
+            model, args.onnx, input_size=args.input_size, dynamic=args.dynamic, opset=args.opset
+        )
     print(f"deeplabv1 export: wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.check:
         x = (

@@ -28,6 +28,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="log.jsonl or results.json files")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
     p.add_argument("--separate", action="store_true", help="one PNG per figure (OUT_<kind>.png)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing PNGs deeplabv1 did not write")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -114,6 +116,14 @@ def stack_pngs(paths: list[Path], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deeplabv1.io import output_rules
+
+    with output_rules(args.files, overwrite=args.overwrite):
+        return _plot(args)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from deeplabv1.io import check_outputs
     from deeplabv1.viz.plots import plot_class_iou, plot_training_log, plot_trimap
 
     records, per_class, curves = collect(args.files)
@@ -127,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
         jobs.append(("trimap", lambda p: plot_trimap(curves, p)))
     if not jobs:
         raise DeepLabError(f"{', '.join(args.files)}: nothing to plot")
+    names = [out.with_name(f"{out.stem}_{kind}.png") for kind, _ in jobs]
+    check_outputs(names if args.separate else [out])
     if args.separate:
-        written = [draw(out.with_name(f"{out.stem}_{kind}.png")) for kind, draw in jobs]
+        written = [draw(name) for name, (_, draw) in zip(names, jobs)]
     else:
         with tempfile.TemporaryDirectory() as tmp:
             parts = [draw(Path(tmp) / f"{kind}.png") for kind, draw in jobs]

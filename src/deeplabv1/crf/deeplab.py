@@ -36,8 +36,20 @@ def _host_array(x, name: str) -> np.ndarray:
         return x
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
+        _check_device(x.device, name)
         return x.detach().cpu().numpy()
     raise ValueError(f"{name}: expected a numpy array or tensor, got {type(x).__name__}")
+
+
+def _check_device(device, what: str) -> None:
+    """ValueError for a device that cannot run or hold data (meta; CUDA without a GPU)."""
+    import torch
+
+    if device.type == "meta":
+        raise ValueError(f"{what}: a meta-device tensor holds no data; give real values")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{what}: device {str(device)!r} asked for, but torch has no CUDA GPU "
+                         "here (CPU-only build or no GPU); use device='cpu'")  # fmt: skip
 
 
 def _as_images(image) -> np.ndarray:
@@ -214,6 +226,13 @@ def deeplab_crf(
         scores = torch.from_numpy(np.array(scores, dtype=np.float32))
     if not isinstance(scores, torch.Tensor) or scores.dim() not in (3, 4):
         raise ValueError("scores: expected a (C, H, W) or (B, C, H, W) array")
+    _check_device(scores.device, "scores")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device: cannot use {device!r} ({exc})") from exc
+        _check_device(device, "device")
     images = _as_images(image)
     _check_pair(tuple(scores.shape), images)
     shape = scores.shape

@@ -59,6 +59,7 @@ class PrepareConfig:
     workers: int = _f(1, "processes for the label conversion (0 counts as 1)")
     strict: bool = _f(False, "require the list sizes of the full official releases")
     num_classes: int = _f(21, "number of classes, background included (labels 0..N-1, 255)")
+    overwrite: bool = _f(False, "replace label files and lists that deeplabv1 did not write")
 
     def validate(self) -> None:
         """Reject missing folders and impossible values, naming the setting."""
@@ -84,6 +85,8 @@ class DownloadConfig:
     voc2012_md5: str | None = _f(None, "expected md5 of the VOC2012 archive (default: official)")
     sbd_md5: str | None = _f(None, "expected md5 of the SBD archive (default: official)")
     extract: bool = _f(True, "extract the archives (--no-extract: download and verify only)")
+    overwrite: bool = _f(False, "replace files under root whose contents differ from the "
+                         "archive's (a file is never replaced by a folder or the reverse)")
 
     def validate(self) -> None:
         """Reject a missing root, an empty archive list and malformed checksums."""
@@ -120,6 +123,7 @@ class SynthConfig:
     num_classes: int = _f(6, "number of classes, background included (2..21)")
     val_fraction: float = _f(0.25, "fraction of the ids (the last ones) listed as val, in [0, 1)")
     void_width: int = _f(4, "void band width in pixels (0 = no band)")
+    overwrite: bool = _f(False, "replace files in out that deeplabv1 did not write")
 
     def validate(self) -> None:
         """Reject impossible values, naming the setting."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from deeplabv1.data.archive import extract_archive
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import atomic_write_text
 
 CHUNK = 1 << 20
 
@@ -151,12 +152,15 @@ def download_datasets(
     extract: bool = True,
     progress: bool = False,
     archives: dict[str, Archive] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Fetch (and extract) the named archives into ``root``; returns name -> dataset folder.
 
     ``source``: a mirror, as a base URL or a local folder holding the archives under their
     official file names (default: the official URLs). ``md5`` overrides the expected checksums
-    per name (None: do not verify). ``archives`` replaces the ``ARCHIVES`` table.
+    per name (None: do not verify). ``archives`` replaces the ``ARCHIVES`` table. Extraction
+    never deletes a folder, and replaces files of other contents only with ``overwrite``
+    (``deeplabv1.data.archive.extract_archive``).
     """
     root = Path(root)
     table = ARCHIVES if archives is None else archives
@@ -179,9 +183,9 @@ def download_datasets(
         target = root / arc.extracts_to
         marker = root / f".{arc.filename}.extracted"
         if not (marker.is_file() and target.is_dir()):
-            extract_archive(path, root)
+            extract_archive(path, root, overwrite=overwrite)
             if not target.is_dir():
                 raise DeepLabError(f"{path}: extracted, but {target} is not there")
-            marker.write_text(file_md5(path) + "\n")
+            atomic_write_text(marker, file_md5(path) + "\n")
         out[name] = target
     return out

@@ -35,6 +35,7 @@ from deeplabv1.data.voc import (
     write_ids,
 )  # fmt: skip
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import check_outputs
 
 # sizes of the official releases (VOC2012 segmentation lists, SBD lists) and of their merge
 EXPECTED_COUNTS = {
@@ -77,11 +78,15 @@ def check_counts(counts: dict[str, int], strict: bool) -> list[str]:
     return notes
 
 
+def _up_to_date(src: Path, dst: Path) -> bool:
+    return dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime
+
+
 def _convert(task: tuple[str, str, str, str, int]) -> bool:
     """Write one label PNG from a VOC PNG or an SBD .mat; False if it was up to date."""
     kind, src, dst, image, num_classes = task
     src_p, dst_p = Path(src), Path(dst)
-    if dst_p.exists() and dst_p.stat().st_mtime >= src_p.stat().st_mtime:
+    if _up_to_date(src_p, dst_p):
         return False
     read = read_label_png if kind == "voc" else read_sbd_mat
     labels = read(src_p, num_classes)
@@ -125,7 +130,10 @@ def prepare_aug(
 
     ``out`` defaults to the VOC root; another folder gets links to VOC's JPEGImages and
     SegmentationClass so that it is a complete VOC-layout root. Outputs are written atomically
-    and skipped when newer than their source. Missing inputs are an error that names them.
+    and skipped when newer than their source. Missing inputs are an error that names them; so
+    are bad ones (unreadable, wrong size, bad values): every input is tried and all bad files
+    are named in one error, after the good ones were converted (the lists are then not written).
+    Under ``deeplabv1.io.output_rules`` the outputs to (re)write are checked before any work.
     """
     voc, sbd = resolve_voc_root(voc_root), resolve_sbd_root(sbd_root)
     out_root = voc if out is None else Path(out)
@@ -160,8 +168,17 @@ def prepare_aug(
     if problems:
         raise DeepLabError("; ".join(problems))
 
+    lists_dir = out_root / SEGMENTATION_LISTS
+    stale = [Path(t[2]) for t in tasks if not _up_to_date(Path(t[1]), Path(t[2]))]
+    check_outputs([*stale, lists_dir / "train_aug.txt", lists_dir / "trainval_aug.txt"])
     result = PrepareResult(out_root, counts, notes=notes)
     done = _run_tasks(tasks, max(1, workers), progress)
+    bad = [msg for msg in done if isinstance(msg, str)]
+    if bad:
+        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50
+                                          else "")  # fmt: skip
+        raise DeepLabError(f"{len(bad)} bad input file(s) (the other labels were written; "
+                           f"fix these and run again):\n  {shown}")  # fmt: skip
     result.written = sum(done)
     result.skipped = len(done) - result.written
     if out_root != voc:
@@ -182,17 +199,21 @@ def _set_mark_dir(path: str) -> None:
     faulthandler.disable()
 
 
-def _convert_marked(task: tuple) -> bool:
+def _convert_marked(task: tuple) -> bool | str:
+    """``_convert``, or the message naming the bad file (the other files go on)."""
     mark = Path(_MARK_DIR or ".") / f"{os.getpid()}.current"
     if _MARK_DIR:
         mark.write_text(task[1])
-    done = _convert(task)
+    try:
+        done = _convert(task)
+    except DeepLabError as exc:
+        done = str(exc)
     if _MARK_DIR:
         mark.unlink()
     return done
 
 
-def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[bool]:
+def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[bool | str]:
     """Convert in worker processes, even for one worker: scipy's loadmat is not hardened
     against corrupt files (a bit flip in an uncompressed .mat can crash the interpreter), so a
     crash costs a worker, and the file it was reading is named in the error."""

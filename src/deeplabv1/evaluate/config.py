@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deeplabv1.errors import DeepLabError
+
 
 def _f(default, help_text: str):
     return field(default=default, metadata={"help": help_text})
@@ -51,6 +53,24 @@ class EvalConfig:
     device: str = _f("auto", "auto (cuda when available), cpu, cuda, ...")
     progress: bool = _f(True, "show a progress bar")
     out: str = _f("runs/eval", "output folder (results.json, results.md, config.yaml)")
+    overwrite: bool = _f(False, "replace files in the output folders deeplabv1 did not write")
+
+    def validate(self) -> None:
+        """Reject impossible values (and values of the wrong type), naming the setting."""
+        from deeplabv1.config import check_types
+
+        check_types(self, "eval")
+        checks = [
+            (self.test_size is None or self.test_size >= 0, "test_size (--test-size) must be >= 0"),
+            (self.num_images is None or self.num_images >= 1, "num_images must be >= 1"),
+            (self.crf_iters >= 0, "crf_iters (--crf-iters) must be >= 0"),
+            (self.trimap_max_width >= 1, "trimap_max_width must be >= 1"),
+            (self.batch_size >= 1, "batch_size (--batch-size) must be >= 1"),
+            (self.workers >= 0, "workers (--workers) must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DeepLabError(f"eval: {message}")
 
 
 @dataclass
@@ -89,3 +109,4 @@ class CRFSearchConfig:
     resume: bool = _f(False, "skip points already in OUT/points.jsonl")
     progress: bool = _f(True, "show a progress bar")
     out: str = _f("runs/crf_search", "output folder (points.jsonl, best.json, search.md)")
+    overwrite: bool = _f(False, "replace files in the output folder deeplabv1 did not write")

@@ -12,7 +12,11 @@ a stem):
 
 plus ``predict_config.yaml`` (the resolved settings) and ``predict_summary.json`` (per image:
 input, size, classes found, outputs, seconds; and the failures). A file that cannot be read or
-segmented is reported by name and skipped; the run goes on and returns exit status 1.
+segmented is reported by name and skipped; the run goes on and returns exit status 1. An image's
+outputs are written together (``deeplabv1.io.atomic_paths``): a failed image leaves none of
+them. The output folder is a ``deeplabv1.rundir.run_directory`` (one run at a time, never an
+input folder), and every output is checked before the first image: never an input, never a
+file deeplabv1 did not write unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.predict.images import ImageSettings
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(ImageSettings):
     """Settings of ``deeplabv1 predict`` (flags, or keys of a ``--config`` YAML file)."""
 
     inputs: list[str] = field(default_factory=list)
@@ -48,9 +52,33 @@ class PredictConfig:
     test_size: int = field(
         default=513, metadata={"help": "pad images to this square (0: to the next 8k+1 only)"}
     )
-    background: Literal["white", "black"] = field(
-        default="white", metadata={"help": "white or black: what transparent pixels become"}
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace existing outputs deeplabv1 did not write"}
     )
+
+    def validate(self) -> None:
+        """Reject missing or impossible settings, naming the setting."""
+        from deeplabv1.config import check_types
+
+        check_types(self, "predict")
+        checks = [
+            (bool(self.weights), "weights (--weights): a checkpoint file is required"),
+            (bool(self.output), "output (-o/--output): an output folder is required"),
+            (0.0 <= self.alpha <= 1.0, f"alpha (--alpha) must lie in 0..1, got {self.alpha}"),
+            (self.test_size >= 0, f"test_size (--test-size) must be >= 0, got {self.test_size}"),
+            (self.crf_iters >= 0, f"crf_iters (--crf-iters) must be >= 0, got {self.crf_iters}"),
+        ]  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise DeepLabError(f"predict: {message}")
+        self.max_pixels()
+
+
+def output_names(stem: str, cfg: PredictConfig) -> list[str]:
+    """The files ``segment_one`` writes for an image ``<stem>``."""
+    kinds = ["net", "crf"] if cfg.crf else ["net"]
+    names = [f"{stem}_{kind}{end}" for kind in kinds for end in (".png", "_overlay.png")]
+    return names + ([f"{stem}_figure.png"] if cfg.side_by_side else [])
 
 
 def find_ground_truth(gt_dir: Path, image: Path) -> Path | None:
@@ -74,16 +102,16 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 
 def segment_one(seg, path: Path, stem: str, cfg: PredictConfig, out_dir: Path) -> dict:
-    """Segment one file and write its outputs; returns its summary record."""
+    """Segment one file and write its outputs (all or none); returns its summary record."""
     from PIL import Image
 
-    from deeplabv1.data.palette import colorize, read_label_png, save_label_png
-    from deeplabv1.io import atomic_path
+    from deeplabv1.data.palette import colorize, label_to_pil, read_label_png
+    from deeplabv1.io import atomic_paths
     from deeplabv1.predict.images import load_image
     from deeplabv1.viz.figures import overlay, side_by_side
 
     start = time.perf_counter()
-    rgb = load_image(path, background=cfg.background)
+    rgb = load_image(path, background=cfg.background, max_pixels=cfg.max_pixels())
     gt, note = None, None
     if cfg.side_by_side and cfg.gt:
         gt_path = find_ground_truth(Path(cfg.gt), path)
@@ -97,26 +125,26 @@ def segment_one(seg, path: Path, stem: str, cfg: PredictConfig, out_dir: Path) -
     maps = {"net": result.net_labels}
     if cfg.crf:
         maps["crf"] = result.crf_labels
-    outputs = []
     cmap, names = seg.colormap, seg.class_names
-    for kind, labels in maps.items():
-        save_label_png(out_dir / f"{stem}_{kind}.png", labels, cmap)
+    images = []  # (PIL image to write, in the order of output_names)
+    for labels in maps.values():
         blended = overlay(rgb, labels, alpha=cfg.alpha, legend=cfg.legend, class_names=names,
                           colormap=cmap)  # fmt: skip
-        with atomic_path(out_dir / f"{stem}_{kind}_overlay.png") as tmp:
-            Image.fromarray(blended).save(tmp, format="PNG")
-        outputs += [f"{stem}_{kind}.png", f"{stem}_{kind}_overlay.png"]
-    if cfg.side_by_side:
-        panels = [("image", rgb), ("network", colorize(maps["net"], cmap))]
-        if cfg.crf:
-            panels.append(("network + CRF", colorize(maps["crf"], cmap)))
-        classes = set().union(*(np.unique(m).tolist() for m in maps.values()))
-        if gt is not None:
-            panels.append(("ground truth", colorize(gt, cmap)))
-            classes |= set(np.unique(gt).tolist())
-        side_by_side(panels, out_dir / f"{stem}_figure.png", classes=classes, class_names=names,
-                     colormap=cmap)  # fmt: skip
-        outputs.append(f"{stem}_figure.png")
+        images += [label_to_pil(labels, cmap), Image.fromarray(blended)]
+    outputs = output_names(stem, cfg)
+    with atomic_paths(*(out_dir / name for name in outputs)) as tmps:
+        for image, tmp in zip(images, tmps):
+            image.save(tmp, format="PNG")
+        if cfg.side_by_side:
+            panels = [("image", rgb), ("network", colorize(maps["net"], cmap))]
+            if cfg.crf:
+                panels.append(("network + CRF", colorize(maps["crf"], cmap)))
+            classes = set().union(*(np.unique(m).tolist() for m in maps.values()))
+            if gt is not None:
+                panels.append(("ground truth", colorize(gt, cmap)))
+                classes |= set(np.unique(gt).tolist())
+            side_by_side(panels, tmps[-1], classes=classes, class_names=names,
+                         colormap=cmap)  # fmt: skip
     record = {
         "input": str(path),
         "height": int(rgb.shape[0]),
@@ -138,19 +166,10 @@ def _class_names(labels: np.ndarray, names) -> list[str]:
 
 def run_predict(cfg: PredictConfig) -> int:
     """Run ``deeplabv1 predict``; returns 0, or 1 when any input failed (see module doc)."""
-    from tqdm import tqdm
-
-    from deeplabv1.config import config_to_dict, save_config
-    from deeplabv1.io import atomic_write_json
     from deeplabv1.predict.images import BACKGROUNDS, collect_inputs
-    from deeplabv1.predict.segmenter import Segmenter
+    from deeplabv1.rundir import run_directory
 
-    if not cfg.weights:
-        raise DeepLabError("--weights: a checkpoint file is required")
-    if not cfg.output:
-        raise DeepLabError("-o/--output: an output folder is required")
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise DeepLabError(f"--alpha: must lie in 0..1, got {cfg.alpha}")
+    cfg.validate()
     if cfg.background not in BACKGROUNDS:
         raise DeepLabError(
             f"--background: use one of {sorted(BACKGROUNDS)}, not {cfg.background!r}"
@@ -160,22 +179,39 @@ def run_predict(cfg: PredictConfig) -> int:
     paths, problems = collect_inputs(list(cfg.inputs))
     for msg in problems:
         print(f"deeplabv1 predict: {msg}", file=sys.stderr)
+    folders = {f"input {item}": item for item in cfg.inputs if Path(item).is_dir()}
+    with run_directory(cfg.output, inputs=[*paths, cfg.weights], input_folders=folders,
+                       overwrite=cfg.overwrite, flag="-o") as out_dir:  # fmt: skip
+        return _predict_all(cfg, paths, problems, out_dir)
+
+
+def _predict_all(cfg: PredictConfig, paths: list[Path], problems: list[str], out_dir: Path) -> int:
+    from tqdm import tqdm
+
+    from deeplabv1.config import config_to_dict, save_config
+    from deeplabv1.errors import describe_failure
+    from deeplabv1.io import atomic_write_json, check_outputs
+    from deeplabv1.predict.segmenter import Segmenter
+
+    used: set[str] = set()
+    stems = [_unique_stem(path, used) for path in paths]
+    names = ["predict_config.yaml", "predict_summary.json"]
+    names += [name for stem in stems for name in output_names(stem, cfg)]
+    check_outputs(out_dir / name for name in names)
     seg = Segmenter.from_checkpoint(
         cfg.weights, device=cfg.device, test_size=cfg.test_size or None,
         crf_params=cfg.crf_params, crf_iters=cfg.crf_iters,
     )  # fmt: skip
-    out_dir = Path(cfg.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "predict_config.yaml")
-    done, failed, used = [], [], set()
-    for path in tqdm(paths, desc="predict", unit="img", file=sys.stderr, disable=None):
+    done, failed = [], []
+    for path, stem in tqdm(list(zip(paths, stems)), desc="predict", unit="img", file=sys.stderr,
+                           disable=None):  # fmt: skip
         try:
-            done.append(segment_one(seg, path, _unique_stem(path, used), cfg, out_dir))
+            done.append(segment_one(seg, path, stem, cfg, out_dir))
             if "note" in done[-1]:
                 tqdm.write(f"deeplabv1 predict: {path}: {done[-1]['note']}", file=sys.stderr)
         except Exception as exc:  # report the file, keep going with the rest
-            msg = str(exc) if isinstance(exc, DeepLabError) else f"{type(exc).__name__}: {exc}"
-            msg = msg if str(path) in msg else f"{path}: {msg}"
+            msg = describe_failure(path, exc)
             tqdm.write(f"deeplabv1 predict: skipped {msg}", file=sys.stderr)
             failed.append({"input": str(path), "error": msg})
     summary = {"config": config_to_dict(cfg), "images": done, "failed": failed,

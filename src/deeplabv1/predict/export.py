@@ -11,6 +11,7 @@ needs only torch's TorchScript-based exporter (``dynamo=False``: no onnxscript d
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,16 @@ from deeplabv1.io import atomic_path
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "scores"
+
+
+def require_onnx(check: bool = False) -> None:
+    """DeepLabError unless ``onnx`` (and, with ``check``, ``onnxruntime``) can be imported."""
+    for name in ("onnx", "onnxruntime") if check else ("onnx",):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise DeepLabError(f"{name} is not installed (the optional onnx extra): "
+                               "pip install 'deeplabv1[onnx]'") from exc  # fmt: skip
 
 
 def export_onnx(
@@ -40,6 +51,7 @@ def export_onnx(
     """
     if input_size < 1:
         raise DeepLabError(f"input size must be positive, got {input_size}")
+    require_onnx()  # torch's exporter needs it, and says so only in a long traceback
     path = Path(path)
     model = model.cpu().eval()
     example = torch.zeros(1, 3, input_size, input_size)
@@ -66,9 +78,8 @@ def export_onnx(
 
 def run_onnx(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     """Run an exported graph with onnxruntime (CPU) on (B, 3, H, W) float32 Caffe input."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise DeepLabError("onnxruntime is not installed: pip install 'deeplabv1[onnx]'") from exc
+    require_onnx(check=True)
+    import onnxruntime as ort
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(images, np.float32)})[0]

@@ -1,5 +1,8 @@
 """Reading user images of any mode as RGB uint8, and expanding files / folders / globs.
 
+The one image reader of ``deeplabv1 predict`` and ``deeplabv1 crf`` (and their Python
+functions). It imports numpy and Pillow only: the CRF path stays free of torch.
+
 Conversions (explicit, never a silent ``convert("RGB")`` of odd modes):
 
 - EXIF orientation is applied first (``PIL.ImageOps.exif_transpose``), so phone photos are
@@ -11,23 +14,41 @@ Conversions (explicit, never a silent ``convert("RGB")`` of odd modes):
   background, white by default (how viewers usually show transparent pictures), black on request.
   Transparent pixels otherwise keep arbitrary hidden colours that the network would see.
 - ``P`` (palette), ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``: converted by Pillow.
-- Anything else (e.g. floating-point TIFF) is an error naming the file.
+- Anything else (e.g. floating-point TIFF, mode ``F``) is an error naming the file.
+
+Size: images over ``max_pixels`` (default ``MAX_PIXELS``, 40 megapixels, e.g. 7746 x 5164) are
+refused from their header, before any pixel is decoded, with a message giving the size and the
+limit (``--max-megapixels`` raises it). Segmenting or CRF-filtering a 108-megapixel photo needs
+tens of GB of memory; scale such images down first. Pillow's own decompression-bomb guard (a
+header claiming more than about 179 megapixels) is reported the same way.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from deeplabv1.errors import DeepLabError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 _PILLOW_RGB = ("RGB", "P", "CMYK", "YCbCr", "LAB", "HSV")
+MAX_PIXELS = 40_000_000
+_MODE_NAMES = {"F": "32-bit floating point: no defined 0-255 scale"}
+
+
+def _too_large(path: Path, width: int, height: int, max_pixels: int) -> DeepLabError:
+    return DeepLabError(
+        f"{path}: image is {width} x {height} = {width * height / 1e6:.1f} megapixels, over the "
+        f"limit of {max_pixels / 1e6:g} megapixels (--max-megapixels); scale it down first"
+    )
 
 
 def to_rgb(img: Image.Image, background: str = "white", name: str = "image") -> np.ndarray:
@@ -50,26 +71,57 @@ def to_rgb(img: Image.Image, background: str = "white", name: str = "image") -> 
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in _PILLOW_RGB:
         return np.asarray(img.convert("RGB")).copy()
-    raise DeepLabError(f"{name}: unsupported image mode {mode!r}")
+    what = _MODE_NAMES.get(mode, "not a colour or grey image")
+    raise DeepLabError(f"{name}: unsupported image mode {mode!r} ({what}); convert it to 8-bit "
+                       "RGB first")  # fmt: skip
 
 
-def load_image(path: str | os.PathLike, background: str = "white") -> np.ndarray:
+@dataclass
+class ImageSettings:
+    """How ``predict`` and ``crf`` read images: settings both commands' configs inherit."""
+
+    background: Literal["white", "black"] = field(
+        default="white", metadata={"help": "white or black: what transparent pixels become"}
+    )
+    max_megapixels: float = field(
+        default=MAX_PIXELS / 1e6, metadata={"help": "refuse larger images (megapixels)"}
+    )
+
+    def max_pixels(self) -> int:
+        """The size limit in pixels (DeepLabError unless it is positive)."""
+        if not self.max_megapixels > 0:
+            raise DeepLabError(f"max_megapixels (--max-megapixels) must be > 0, got "
+                               f"{self.max_megapixels}")  # fmt: skip
+        return int(self.max_megapixels * 1e6)
+
+
+def load_image(
+    path: str | os.PathLike, background: str = "white", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Read an image file as RGB uint8 (H, W, 3), EXIF orientation applied (see module doc).
 
-    Unreadable, truncated or non-image files raise ``DeepLabError`` naming the file.
+    Unreadable, truncated, non-image or oversized files raise ``DeepLabError`` naming the file.
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img, background=background, name=str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
+            with Image.open(path) as img:
+                if img.width * img.height > max_pixels:
+                    raise _too_large(path, img.width, img.height, max_pixels)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img, background=background, name=str(path))
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: image file not found") from exc
     except DeepLabError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise DeepLabError(f"{path}: refused as a decompression bomb ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad or truncated files
         raise DeepLabError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    except MemoryError as exc:
+        raise DeepLabError(f"{path}: not enough memory to decode the image") from exc
 
 
 def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

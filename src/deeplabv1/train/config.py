@@ -85,9 +85,11 @@ class TrainConfig:
     loss_norm: Literal["batch", "micro"] = _f(
         "batch", "batch: average the loss over the valid pixels of the whole batch (exact under "
         "accumulation and DDP); micro: per micro-batch, averaged over iter_size (Caffe)")
-    seed: int = _f(0, "seed of the initialisation, data order, augmentation and dropout")
+    seed: int = _f(0, "seed of the initialisation, data order, augmentation and dropout (>= 0)")
     # output and progress
-    out_dir: str = _f("runs/train", "folder for checkpoints, config.yaml and log.jsonl")
+    out_dir: str = _f("runs/train", "folder for checkpoints, config.yaml and log.jsonl (one run "
+                      "at a time: a second run into it is refused)")
+    overwrite: bool = _f(False, "replace files in out_dir that deeplabv1 did not write")
     checkpoint_every: int = _f(1000, "write a resumable checkpoint every K iterations (0 = off)")
     keep_checkpoints: int = _f(2, "keep the newest K periodic checkpoints (0 = keep all)")
     resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the newest in out_dir")
@@ -135,18 +137,29 @@ class TrainConfig:
         return self.arch != "deeplab-msc-largefov"
 
     def validate(self, world_size: int = 1) -> None:
-        """Reject impossible settings with a message naming the setting."""
+        """Reject impossible settings (and values of the wrong type) naming the setting."""
+        from deeplabv1.config import check_types
+
+        check_types(self, "train config")
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.iter_size >= 1, "iter_size must be >= 1"),
             (self.max_iter >= 1, "max_iter must be >= 1"),
             (self.base_lr > 0, "base_lr must be > 0"),
+            (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
+            (self.classifier_lr_mult >= 0, "classifier_lr_mult must be >= 0"),
+            (self.bias_lr_mult >= 0, "bias_lr_mult must be >= 0"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.crop_size is None or self.crop_size >= 1, "crop_size must be >= 1"),
             (self.step_size >= 1, "step_size must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.crf_checkpoint_every >= 0, "crf_checkpoint_every must be >= 0"),
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
             (self.workers >= 0, "workers must be >= 0"),
+            (self.threads >= 0, "threads must be >= 0"),
             (self.width > 0, "width must be > 0"),
             (self.label_offset is None or self.label_offset >= 0, "label_offset must be >= 0"),
             (self.dropout is None or 0 <= self.dropout < 1, "dropout must be in [0, 1)"),

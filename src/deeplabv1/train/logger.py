@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deeplabv1.io import atomic_write_text
+from deeplabv1.io import atomic_write_text, record_outputs, write_error
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -62,7 +62,11 @@ class TrainLogger:
         self.out_dir = Path(out_dir)
         self.log_path = self.out_dir / "log.jsonl"
         truncate_log(self.log_path, start_iter)
-        self._file = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+        record_outputs([self.log_path])  # appended below, so not listed by an atomic write
+        try:
+            self._file = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise write_error(self.log_path, exc) from exc
         self._tb = _summary_writer(self.out_dir / "tb") if tensorboard else None
         self._bar = None
         if progress:
@@ -74,7 +78,10 @@ class TrainLogger:
 
     def log(self, record: dict) -> None:
         """Append one record (must have ``iter``); update the bar and TensorBoard."""
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk: say which file and why
+            raise write_error(self.log_path, exc) from exc
         it = int(record["iter"])
         if self._tb is not None:
             for key, value in record.items():

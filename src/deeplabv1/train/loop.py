@@ -9,11 +9,17 @@ per-micro-batch normalisation instead). Then one SGD step and one lr-schedule st
 Outputs in ``cfg.out_dir``: ``config.yaml`` (the resolved config), ``log.jsonl``, ``tb/``
 (TensorBoard, when installed), ``checkpoint_<iter>.pt`` every ``checkpoint_every`` iterations
 (resumable: optimizer, scheduler, RNG states of every process, data position) and ``final.pt``.
+
+``cfg.out_dir`` is a ``deeplabv1.rundir.run_directory`` held by rank 0 for the whole run (both
+stages): a second run into it stops at once with an error naming the first; temporary files of
+a killed run are removed; files there that the run would replace or prune must be deeplabv1's
+own (or ``overwrite``), and the ``init`` checkpoint is never written over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from pathlib import Path
@@ -23,6 +29,7 @@ import torch
 
 from deeplabv1.config import config_to_dict, save_config
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import check_outputs
 from deeplabv1.models.inference import shrink_labels
 from deeplabv1.train import state as st
 from deeplabv1.train.build import (
@@ -58,7 +65,33 @@ def seed_process(seed: int, rank: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``
     (``crf/final.pt`` with ``crf: end-to-end``)."""
+    from deeplabv1.rundir import run_directory
+
+    cfg.validate()
     cfg = resolve_train_config(cfg)  # the split and number of classes the dataset implies
+    if int(os.environ.get("RANK", "0")) != 0:  # rank 0 holds the run directory for everyone
+        return _train_stages(cfg)
+    out_dir = Path(cfg.out_dir)
+    inputs = [cfg.init]
+    if cfg.resume not in (None, "auto") and Path(cfg.resume).resolve().parent not in (
+        out_dir.resolve(), out_dir.resolve() / "crf"):  # fmt: skip
+        inputs.append(cfg.resume)  # a checkpoint of another run: never written over
+    with run_directory(out_dir, inputs=inputs, overwrite=cfg.overwrite, flag="--out-dir"):
+        check_outputs(_replaceable(out_dir, cfg.crf == "end-to-end"))
+        return _train_stages(cfg)
+
+
+def _replaceable(out_dir: Path, crf_stage: bool) -> list[Path]:
+    """Files in ``out_dir`` that a run may replace or prune (which must be deeplabv1's own)."""
+    folders = [out_dir, out_dir / "crf"] if crf_stage else [out_dir]
+    found = []
+    for folder in folders:
+        found += [folder / name for name in ("config.yaml", "log.jsonl", st.FINAL_NAME)]
+        found += [path for _, path in st.list_checkpoints(folder)]
+    return found
+
+
+def _train_stages(cfg: TrainConfig) -> Path:
     if cfg.crf == "end-to-end":
         from deeplabv1.train import crf_finetune
 

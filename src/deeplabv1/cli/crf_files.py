@@ -2,7 +2,8 @@
 
 Score files are NumPy ``.npy`` arrays (C, H, W) of float raw (pre-softmax) network scores at
 the image's full resolution (or softmax probabilities, with ``probabilities=True``). Images are
-any format Pillow reads, used as 8-bit RGB. Outputs are VOC palette PNGs of the arg-max labels.
+read by ``deeplabv1.predict.images.load_image``, the reader ``predict`` uses (every mode,
+EXIF orientation, a size limit; no torch). Outputs are VOC palette PNGs of the arg-max labels.
 """
 
 from __future__ import annotations
@@ -12,24 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.predict.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 
-__all__ = ["IMAGE_SUFFIXES", "crf_file", "load_rgb", "load_scores", "match_pairs"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError as exc:
-        raise DeepLabError(f"{path}: image file not found") from exc
-    except OSError as exc:
-        raise DeepLabError(f"{path}: cannot read image ({exc})") from exc
+__all__ = ["crf_file", "load_scores", "match_pairs"]
 
 
 def load_scores(path: str | Path, probabilities: bool = False) -> np.ndarray:
@@ -41,7 +27,12 @@ def load_scores(path: str | Path, probabilities: bool = False) -> np.ndarray:
         raise DeepLabError(f"{path}: scores file not found") from exc
     except (OSError, ValueError, EOFError) as exc:
         raise DeepLabError(f"{path}: not a readable .npy array ({exc})") from exc
-    if not isinstance(scores, np.ndarray) or scores.ndim != 3 or min(scores.shape) < 1:
+    if not isinstance(scores, np.ndarray):  # np.load opens .npz archives too, whatever the name
+        if hasattr(scores, "close"):
+            scores.close()
+        raise DeepLabError(f"{path}: a .npz archive, not a .npy array; save the (C, H, W) "
+                           "scores with numpy.save")  # fmt: skip
+    if scores.ndim != 3 or min(scores.shape) < 1:
         raise DeepLabError(f"{path}: expected a (C, H, W) score array, got shape {scores.shape}")
     if scores.shape[0] < 2 or scores.shape[0] > 256:
         raise DeepLabError(f"{path}: expected 2..256 classes on axis 0, got {scores.shape[0]}")
@@ -65,6 +56,8 @@ def crf_file(
     normalization: str = "after",
     device: str = "cpu",
     probabilities: bool = False,
+    background: str = "white",
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """Run the DeepLab CRF on one image / score-file pair and write the label PNG; returns the
     labels (H, W) uint8.
@@ -74,7 +67,7 @@ def crf_file(
     """
     from deeplabv1.data.palette import save_label_png
 
-    rgb = load_rgb(image_path)
+    rgb = load_image(image_path, background=background, max_pixels=max_pixels)
     scores = load_scores(scores_path, probabilities)
     if scores.shape[1:] != rgb.shape[:2]:
         raise DeepLabError(

@@ -4,7 +4,10 @@ Each worker process runs one image at a time on one thread (the lattice filter i
 processes scale better than threads and avoid the GIL). On the CPU the workers run the
 torch-free engine and never import torch (about 220 MiB and 1 s less per worker); with numba
 absent or disabled (DEEPLABV1_CRF_NUMBA=0) they fall back to torch, also on one thread. A bad
-file is reported by name and the others continue; outputs are written atomically, so an
+file (whatever the error) is reported by name and the others continue; the exit status is then
+1. The output folder is a ``deeplabv1.rundir.run_directory``: never an input folder, one run at
+a time, and every output is checked before the first pair runs (never an input, never a file
+deeplabv1 did not write unless ``--overwrite``); outputs are written atomically, so an
 interrupted run leaves finished PNGs intact.
 """
 
@@ -35,13 +38,14 @@ def _init_worker() -> None:
 
 def _work(job):
     stem, image, scores, out, params, options = job
-    from deeplabv1.crf.files import crf_file
+    from deeplabv1.cli.crf_files import crf_file
+    from deeplabv1.errors import describe_failure
 
     try:
         crf_file(image, scores, out, params, **options)
         return stem, None
-    except (ValueError, OSError, RuntimeError) as exc:  # DeepLabError is a ValueError
-        return stem, f"{exc}"
+    except Exception as exc:  # any failure is this pair's alone: report it, go on
+        return stem, describe_failure(stem, exc)
 
 
 def _report(kind: str, stems: list[str], folder) -> None:
@@ -52,21 +56,31 @@ def _report(kind: str, stems: list[str], folder) -> None:
 
 def run_batch(cfg, params, options: dict) -> int:
     """CRF every stem-matched pair of cfg.image_dir / cfg.scores_dir into cfg.out_dir."""
-    from tqdm import tqdm
-
-    from deeplabv1.config import save_config
-    from deeplabv1.crf.files import match_pairs
+    from deeplabv1.cli.crf_files import match_pairs
     from deeplabv1.errors import DeepLabError
+    from deeplabv1.rundir import run_directory
 
     pairs, no_scores, no_image = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
     _report("image(s) without a score file", no_scores, cfg.scores_dir)
     _report("score file(s) without an image", no_image, cfg.image_dir)
     if not pairs:
         raise DeepLabError(f"{cfg.image_dir}, {cfg.scores_dir}: no image / score pairs by stem")
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "crf_config.yaml")
+    inputs = [p for _, image, scores in pairs for p in (image, scores)]
+    folders = {"--image-dir": cfg.image_dir, "--scores-dir": cfg.scores_dir}
+    with run_directory(cfg.out_dir, inputs=inputs, input_folders=folders, flag="--out-dir",
+                       overwrite=cfg.overwrite) as out_dir:  # fmt: skip
+        return _run_pairs(cfg, pairs, out_dir, params, options, no_scores or no_image)
+
+
+def _run_pairs(cfg, pairs, out_dir: Path, params, options: dict, unmatched) -> int:
+    from tqdm import tqdm
+
+    from deeplabv1.config import save_config
+    from deeplabv1.io import check_outputs
+
     jobs = [(s, str(i), str(n), str(out_dir / f"{s}.png"), params, options) for s, i, n in pairs]
+    check_outputs([out_dir / "crf_config.yaml", *(job[3] for job in jobs)])
+    save_config(cfg, out_dir / "crf_config.yaml")
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
     if options.get("device") == "cuda":
         workers = 1  # one CUDA context; the GPU is busy enough
@@ -83,7 +97,7 @@ def run_batch(cfg, params, options: dict) -> int:
         for stem, error in results:
             if error is not None:
                 failed.append(stem)
-                tqdm.write(f"deeplabv1 crf: {stem}: {error}", file=sys.stderr)
+                tqdm.write(f"deeplabv1 crf: skipped {error}", file=sys.stderr)
             bar.update(1)
     finally:
         bar.close()
@@ -92,4 +106,4 @@ def run_batch(cfg, params, options: dict) -> int:
             pool.join()
     done = len(jobs) - len(failed)
     print(f"wrote {done} of {len(jobs)} label maps to {out_dir}; {len(failed)} failed")
-    return 1 if failed or no_scores or no_image else 0
+    return 1 if failed or unmatched else 0

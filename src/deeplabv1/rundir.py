@@ -1,0 +1,167 @@
+"""A command's output folder: used by one run at a time, cleaned of stale temporaries, guarded.
+
+``run_directory(path, ...)`` is how every command that owns an output folder (``train
+--out-dir``, ``predict -o``, ``crf --out-dir``, ``eval -o``, ``crf-search -o``, ``data
+synth|prepare|download``) starts:
+
+1. the folder must not be one of the command's input folders, nor an existing file;
+2. it is created and locked: ``.deeplabv1.lock`` in it is held with an operating-system lock
+   (``fcntl.flock``; ``msvcrt.locking`` on Windows) for the whole run. A second run gets a
+   DeepLabError naming the holder (process id, host, command, start time). The lock dies with
+   its process, so the lock file of a killed run is stale and simply taken over;
+3. temporary files of atomic writes that an interrupted run left behind are deleted;
+4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``) apply to every write.
+
+A run that fails before writing anything into a folder it created removes that folder again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from deeplabv1.errors import DeepLabError
+from deeplabv1.io import (
+    OUTPUTS_LIST,
+    make_folder,
+    output_rules,
+    remove_stale_temporaries,
+    write_error,
+)
+
+LOCK_NAME = ".deeplabv1.lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock, as written into the lock file, in words."""
+    try:
+        info = json.loads(path.read_text())
+        if info["pid"] == os.getpid() and info["host"] == socket.gethostname():
+            return "this very command: give it different folders"
+        return (f"pid {info['pid']} on {info['host']}, `{info['command']}`, since "
+                f"{info['started']}")  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+class RunLock:
+    """An exclusive lock on a folder (see the module doc); ``release()`` or process exit frees
+    it."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise DeepLabError naming the run that holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise write_error(self.folder, exc) from exc
+        if not _try_lock(fd):
+            os.close(fd)
+            raise DeepLabError(
+                f"{self.folder}: in use by another deeplabv1 run ({_holder(self.path)}); wait "
+                "for it to finish or choose another output folder"
+            )
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(["deeplabv1", *sys.argv[1:]])[:300],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        with contextlib.suppress(OSError):  # the lock holds even if the note cannot be written
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(info) + "\n").encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Free the lock (the lock file stays: removing it would race with the next run)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases flock / msvcrt locks
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+@contextlib.contextmanager
+def run_directory(
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    input_folders: dict[str, str | os.PathLike | None] | None = None,
+    overwrite: bool = False,
+    flag: str = "the output folder",
+    clean: bool = True,
+) -> Iterator[Path]:
+    """Create, lock and guard an output folder for one run (see the module doc).
+
+    ``inputs``: files the command reads (never written, not even with ``overwrite``);
+    ``input_folders``: ``{flag: folder}`` of input folders the output folder must differ from;
+    ``clean``: remove stale temporary files of atomic writes (the whole tree under ``path``).
+    """
+    path = Path(path)
+    for name, folder in (input_folders or {}).items():
+        if folder is not None and path.exists() and _same_folder(path, Path(folder)):
+            raise DeepLabError(f"{flag} {path} is the {name} folder: outputs would mix with "
+                               "the inputs; choose another output folder")  # fmt: skip
+    created = not os.path.lexists(path)
+    make_folder(path)
+    lock = RunLock(path).acquire()
+    try:
+        with output_rules(inputs, overwrite):
+            if clean:
+                remove_stale_temporaries(path)
+            yield path
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no folder behind
+            _remove_if_unused(path)
+        raise
+    finally:
+        lock.release()
+
+
+def _remove_if_unused(path: Path) -> None:
+    """Delete ``path`` (which this run created) if it holds only the lock and the list."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in path.iterdir()} <= {LOCK_NAME, OUTPUTS_LIST}:
+            for name in (OUTPUTS_LIST, LOCK_NAME):
+                (path / name).unlink(missing_ok=True)
+            path.rmdir()

@@ -1,0 +1,117 @@
+"""A run directory is used by one run at a time, end to end through `deeplabv1 train`: a second
+run is refused in one line while the first goes on, a killed run's lock and temporary files are
+taken over and cleaned, a full disk is named and leaves the earlier checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from robustness_tools import CLI, assert_one_line_error, cli, on_small_disk
+
+from deeplabv1.checkpoint import load_checkpoint
+from deeplabv1.rundir import LOCK_NAME
+
+TRAIN = ["train", "--arch", "deeplab-largefov", "--width", "0.0625", "--split", "train",
+         "--crop-size", "41", "--batch-size", "2", "--log-every", "1", "--workers", "0",
+         "--progress", "false", "--tensorboard", "false", "--device", "cpu",
+         "--keep-checkpoints", "0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from deeplabv1.data.synth import make_synthetic_voc
+
+    return make_synthetic_voc(tmp_path_factory.mktemp("synth_runs"), 6, size=(48, 44), seed=0)
+
+
+def _train_args(root, out, **flags) -> list[str]:
+    args = [*TRAIN, "--data-root", str(root), "--out-dir", str(out)]
+    for key, value in flags.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+def _wait_for_lock(out, pid: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / LOCK_NAME).read_text())["pid"] == pid:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no lock of pid {pid} in {out}")
+
+
+def test_second_train_into_the_same_out_dir_is_refused(synth_root, tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([*CLI, *_train_args(synth_root, out, seed=1, max_iter=6,
+                                                 checkpoint_every=3)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        _wait_for_lock(out, first.pid)
+        os.kill(first.pid, signal.SIGSTOP)  # the first run holds the folder, deterministically
+        second = cli(*_train_args(synth_root, out, seed=2, max_iter=6, checkpoint_every=3))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    stdout, stderr = first.communicate(timeout=300)
+    assert second.returncode == 2
+    assert_one_line_error(second.stderr, "train", str(out), "in use by another deeplabv1 run",
+                          f"pid {first.pid}")  # fmt: skip
+    assert first.returncode == 0, stderr
+    assert stdout.strip().endswith("final.pt")
+    for name in ("final.pt", "checkpoint_000003.pt"):  # only the first run's files
+        assert load_checkpoint(out / name)["config"]["seed"] == 1
+    # the lock ends with its run: now the second run may use the folder
+    again = cli(*_train_args(synth_root, out, seed=2, max_iter=2, checkpoint_every=0))
+    assert again.returncode == 0
+    assert load_checkpoint(out / "final.pt")["config"]["seed"] == 2
+
+
+def test_killed_run_lock_and_temporaries_are_taken_over(synth_root, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from deeplabv1.rundir import RunLock; "
+                               f"RunLock({str(out)!r}).acquire(); print('held', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    refused = cli(*_train_args(synth_root, out, max_iter=1, checkpoint_every=0))
+    assert refused.returncode == 2 and f"pid {holder.pid}" in refused.stderr
+    holder.kill()  # kill -9: the lock file stays behind, naming a dead process
+    holder.wait()
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
+    # what a kill during a checkpoint write leaves (atomic_path's temporary name), and user files
+    stale = out / ".checkpoint_000002.pt.a1b2c3d4.tmp"
+    stale.write_bytes(b"")
+    kept = [out / "notes.tmp", out / ".keep.tmp"]
+    for path in kept:
+        path.write_text("mine")
+    proc = cli(*_train_args(synth_root, out, max_iter=2, checkpoint_every=1))
+    assert proc.returncode == 0, proc.stderr
+    assert not stale.exists()
+    assert all(path.read_text() == "mine" for path in kept)
+    assert load_checkpoint(out / "final.pt")["iteration"] == 2
+
+
+def test_train_on_a_full_disk_names_the_file_and_keeps_the_earlier_checkpoint(synth_root, tmp_path):
+    ref = tmp_path / "ref"
+    assert cli(*_train_args(synth_root, ref, max_iter=1, checkpoint_every=0)).returncode == 0
+    size = (ref / "final.pt").stat().st_size
+    disk = tmp_path / "disk"
+    out = disk / "run"
+    # room for the small files and one checkpoint, not two
+    rc, err, files = on_small_disk(disk, _train_args(synth_root, out, max_iter=3,
+                                                     checkpoint_every=1),
+                                   size=str(size + size // 2 + 64 * 1024))  # fmt: skip
+    assert rc == 2
+    assert_one_line_error(err, "train", str(out / "checkpoint_000002.pt"), "No space left",
+                          "the disk is full")  # fmt: skip
+    assert abs(files["run/checkpoint_000001.pt"] - size) < 1024  # the earlier one, complete
+    assert not [name for name in files if name.endswith(".tmp")]
