@@ -4,6 +4,7 @@ Example (scores saved by ``deeplabv1 eval --save-scores``)::
 
     deeplabv1 crf-search --scores scores/ --data VOCdevkit/VOC2012 --split val \\
         --num-images 100 --jobs 8 -o crf_search/          # add --resume after an interruption
+    torchrun --nnodes 4 --nproc-per-node 1 ... -m deeplabv1 crf-search --jobs 8 ...  # 4 machines
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     """Resolve the config, search, print the table and the best parameters."""
     from deeplabv1.config import resolve_config
+    from deeplabv1.distributed.context import env_rank
     from deeplabv1.evaluate.config import CRFSearchConfig
     from deeplabv1.evaluate.run import run_crf_search
 
     cfg = resolve_config(CRFSearchConfig, args)
     search = run_crf_search(cfg)
+    if env_rank() != 0:  # under torchrun, rank 0 reports for all
+        return 0
     print((Path(cfg.out) / "search.md").read_text())
     b = search["best"]
     print(f"best: --w1 {b['w1']:g} --sa {b['sa']:g} --sb {b['sb']:g} --w2 {b['w2']:g} "

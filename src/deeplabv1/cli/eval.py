@@ -5,6 +5,7 @@ Examples::
     deeplabv1 eval --weights model.pt --data VOCdevkit/VOC2012 --split val --crf --trimap -o out
     deeplabv1 eval --weights model.pt --data VOC --save-scores scores/ -o out      # keep scores
     deeplabv1 eval --scores scores/ --data VOC --crf --w1 5 --sa 80 --sb 4 -o out2  # no network
+    torchrun --nproc-per-node 4 -m deeplabv1 eval --weights model.pt --data VOC --crf -o out3
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     """Resolve the config, evaluate, print the Markdown summary."""
     from deeplabv1.config import resolve_config
+    from deeplabv1.distributed.context import env_rank
     from deeplabv1.evaluate.config import EvalConfig
     from deeplabv1.evaluate.run import run_eval
 
     cfg = resolve_config(EvalConfig, args)
     run_eval(cfg)
-    print((Path(cfg.out) / "results.md").read_text())
-    print(f"results written to {cfg.out}/results.json")
+    if env_rank() == 0:  # under torchrun, rank 0 reports for all
+        print((Path(cfg.out) / "results.md").read_text())
+        print(f"results written to {cfg.out}/results.json")
     return 0
