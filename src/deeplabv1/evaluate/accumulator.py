@@ -20,6 +20,8 @@ class EvalAccumulator:
 
     def __init__(self, methods: Sequence[str], num_classes: int, trimap_max_width: int | None):
         self.methods = list(methods)
+        self.num_classes = num_classes
+        self.trimap_max_width = trimap_max_width
         self.conf = {m: ConfusionAccumulator(num_classes) for m in self.methods}
         self.tri = (
             {m: TrimapAccumulator(num_classes, trimap_max_width) for m in self.methods}
@@ -51,7 +53,7 @@ class EvalAccumulator:
         """``{"methods": {m: summarize(...)}}`` plus ``"trimap"`` with bands."""
         out: dict = {"methods": {m: summarize(a.matrix, list(class_names))
                                  for m, a in self.conf.items()}}  # fmt: skip
-        if self.tri:
+        if self.trimap_max_width:
             out["trimap"] = {"widths": self.tri[self.methods[0]].widths() if self.methods else []}
             for m in self.methods:
                 out["trimap"][m] = self.tri[m].mean_iou_curve()

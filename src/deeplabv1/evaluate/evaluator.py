@@ -159,19 +159,6 @@ def score_stream(
     return waited
 
 
-def _methods(network: bool, crf_params) -> list[str]:
-    return (["network"] if network else []) + (["crf"] if crf_params is not None else [])
-
-
-def _crf_runner(crf_params, crf_iters, crf_normalization, crf_method, crf_device, crf_batch_size):
-    from deeplabv1.evaluate.crf_runner import CRFRunner
-
-    if crf_params is None:
-        return None
-    return CRFRunner(crf_params, crf_iters, crf_normalization, crf_method,
-                     device=crf_device, batch_size=crf_batch_size)  # fmt: skip
-
-
 def _timing(scores_s: float, crf_s: float | None, count: int) -> dict:
     per = max(count, 1)
     return {
@@ -180,12 +167,9 @@ def _timing(scores_s: float, crf_s: float | None, count: int) -> dict:
     }
 
 
-def evaluate_stream(
-    stream,
-    *,
-    num_images: int,
+def prepare_scoring(
     num_classes: int,
-    class_names: Sequence[str],
+    *,
     crf_params=None,
     crf_iters: int = 10,
     crf_normalization: str = "after",
@@ -196,23 +180,39 @@ def evaluate_stream(
     trimap_max_width: int | None = None,
     predictions_dir: str | os.PathLike | None = None,
     progress: bool = False,
+) -> tuple[EvalAccumulator, object, dict]:
+    """The scoring options as (accumulator, ``CRFRunner`` or None, ``score_stream`` options).
+
+    Methods: ``network`` (argmax of the scores) when ``network`` is true, and ``crf`` when
+    ``crf_params`` is given (run on ``crf_device``, ``crf_batch_size`` images a call).
+    """
+    from deeplabv1.evaluate.crf_runner import CRFRunner
+
+    methods = (["network"] if network else []) + (["crf"] if crf_params is not None else [])
+    crf = None
+    if crf_params is not None:
+        crf = CRFRunner(crf_params, crf_iters, crf_normalization, crf_method,
+                        device=crf_device, batch_size=crf_batch_size)  # fmt: skip
+    options = {"crf": crf, "network": network, "predictions_dir": predictions_dir,
+               "progress": progress}  # fmt: skip
+    return EvalAccumulator(methods, num_classes, trimap_max_width), crf, options
+
+
+def evaluate_stream(
+    stream, *, num_images: int, num_classes: int, class_names: Sequence[str], **options
 ) -> dict:
     """Score every image of ``stream`` (from ``network_scores`` or ``saved_scores``).
 
-    Methods: ``network`` (argmax of the scores) when ``network`` is true, and ``crf`` when
-    ``crf_params`` is given (run by a ``CRFRunner`` on ``crf_device``). Returns a dict with
-    per-method ``summarize`` results, the trimap curves (``trimap_max_width``), the number of
-    images and timings. Predictions are written as palette PNGs to
-    ``predictions_dir/<method>/<id>.png`` when a folder is given.
+    ``options`` are those of ``prepare_scoring`` (crf_params, crf_iters, crf_normalization,
+    crf_method, crf_device, crf_batch_size, network, trimap_max_width, predictions_dir,
+    progress). Returns a dict with per-method ``summarize`` results, the trimap curves
+    (``trimap_max_width``), the number of images and timings. Predictions are written as
+    palette PNGs to ``predictions_dir/<method>/<id>.png`` when a folder is given.
     """
-    acc = EvalAccumulator(_methods(network, crf_params), num_classes, trimap_max_width)
-    crf = _crf_runner(crf_params, crf_iters, crf_normalization, crf_method, crf_device,
-                      crf_batch_size)  # fmt: skip
+    acc, crf, stream_options = prepare_scoring(num_classes, **options)
     done: list[str] = []
-    waited = score_stream(
-        stream, acc, crf=crf, network=network, predictions_dir=predictions_dir,
-        progress=progress, num_images=num_images, on_done=done.append,
-    )  # fmt: skip
+    waited = score_stream(stream, acc, num_images=num_images, on_done=done.append,
+                          **stream_options)  # fmt: skip
     out: dict = {"num_images": len(done), **acc.results(class_names)}
     out["timing"] = _timing(waited, crf.seconds if crf else None, len(done))
     return out
@@ -221,6 +221,14 @@ def evaluate_stream(
 def saved_predictions(predictions_dir, methods: Sequence[str], image_id: str) -> list[Path]:
     """The prediction PNG of every method for one image."""
     return [Path(predictions_dir) / m / f"{image_id}.png" for m in methods]
+
+
+def score_saved_predictions(acc: EvalAccumulator, dataset, index: int, predictions_dir) -> None:
+    """Add image ``index`` to ``acc`` from its prediction PNGs (a resumed run's finished
+    images: the PNGs hold the labels exactly)."""
+    labels = dataset.load(index)[1]
+    pngs = saved_predictions(predictions_dir, acc.methods, dataset.ids[index])
+    acc.add({m: read_label_png(p, acc.num_classes) for m, p in zip(acc.methods, pngs)}, labels)
 
 
 def evaluate(
@@ -236,18 +244,9 @@ def evaluate(
     score_dtype: str = "float32",
     compress: bool = False,
     class_names: Sequence[str] | None = None,
-    crf_params=None,
-    crf_iters: int = 10,
-    crf_normalization: str = "after",
-    crf_method: str = "lattice",
-    crf_device: str = "auto",
-    crf_batch_size: int | None = None,
-    network: bool = True,
-    trimap_max_width: int | None = None,
-    predictions_dir: str | os.PathLike | None = None,
-    progress: bool = False,
     dist: DistInfo | None = None,
     resume: bool = False,
+    **options,
 ) -> dict:
     """Evaluate ``model`` (or the score maps in ``scores_dir``) on the first ``num_images``.
 
@@ -256,6 +255,7 @@ def evaluate(
     With ``resume``, images whose prediction PNGs (every method) and saved scores (with
     ``save_scores_dir``) exist are scored from the PNGs, not recomputed. The result's
     ``"summary"`` is the merged ``WorkSummary`` (processed / skipped / failed by id).
+    ``options`` go to ``prepare_scoring`` (the CRF, trimap and prediction settings).
     """
     from deeplabv1.distributed.context import DistInfo, all_reduce_arrays
     from deeplabv1.distributed.shard import shard
@@ -279,7 +279,8 @@ def evaluate(
             VOC_CLASSES if num_classes == len(VOC_CLASSES) else
             [f"class{i}" for i in range(num_classes)]
         )  # fmt: skip
-    methods = _methods(network, crf_params)
+    acc, crf, stream_options = prepare_scoring(num_classes, **options)
+    methods, predictions_dir = acc.methods, stream_options["predictions_dir"]
     indices = list(range(n))
     if dist.distributed:
         indices = shard(indices, dist.rank, dist.world_size, key=lambda i: dataset.ids[i])
@@ -293,17 +294,12 @@ def evaluate(
             return paths
 
         indices, reused = split_complete(indices, outputs)
-    acc = EvalAccumulator(methods, num_classes, trimap_max_width)
-    crf = _crf_runner(crf_params, crf_iters, crf_normalization, crf_method, crf_device,
-                      crf_batch_size)  # fmt: skip
     summary = WorkSummary(rank=dist.rank)
     t0 = time.perf_counter()
     waited, error = 0.0, None
     try:
         for i in reused:
-            labels = dataset.load(i)[1]
-            pngs = saved_predictions(predictions_dir, methods, dataset.ids[i])
-            acc.add({m: read_label_png(p, num_classes) for m, p in zip(methods, pngs)}, labels)
+            score_saved_predictions(acc, dataset, i, predictions_dir)
             summary.skipped.append(dataset.ids[i])
         if model is not None:
             stream = network_scores(
@@ -313,20 +309,18 @@ def evaluate(
             )  # fmt: skip
         else:
             stream = saved_scores(scores_dir, dataset, indices, device=dist.device)
-        waited = score_stream(
-            stream, acc, crf=crf, network=network, predictions_dir=predictions_dir,
-            progress=progress and dist.is_main, num_images=len(indices),
-            on_done=summary.processed.append,
-        )  # fmt: skip
+        stream_options["progress"] = stream_options["progress"] and dist.is_main
+        waited = score_stream(stream, acc, num_images=len(indices),
+                              on_done=summary.processed.append, **stream_options)  # fmt: skip
     except Exception as exc:
         if not dist.distributed:
             raise
         # tell the other ranks instead of leaving them waiting in the sums below
-        import traceback
+        if not isinstance(exc, DeepLabError):
+            import traceback
 
-        traceback.print_exc()
-        error = str(exc) if isinstance(exc, DeepLabError) else f"{type(exc).__name__}: {exc}"
-        error = f"rank {dist.rank}: {error}"
+            traceback.print_exc()
+        error = f"rank {dist.rank}: {exc if isinstance(exc, DeepLabError) else repr(exc)}"
     summary.seconds = time.perf_counter() - t0
     check_all(error, dist, "eval")
     merged = gather_summaries(summary, dist)
