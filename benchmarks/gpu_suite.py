@@ -10,8 +10,9 @@ runs; nothing stops the suite):
 1. ``setup``: the Makefile's environment: ``.venv`` (``python3 -m venv
    --system-site-packages``, so a torch already on the machine can serve), ``pip install
    torch==<the Makefile's TORCH_VERSION>`` and ``pip install -e .[test]``; skipped when
-   ``.venv`` already imports torch and this checkout's deeplabv1. A failed install with a
-   working torch is a warning, not the end.
+   ``.venv`` already imports torch and this checkout's deeplabv1. Where the installs fail (a
+   machine without network) but a torch is there, the steps use it with this checkout on
+   ``PYTHONPATH``: a warning, not the end.
 2. ``env``: torch and CUDA versions, the GPUs.
 3. ``cuda_tests``: ``pytest -m cuda`` (every test that needs a GPU).
 4. ``crf_batch``: ``crf_batch_bench.py``: ms per 500x375 image, 21 labels, batches of 1 / 8 /
@@ -66,8 +67,9 @@ def last_json(text: str):
 class Suite:
     """Runs steps within the budget and keeps the JSON report up to date."""
 
-    def __init__(self, out: Path, budget: float, dry_run: bool, env: dict):
+    def __init__(self, out: Path, budget: float, dry_run: bool, env: dict, only=None):
         self.out = out
+        self.only = only  # names of the steps to run (None: all)
         self.deadline = time.monotonic() + budget
         self.env = env
         self.report = {"suite": "gpu_suite", "dry_run": dry_run,
@@ -97,6 +99,8 @@ class Suite:
 
     def run(self, name: str, cmd: list[str], timeout: float, parse=last_json) -> dict:
         """Run ``cmd``; record ok (with ``parse(stdout)`` as ``result``) or failed."""
+        if self.only is not None and name not in self.only:
+            return self.skip(name, "not in --only")
         left = self.deadline - time.monotonic()
         if left < 15:
             return self.skip(name, "out of time (--budget)")
@@ -144,42 +148,60 @@ def _commit() -> str | None:
         return None
 
 
+def _imports_checkout(python: str, env: dict) -> bool:
+    """True when ``python`` (with ``env``) imports torch and this checkout's deeplabv1."""
+    code = "import torch, deeplabv1; print(deeplabv1.__file__)"
+    try:
+        found = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env,
+                               timeout=120)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return found.returncode == 0 and str(REPO) in found.stdout
+
+
 def setup(suite: Suite, python: str | None) -> str:
-    """The interpreter the steps use: ``python``, or ``.venv``'s, set up as the Makefile does."""
+    """The interpreter of the steps: ``python``, or ``.venv``'s set up as the Makefile does.
+
+    Where nothing can be installed (no network), a torch already on the machine serves:
+    ``.venv`` sees the system's packages, and this checkout is put on ``PYTHONPATH``
+    (recorded as a warning)."""
     if python:
         suite.skip("setup", f"--python {python}")
         return python
-    venv_py = REPO / ".venv" / "bin" / "python"
-    probe = [str(venv_py), "-c", "import torch, deeplabv1; print(deeplabv1.__file__)"]
-    if venv_py.exists():
-        try:
-            found = subprocess.run(probe, capture_output=True, text=True, timeout=120)
-            if found.returncode == 0 and str(REPO) in found.stdout:
-                suite.skip("setup", ".venv already has torch and this checkout's deeplabv1")
-                return str(venv_py)
-        except (OSError, subprocess.SubprocessError):
-            pass
+    venv_py = str(REPO / ".venv" / "bin" / "python")
+    if _imports_checkout(venv_py, suite.env):
+        suite.skip("setup", ".venv already has torch and this checkout's deeplabv1")
+        return venv_py
+    pip = ["-m", "pip", "install", "--quiet", "--retries", "1", "--timeout", "20"]
     steps = [
         [sys.executable, "-m", "venv", "--system-site-packages", str(REPO / ".venv")],
-        [str(venv_py), "-m", "pip", "install", "--quiet", f"torch=={torch_version()}"],
-        [str(venv_py), "-m", "pip", "install", "--quiet", "-e", ".[test]"],
+        [venv_py, *pip, f"torch=={torch_version()}"],
+        [venv_py, *pip, "-e", ".[test]"],
     ]
     log, t0 = [], time.monotonic()
     for cmd in steps:
         try:
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
             log.append({"command": " ".join(cmd), "returncode": proc.returncode,
                         "stderr_tail": proc.stderr[-1500:]})  # fmt: skip
         except (OSError, subprocess.SubprocessError) as exc:
             log.append({"command": " ".join(cmd), "error": f"{type(exc).__name__}: {exc}"})
-    works = subprocess.run(probe, capture_output=True, text=True, timeout=120).returncode == 0
     failed = [s["command"] for s in log if s.get("returncode") != 0]
+    src = {"PYTHONPATH": str(REPO / "src")}
+    for py, extra in ((venv_py, {}), (venv_py, src), (sys.executable, src)):
+        if _imports_checkout(py, {**suite.env, **extra}):
+            suite.env.update(extra)
+            how = f"{py}" + (" with PYTHONPATH=src" if extra else "")
+            suite.record("setup", {
+                "status": "ok", "seconds": round(time.monotonic() - t0, 1), "python": how,
+                "commands": log, "warning": f"failed: {failed}; using {how}" if failed else None,
+            })  # fmt: skip
+            return py
     suite.record("setup", {
-        "status": "ok" if works else "failed", "seconds": round(time.monotonic() - t0, 1),
-        "commands": log, "warning": f"failed: {failed}" if failed and works else None,
-        "error": None if works else f".venv cannot import torch and deeplabv1 ({failed})",
+        "status": "failed", "seconds": round(time.monotonic() - t0, 1), "commands": log,
+        "error": f"no interpreter imports torch and this checkout (failed: {failed})",
     })  # fmt: skip
-    return str(venv_py)
+    return venv_py
 
 
 def pytest_counts(text: str) -> dict:
@@ -205,11 +227,14 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=570.0, help="seconds for the whole suite")
     ap.add_argument("--python", help="interpreter of the steps (default: .venv, set up here; "
                     "--dry-run: this one)")  # fmt: skip
+    ap.add_argument("--only", help="run only these steps (comma-separated names; setup runs "
+                    "whenever the steps need it)")  # fmt: skip
     args = ap.parse_args()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.dry_run:
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU even on a GPU machine
-    suite = Suite(args.out, args.budget, args.dry_run, env)
+    only = set(args.only.split(",")) if args.only else None
+    suite = Suite(args.out, args.budget, args.dry_run, env, only)
     if args.dry_run:
         suite.skip("setup", f"dry run; would install torch=={torch_version()} and -e .[test] "
                    "into .venv")  # fmt: skip
@@ -249,8 +274,10 @@ def main() -> int:
         suite.run("nccl", [py, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", str(BENCH / "nccl_check.py"),
                            "--device", dev], 120)  # fmt: skip
-    else:
+    elif only is None or "nccl" in only:
         suite.skip("nccl", f"needs 2 GPUs, found {gpus}")
+    else:
+        suite.skip("nccl", "not in --only")
     suite.report["figures"] = figures(suite.report["steps"])
     suite.save()
     print(json.dumps({"figures": suite.report["figures"],
