@@ -129,6 +129,11 @@ def test_two_processes_equal_one_process_eval_and_crf_search(single, tmp_path):
     strip = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
     ref_strip = [{k: v for k, v in r.items() if k != "seconds"} for r in ref["records"]]
     assert strip == [dict(r, setup=ref["setup"]) for r in ref_strip]
+    # resumed under torchrun: every point is already there, none is evaluated again
+    points = (tmp_path / "search2" / "points.jsonl").read_bytes()
+    spawn(cli, 2, [*argv, "--resume"])
+    assert (tmp_path / "search2" / "points.jsonl").read_bytes() == points
+    assert json.loads((tmp_path / "search2" / "best.json").read_text())["best"] == best["best"]
 
 
 @pytest.mark.slow

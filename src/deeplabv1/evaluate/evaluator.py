@@ -122,7 +122,7 @@ def score_stream(
     ``crf`` is a ``CRFRunner`` (or None); images may finish out of order when it batches.
     Predictions go to ``predictions_dir/<method>/<id>.png``; ``on_done(id)`` follows each image.
     """
-    pending: dict[str, tuple[dict, np.ndarray]] = {}
+    pending: dict[int, tuple[str, dict, np.ndarray]] = {}  # by position: ids may repeat
 
     def finish(image_id: str, preds: dict, labels: np.ndarray) -> None:
         acc.add(preds, labels)
@@ -133,8 +133,8 @@ def score_stream(
             on_done(image_id)
 
     def finish_crf(done: list) -> None:
-        for image_id, labels_crf in done:
-            preds, labels = pending.pop(image_id)
+        for key, labels_crf in done:
+            image_id, preds, labels = pending.pop(key)
             finish(image_id, {**preds, "crf": labels_crf}, labels)
 
     it = iter(stream)
@@ -144,15 +144,15 @@ def score_stream(
         it = tqdm(it, total=num_images, desc="eval", unit="img")
     waited = 0.0
     t_prev = time.perf_counter()
-    for image_id, scores, rgb, labels in it:
+    for position, (image_id, scores, rgb, labels) in enumerate(it):
         waited += time.perf_counter() - t_prev
         labels = np.asarray(labels)
         preds = {"network": scores.argmax(0).cpu().numpy()} if network else {}
         if crf is None:
             finish(image_id, preds, labels)
         else:
-            pending[image_id] = (preds, labels)
-            finish_crf(crf.submit(image_id, scores, rgb))
+            pending[position] = (image_id, preds, labels)
+            finish_crf(crf.submit(position, scores, rgb))
         t_prev = time.perf_counter()
     if crf is not None:
         finish_crf(crf.flush())
