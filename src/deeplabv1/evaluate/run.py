@@ -75,11 +75,24 @@ def prediction_setup(cfg: EvalConfig, params) -> dict:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results.
+    """``eval_in_group`` in torchrun's process group, if any (see the module doc), else alone.
 
-    Under torchrun every rank returns the results of the whole split (see the module doc).
+    Under torchrun every rank returns the results of the whole split.
     """
     from deeplabv1.distributed.context import distributed_session
+
+    with distributed_session(cfg.device) as dist:
+        return eval_in_group(cfg, dist)
+
+
+def eval_in_group(cfg: EvalConfig, dist) -> dict:
+    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
+    from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
+    from deeplabv1.data.datasets import voc_dataset
+    from deeplabv1.data.transforms import TestTransform
+    from deeplabv1.evaluate.evaluator import evaluate
+    from deeplabv1.evaluate.report import trimap_curves, write_results
+    from deeplabv1.evaluate.scores import read_meta, write_meta
 
     if cfg.data is None:
         raise DeepLabError("eval: --data VOC_ROOT is required")
@@ -90,19 +103,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.resume and not cfg.save_predictions:
         raise DeepLabError("eval: --resume reuses the per-image predictions of an interrupted "
                            "run; it needs --save-predictions")  # fmt: skip
-    with distributed_session(cfg.device) as dist:
-        return _run_eval(cfg, dist)
-
-
-def _run_eval(cfg: EvalConfig, dist) -> dict:
-    from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
-    from deeplabv1.data.datasets import voc_dataset
-    from deeplabv1.data.transforms import TestTransform
-    from deeplabv1.distributed.work import record_setup, write_summary
-    from deeplabv1.evaluate.evaluator import evaluate
-    from deeplabv1.evaluate.report import trimap_curves, write_results
-    from deeplabv1.evaluate.scores import read_meta, write_meta
-
     device = dist.device
     out = Path(cfg.out)
     model = None
@@ -130,6 +130,8 @@ def _run_eval(cfg: EvalConfig, dist) -> dict:
         write_meta(cfg.save_scores, {**info, "test_size": cfg.test_size, "data": str(cfg.data),
                                      "split": cfg.split, "kind": "coarse fc8 scores"})  # fmt: skip
     if cfg.save_predictions:
+        from deeplabv1.distributed.work import record_setup
+
         record_setup(out / "predictions" / "setup.json", prediction_setup(cfg, params),
                      cfg.resume, dist)  # fmt: skip
     t0 = time.perf_counter()
@@ -159,6 +161,8 @@ def _run_eval(cfg: EvalConfig, dist) -> dict:
     save_config(cfg, out / "config.yaml")
     write_results(out, results)
     if dist.distributed or cfg.resume:
+        from deeplabv1.distributed.work import write_summary
+
         write_summary(out / "eval_summary.json", summary, dist)
     if cfg.trimap:
         plot_trimap_safe(trimap_curves(results), out / "trimap.png")
