@@ -21,6 +21,29 @@ import numpy as np
 import torch
 
 
+def ddp_step(info, size: int) -> float:
+    """Largest relative difference between DDP's averaged gradients and the mean of the
+    ranks' own gradients (the DDP model is released on return, before the group is left)."""
+    from deeplabv1.distributed.context import all_reduce_sum
+    from deeplabv1.models import build_model
+    from deeplabv1.train.distributed import wrap_model
+
+    torch.manual_seed(0)
+    model = build_model("deeplab-largefov", num_classes=4, width=1 / 16).to(info.device).eval()
+    local = build_model("deeplab-largefov", num_classes=4, width=1 / 16).to(info.device).eval()
+    local.load_state_dict(model.state_dict())
+    ddp = wrap_model(model, info)
+    gen = torch.Generator().manual_seed(100 + info.rank)
+    x = torch.randn(1, 3, size, size, generator=gen).to(info.device)
+    ddp(x).square().mean().backward()
+    local(x).square().mean().backward()
+    worst = 0.0
+    for p, q in zip(model.parameters(), local.parameters()):
+        mean = all_reduce_sum(q.grad.detach().clone(), info) / info.world_size
+        worst = max(worst, float((p.grad - mean).abs().max() / (mean.abs().max() + 1e-12)))
+    return worst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto, cuda (NCCL) or cpu (gloo)")
@@ -28,13 +51,11 @@ def main() -> None:
     args = ap.parse_args()
     from deeplabv1.distributed.context import (
         all_reduce_arrays,
-        all_reduce_sum,
+        barrier,
         broadcast_object,
         distributed_session,
         gather_objects,
     )
-    from deeplabv1.models import build_model
-    from deeplabv1.train.distributed import wrap_model
 
     t0 = time.perf_counter()
     with distributed_session(args.device) as info:
@@ -48,20 +69,9 @@ def main() -> None:
         names = gather_objects(str(device), info)
         checks["gather_broadcast"] = (len(names) == world
                                       and broadcast_object(rank, info) == 0)  # fmt: skip
-        torch.manual_seed(0)
-        model = build_model("deeplab-largefov", num_classes=4, width=1 / 16).to(device).eval()
-        local = build_model("deeplab-largefov", num_classes=4, width=1 / 16).to(device).eval()
-        local.load_state_dict(model.state_dict())
-        ddp = wrap_model(model, info)
-        gen = torch.Generator().manual_seed(100 + rank)
-        x = torch.randn(1, 3, args.size, args.size, generator=gen).to(device)
-        ddp(x).square().mean().backward()
-        local(x).square().mean().backward()
-        worst = 0.0
-        for p, q in zip(model.parameters(), local.parameters()):
-            mean = all_reduce_sum(q.grad.detach().clone(), info) / world
-            worst = max(worst, float((p.grad - mean).abs().max() / (mean.abs().max() + 1e-12)))
+        worst = ddp_step(info, args.size)
         checks["ddp_grads_match"] = worst < 1e-4
+        barrier(info)  # nobody leaves the group while another still uses it
         backend = torch.distributed.get_backend() if info.distributed else None
     if rank == 0:
         print(json.dumps({"benchmark": "nccl_check", "backend": backend, "world_size": world,

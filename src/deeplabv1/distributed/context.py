@@ -89,14 +89,19 @@ def cleanup_distributed() -> None:
 @contextlib.contextmanager
 def distributed_session(device_name: str = "auto") -> Iterator[DistInfo]:
     """``init_distributed`` for the length of a command; the group is left afterwards only
-    if this call created it (a caller's own process group stays)."""
+    if this call created it (a caller's own process group stays). After a normal end every
+    rank waits for the others before leaving, so none tears down a collective in flight."""
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device_name)
     try:
         yield info
-    finally:
+    except BaseException:
         if owns_group:
             cleanup_distributed()
+        raise
+    if owns_group:
+        barrier(info)
+        cleanup_distributed()
 
 
 def _collective_device(info: DistInfo) -> torch.device:
