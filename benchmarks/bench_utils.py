@@ -82,6 +82,8 @@ def add_common_args(parser) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=0.0, help="time at least this long (s)")
+    parser.add_argument("--matmul-size", type=int, default=0,
+                        help="n of the torch.mm roofline (0: 8192 on CUDA, 2048 on the CPU)")
 
 
 def setup(args, build_model, train: bool):

@@ -58,7 +58,8 @@ def main() -> None:
     seconds = time_calls(step, device, warmup=args.warmup, iters=args.iters,
                          min_time=args.min_time)
     images_per_s = args.batch / seconds
-    mm = matmul_flops_per_s(device, torch.bfloat16 if args.bf16 else torch.float32)
+    mm = matmul_flops_per_s(device, torch.bfloat16 if args.bf16 else torch.float32,
+                            n=args.matmul_size or None)
     achieved = flops_per_image * images_per_s
     print(json.dumps({
         "benchmark": "train", "arch": args.arch, "width": args.width, "crop": args.crop,

@@ -20,7 +20,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # one thread per xdist worker: the workers already use every core
     torch.set_num_threads(1)
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def requires_cuda(test):
+    """Decorator: the test needs a CUDA GPU (skipped without one; ``pytest -m cuda`` selects it)."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    return pytest.mark.cuda(skip(test))
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,22 @@ def run_directory(
         lock.release()
 
 
+@contextlib.contextmanager
+def group_run_directory(path: str | os.PathLike, *, rank: int, **kwargs) -> Iterator[Path]:
+    """``run_directory`` for a command that ``torchrun`` may start as several processes.
+
+    Rank 0 creates, locks and cleans the folder for the whole group; the other ranks write
+    their per-item outputs into it under the same output rules without taking the lock (they
+    join the process group only after rank 0, so the folder exists by then).
+    """
+    if rank == 0:
+        with run_directory(path, **kwargs) as folder:
+            yield folder
+        return
+    with output_rules(kwargs.get("inputs", ()), kwargs.get("overwrite", False)):
+        yield Path(path)
+
+
 def _remove_if_unused(path: Path) -> None:
     """Delete ``path`` (which this run created) if it holds only the lock and the list."""
     with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ Examples::
     deeplabv1 eval --weights model.pt --data VOCdevkit/VOC2012 --split val --crf --trimap -o out
     deeplabv1 eval --weights model.pt --data VOC --save-scores scores/ -o out      # keep scores
     deeplabv1 eval --scores scores/ --data VOC --crf --w1 5 --sa 80 --sb 4 -o out2  # no network
+    torchrun --nproc-per-node 4 -m deeplabv1 eval --weights model.pt --data VOC --crf -o out3
 """
 
 from __future__ import annotations
@@ -32,22 +33,25 @@ def run(args) -> int:
     import contextlib
 
     from deeplabv1.config import resolve_config
+    from deeplabv1.distributed.context import env_rank
     from deeplabv1.evaluate.config import EvalConfig
     from deeplabv1.evaluate.run import run_eval
     from deeplabv1.io import check_outputs
-    from deeplabv1.rundir import run_directory
+    from deeplabv1.rundir import group_run_directory
 
     cfg = resolve_config(EvalConfig, args)
     cfg.validate()
+    rank = env_rank()
     with contextlib.ExitStack() as stack:
         for flag, folder in (("-o", cfg.out), ("--save-scores", cfg.save_scores)):
             if folder is not None:
-                stack.enter_context(run_directory(
-                    folder, inputs=[cfg.weights], input_folders={"--scores": cfg.scores},
+                stack.enter_context(group_run_directory(
+                    folder, rank=rank, inputs=[cfg.weights], input_folders={"--scores": cfg.scores},
                     overwrite=cfg.overwrite, flag=flag))  # fmt: skip
         out = Path(cfg.out)
         check_outputs(out / n for n in ("config.yaml", "results.json", "results.md", "trimap.png"))
         run_eval(cfg)
-    print((Path(cfg.out) / "results.md").read_text())
-    print(f"results written to {cfg.out}/results.json")
+    if rank == 0:  # under torchrun, rank 0 reports for all
+        print((Path(cfg.out) / "results.md").read_text())
+        print(f"results written to {cfg.out}/results.json")
     return 0

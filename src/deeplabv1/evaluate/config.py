@@ -41,6 +41,12 @@ class EvalConfig:
     crf_iters: int = _f(10, "mean-field iterations")
     crf_normalization: str = _f("after", "CRF normalisation: after (DeepLab), symmetric, ...")
     crf_method: str = _f("lattice", "CRF filtering: lattice (O(N)) or dense (exact, tiny images)")
+    crf_device: str = _f(
+        "auto", "where the CRF runs: auto (the network's GPU, else the CPU engine), cpu, same"
+    )
+    crf_batch_size: int | None = _f(
+        None, "images of one size per CRF call (default: 8 on a GPU, 1 on the CPU)"
+    )
     trimap: bool = _f(False, "also score mean IoU in bands around the void boundary")
     trimap_max_width: int = _f(40, "largest trimap band width (pixels)")
     save_scores: str | None = _f(None, "save the coarse score maps to this folder")
@@ -52,6 +58,9 @@ class EvalConfig:
     workers: int = _f(0, "DataLoader worker processes")
     device: str = _f("auto", "auto (cuda when available), cpu, cuda, ...")
     progress: bool = _f(True, "show a progress bar")
+    resume: bool = _f(
+        False, "reuse the per-image predictions (and scores) an interrupted run left in OUT"
+    )
     out: str = _f("runs/eval", "output folder (results.json, results.md, config.yaml)")
     overwrite: bool = _f(False, "replace files in the output folders deeplabv1 did not write")
 

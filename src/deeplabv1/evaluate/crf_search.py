@@ -9,14 +9,19 @@ run over the tuning images, scored by the mean IoU of one confusion matrix over 
 Points run in parallel over processes (each worker loads the images once). Every finished point
 is added to ``OUT/points.jsonl``, rewritten atomically, so an interrupted search loses at most
 the points in flight; ``resume`` skips the points already there.
+
+Under torchrun the ranks share out each round's points in waves (``world_size * jobs`` points,
+split as ``deeplabv1.distributed.shard`` splits): every rank gets every record of a wave, in the
+wave's order, so all ranks hold the same records as one process would, and rank 0 writes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +78,7 @@ class PointsFile:
     def __init__(self, path: Path, setup: dict, resume: bool):
         self.path = path
         self.setup = setup
+        self.write = True  # False on the ranks other than 0 under torchrun
         self.records: dict[Point, dict] = {}
         if path.exists():
             if not resume:
@@ -101,6 +107,8 @@ class PointsFile:
     def add(self, rec: dict) -> None:
         rec = dict(rec, setup=self.setup)
         self.records[point_key(rec[n] for n in PARAM_NAMES)] = rec
+        if not self.write:
+            return
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values())
         atomic_write_text(self.path, text)
 
@@ -187,47 +195,103 @@ def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
             "normalization": cfg.normalization, "method": cfg.method}  # fmt: skip
 
 
-def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, bar) -> None:
-    """Evaluate the points not in ``store`` yet, in ``jobs`` processes, recording each."""
-    todo = [p for p in dict.fromkeys(points) if p not in store.records]
-    if not todo:
-        return
+@contextlib.contextmanager
+def _workers(jobs: int, count: int, loader, cfg) -> Iterator:
+    """None (the points run in this process, its images loaded) or a pool of ``jobs``
+    spawned processes (each loads the images once, uses one torch thread)."""
+    crf = (cfg.iters, cfg.normalization, cfg.method)
     if jobs <= 1:
         global _IMAGES
-        init_worker(loader, (cfg.iters, cfg.normalization, cfg.method), 0)
+        init_worker(loader, crf, 0)
         try:
-            for p in todo:
-                store.add(evaluate_point(p))
-                bar.update(1)
+            yield None
         finally:
             _IMAGES = None  # free the images
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("spawn")  # no fork of a process that already runs torch threads
-    with ProcessPoolExecutor(
-        min(jobs, len(todo)), mp_context=ctx, initializer=init_worker,
-        initargs=(loader, (cfg.iters, cfg.normalization, cfg.method), 1),
-    ) as pool:  # fmt: skip
-        futures = [pool.submit(evaluate_point, p) for p in todo]
-        for fut in as_completed(futures):
+    with ProcessPoolExecutor(min(jobs, count), mp_context=ctx, initializer=init_worker,
+                             initargs=(loader, crf, 1)) as pool:  # fmt: skip
+        yield pool
+
+
+def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, bar) -> None:
+    """Evaluate the points not in ``store`` yet, in ``jobs`` processes, recording each."""
+    from concurrent.futures import as_completed
+
+    todo = [p for p in dict.fromkeys(points) if p not in store.records]
+    if not todo:
+        return
+    with _workers(jobs, len(todo), loader, cfg) as pool:
+        if pool is None:
+            for p in todo:
+                store.add(evaluate_point(p))
+                bar.update(1)
+            return
+        for fut in as_completed([pool.submit(evaluate_point, p) for p in todo]):
             store.add(fut.result())
             bar.update(1)
 
 
-def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -> dict:
-    """Run the search into ``cfg.out``; returns {"best": record, "records": [...], ...}."""
+def run_points_sharded(points: list[Point], store: PointsFile, loader, cfg, bar, dist) -> None:
+    """``run_points`` over torchrun's ranks: waves of ``world_size * jobs`` points, each rank
+    evaluating its share; the records of a wave reach every rank and are added in the
+    wave's order. An error on any rank stops every rank (a DeepLabError on each)."""
+    from deeplabv1.distributed.context import gather_objects
+    from deeplabv1.distributed.shard import shard
+    from deeplabv1.distributed.work import check_all
+
+    todo = [p for p in dict.fromkeys(points) if p not in store.records]
+    if not todo:
+        return
+    per_wave = dist.world_size * cfg.jobs
+    error = None
+    with contextlib.ExitStack() as stack:
+        try:
+            pool = stack.enter_context(_workers(cfg.jobs, cfg.jobs, loader, cfg))
+        except Exception as exc:  # e.g. an unreadable score file: tell the other ranks
+            pool, error = None, f"rank {dist.rank}: {exc}"
+        for start in range(0, len(todo), per_wave):
+            wave = todo[start : start + per_wave]
+            mine = shard(wave, dist.rank, dist.world_size, key=wave.index)
+            records = []
+            if error is None:
+                try:
+                    records = list(pool.map(evaluate_point, mine) if pool else
+                                   map(evaluate_point, mine))  # fmt: skip
+                except Exception as exc:
+                    error = f"rank {dist.rank}: {exc}"
+            check_all(error, dist, "crf-search")
+            done = {point_key(r[n] for n in PARAM_NAMES): r
+                    for recs in gather_objects(records, dist) for r in recs}  # fmt: skip
+            for p in wave:
+                store.add(done[p])
+            bar.update(len(wave))
+
+
+def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None, dist=None) -> dict:
+    """Run the search into ``cfg.out``; returns {"best": record, "records": [...], ...}.
+
+    ``dist`` (a ``DistInfo``): share the points out over torchrun's ranks (module doc).
+    """
     from tqdm import tqdm
 
+    from deeplabv1.distributed.context import DistInfo
+    from deeplabv1.distributed.work import on_main
+
+    dist = dist if dist is not None else DistInfo()
     ids = dataset.ids[: cfg.num_images]
     if not ids:
         raise DeepLabError(f"crf-search: split {cfg.split!r} has no images")
     out = Path(cfg.out)
-    store = PointsFile(out / POINTS_NAME, setup_fingerprint(cfg, ids), cfg.resume)
+    setup = setup_fingerprint(cfg, ids)
+    store = on_main(lambda: PointsFile(out / POINTS_NAME, setup, cfg.resume), dist)
+    store.write = dist.is_main
     loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids),
                      cfg.val_fraction)  # fmt: skip
-    show = cfg.progress if progress is None else progress
+    show = (cfg.progress if progress is None else progress) and dist.is_main
     points = coarse_grid(cfg)
     steps = (cfg.w1_step, cfg.sa_step, cfg.sb_step)
     rounds: list[dict] = []
@@ -238,7 +302,10 @@ def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -
             points = refine_grid(point_key(best[n] for n in PARAM_NAMES), steps)
         with tqdm(total=len(points), desc=f"crf-search round {r}", disable=not show) as bar:
             bar.update(sum(p in store.records for p in dict.fromkeys(points)))
-            run_points(points, store, cfg.jobs, loader, cfg, bar)
+            if dist.distributed:
+                run_points_sharded(points, store, loader, cfg, bar, dist)
+            else:
+                run_points(points, store, cfg.jobs, loader, cfg, bar)
         best = best_record(store.records.values())
         rounds.append({"round": r, "points": len(points), "steps": list(steps),
                        "best": {n: best[n] for n in (*PARAM_NAMES, "mean_iou")}})  # fmt: skip

@@ -8,6 +8,11 @@ argmax ("network") and/or the dense CRF on those scores followed by argmax ("crf
 One confusion matrix per method is accumulated over the split (``metrics``), optionally the
 trimap bands (``trimap``). The coarse scores can be saved (``scores``) so that the CRF can be
 rerun, or cross-validated, without the network.
+
+Under torchrun each rank scores its shard of the images (``deeplabv1.distributed.shard``) and
+the integer counts are summed over the ranks, so the results equal a single process's exactly.
+With ``resume``, images whose per-image predictions are all on disk are scored from those
+files instead of being recomputed.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from deeplabv1.data.palette import save_label_png
-from deeplabv1.evaluate.metrics import ConfusionAccumulator, summarize
+from deeplabv1.data.palette import read_label_png, save_label_png
+from deeplabv1.evaluate.accumulator import EvalAccumulator
 from deeplabv1.evaluate.scores import full_scores, load_scores, save_scores
-from deeplabv1.evaluate.trimap import TrimapAccumulator, void_distance
+
+if TYPE_CHECKING:
+    from deeplabv1.distributed.context import DistInfo
 
 
 def network_scores(
@@ -113,73 +121,130 @@ def run_crf(
     return probs.argmax(0).cpu().numpy()
 
 
-def evaluate_stream(
+def score_stream(
     stream,
+    acc: EvalAccumulator,
     *,
-    num_images: int,
-    num_classes: int,
-    class_names: Sequence[str],
-    crf_params=None,
-    crf_iters: int = 10,
-    crf_normalization: str = "after",
-    crf_method: str = "lattice",
+    crf=None,
     network: bool = True,
-    trimap_max_width: int | None = None,
     predictions_dir: str | os.PathLike | None = None,
     progress: bool = False,
-) -> dict:
-    """Score every image of ``stream`` (from ``network_scores`` or ``saved_scores``).
+    num_images: int | None = None,
+    on_done=None,
+) -> float:
+    """Predict and score every image of ``stream`` into ``acc``; returns the seconds spent
+    waiting for the stream (the network or the score files).
 
-    Methods: ``network`` (argmax of the scores) when ``network`` is true, and ``crf`` when
-    ``crf_params`` is given. Returns a dict with per-method ``summarize`` results, the trimap
-    curves (``trimap_max_width``), the number of images and timings. Predictions are written as
-    palette PNGs to ``predictions_dir/<method>/<id>.png`` when a folder is given.
+    ``crf`` is a ``CRFRunner`` (or None); images may finish out of order when it batches.
+    Predictions go to ``predictions_dir/<method>/<id>.png``; ``on_done(id)`` follows each image.
     """
-    methods = (["network"] if network else []) + (["crf"] if crf_params is not None else [])
-    conf = {m: ConfusionAccumulator(num_classes) for m in methods}
-    tri = {m: TrimapAccumulator(num_classes, trimap_max_width) for m in methods if trimap_max_width}
-    seconds = {"scores": 0.0, "crf": 0.0}
-    count = 0
+    pending: dict[int, tuple[str, dict, np.ndarray]] = {}  # by position: ids may repeat
+
+    def finish(image_id: str, preds: dict, labels: np.ndarray) -> None:
+        acc.add(preds, labels)
+        if predictions_dir is not None:
+            for m, pred in preds.items():
+                save_label_png(Path(predictions_dir) / m / f"{image_id}.png", pred)
+        if on_done is not None:
+            on_done(image_id)
+
+    def finish_crf(done: list) -> None:
+        for key, labels_crf in done:
+            image_id, preds, labels = pending.pop(key)
+            finish(image_id, {**preds, "crf": labels_crf}, labels)
+
     it = iter(stream)
     if progress:
         from tqdm import tqdm
 
         it = tqdm(it, total=num_images, desc="eval", unit="img")
+    waited = 0.0
     t_prev = time.perf_counter()
-    for image_id, scores, rgb, labels in it:
-        seconds["scores"] += time.perf_counter() - t_prev
+    for position, (image_id, scores, rgb, labels) in enumerate(it):
+        waited += time.perf_counter() - t_prev
         labels = np.asarray(labels)
-        preds = {}
-        if network:
-            preds["network"] = scores.argmax(0).cpu().numpy()
-        if crf_params is not None:
-            t0 = time.perf_counter()
-            preds["crf"] = run_crf(
-                scores, rgb, crf_params, crf_iters, crf_normalization, crf_method
-            )
-            seconds["crf"] += time.perf_counter() - t0
-        dist = void_distance(labels) if trimap_max_width else None
-        for m, pred in preds.items():
-            conf[m].update(pred, labels)
-            if trimap_max_width:
-                tri[m].update(pred, labels, dist)
-            if predictions_dir is not None:
-                save_label_png(Path(predictions_dir) / m / f"{image_id}.png", pred)
-        count += 1
+        preds = {"network": scores.argmax(0).cpu().numpy()} if network else {}
+        if crf is None:
+            finish(image_id, preds, labels)
+        else:
+            pending[position] = (image_id, preds, labels)
+            finish_crf(crf.submit(position, scores, rgb))
         t_prev = time.perf_counter()
-    out: dict = {"num_images": count, "methods": {}}
-    for m in methods:
-        out["methods"][m] = summarize(conf[m].matrix, list(class_names))
-    if trimap_max_width:
-        out["trimap"] = {"widths": tri[methods[0]].widths() if methods else []}
-        for m in methods:
-            out["trimap"][m] = tri[m].mean_iou_curve()
+    if crf is not None:
+        finish_crf(crf.flush())
+    return waited
+
+
+def _timing(scores_s: float, crf_s: float | None, count: int) -> dict:
     per = max(count, 1)
-    out["timing"] = {
-        "seconds_per_image_scores": round(seconds["scores"] / per, 4),
-        "seconds_per_image_crf": round(seconds["crf"] / per, 4) if crf_params else None,
+    return {
+        "seconds_per_image_scores": round(scores_s / per, 4),
+        "seconds_per_image_crf": round(crf_s / per, 4) if crf_s is not None else None,
     }
+
+
+def prepare_scoring(
+    num_classes: int,
+    *,
+    crf_params=None,
+    crf_iters: int = 10,
+    crf_normalization: str = "after",
+    crf_method: str = "lattice",
+    crf_device: str = "auto",
+    crf_batch_size: int | None = None,
+    network: bool = True,
+    trimap_max_width: int | None = None,
+    predictions_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[EvalAccumulator, object, dict]:
+    """The scoring options as (accumulator, ``CRFRunner`` or None, ``score_stream`` options).
+
+    Methods: ``network`` (argmax of the scores) when ``network`` is true, and ``crf`` when
+    ``crf_params`` is given (run on ``crf_device``, ``crf_batch_size`` images a call).
+    """
+    from deeplabv1.evaluate.crf_runner import CRFRunner
+
+    methods = (["network"] if network else []) + (["crf"] if crf_params is not None else [])
+    crf = None
+    if crf_params is not None:
+        crf = CRFRunner(crf_params, crf_iters, crf_normalization, crf_method,
+                        device=crf_device, batch_size=crf_batch_size)  # fmt: skip
+    options = {"crf": crf, "network": network, "predictions_dir": predictions_dir,
+               "progress": progress}  # fmt: skip
+    return EvalAccumulator(methods, num_classes, trimap_max_width), crf, options
+
+
+def evaluate_stream(
+    stream, *, num_images: int, num_classes: int, class_names: Sequence[str], **options
+) -> dict:
+    """Score every image of ``stream`` (from ``network_scores`` or ``saved_scores``).
+
+    ``options`` are those of ``prepare_scoring`` (crf_params, crf_iters, crf_normalization,
+    crf_method, crf_device, crf_batch_size, network, trimap_max_width, predictions_dir,
+    progress). Returns a dict with per-method ``summarize`` results, the trimap curves
+    (``trimap_max_width``), the number of images and timings. Predictions are written as
+    palette PNGs to ``predictions_dir/<method>/<id>.png`` when a folder is given.
+    """
+    acc, crf, stream_options = prepare_scoring(num_classes, **options)
+    done: list[str] = []
+    waited = score_stream(stream, acc, num_images=num_images, on_done=done.append,
+                          **stream_options)  # fmt: skip
+    out: dict = {"num_images": len(done), **acc.results(class_names)}
+    out["timing"] = _timing(waited, crf.seconds if crf else None, len(done))
     return out
+
+
+def saved_predictions(predictions_dir, methods: Sequence[str], image_id: str) -> list[Path]:
+    """The prediction PNG of every method for one image."""
+    return [Path(predictions_dir) / m / f"{image_id}.png" for m in methods]
+
+
+def score_saved_predictions(acc: EvalAccumulator, dataset, index: int, predictions_dir) -> None:
+    """Add image ``index`` to ``acc`` from its prediction PNGs (a resumed run's finished
+    images: the PNGs hold the labels exactly)."""
+    labels = dataset.load(index)[1]
+    pngs = saved_predictions(predictions_dir, acc.methods, dataset.ids[index])
+    acc.add({m: read_label_png(p, acc.num_classes) for m, p in zip(acc.methods, pngs)}, labels)
 
 
 def evaluate(
@@ -195,29 +260,34 @@ def evaluate(
     score_dtype: str = "float32",
     compress: bool = False,
     class_names: Sequence[str] | None = None,
+    dist: DistInfo | None = None,
+    resume: bool = False,
     **options,
 ) -> dict:
     """Evaluate ``model`` (or the score maps in ``scores_dir``) on the first ``num_images``.
 
-    ``options`` go to ``evaluate_stream`` (crf_params, crf_iters, crf_normalization, crf_method,
-    network,
-    trimap_max_width, predictions_dir, progress).
+    Under torchrun (``dist``) this rank evaluates its shard of the images (sorted by id) and
+    the counts are summed over the ranks: every rank returns the results of the whole set.
+    With ``resume``, images whose prediction PNGs (every method) and saved scores (with
+    ``save_scores_dir``) exist are scored from the PNGs, not recomputed. The result's
+    ``"summary"`` is the merged ``WorkSummary`` (processed / skipped / failed by id).
+    ``options`` go to ``prepare_scoring`` (the CRF, trimap and prediction settings).
     """
+    from deeplabv1.distributed.context import DistInfo, all_reduce_arrays
+    from deeplabv1.distributed.shard import shard
+    from deeplabv1.distributed.work import (
+        WorkSummary,
+        check_all,
+        gather_summaries,
+        split_complete,
+    )
     from deeplabv1.errors import DeepLabError
 
     if (model is None) == (scores_dir is None):
         raise DeepLabError("evaluate: give exactly one of a model or a folder of saved scores")
+    dist = dist if dist is not None else DistInfo(device=torch.device(device))
     n = len(dataset) if num_images is None else min(num_images, len(dataset))
-    indices = range(n)
-    if model is not None:
-        num_classes = int(model.num_classes)
-        stream = network_scores(
-            model, dataset, indices, device=device, batch_size=batch_size, workers=workers,
-            save_dir=save_scores_dir, score_dtype=score_dtype, compress=compress,
-        )  # fmt: skip
-    else:
-        num_classes = int(dataset.num_classes)
-        stream = saved_scores(scores_dir, dataset, indices, device=device)
+    num_classes = int(model.num_classes) if model is not None else int(dataset.num_classes)
     if class_names is None:
         from deeplabv1.data.palette import VOC_CLASSES
 
@@ -225,6 +295,56 @@ def evaluate(
             VOC_CLASSES if num_classes == len(VOC_CLASSES) else
             [f"class{i}" for i in range(num_classes)]
         )  # fmt: skip
-    return evaluate_stream(
-        stream, num_images=n, num_classes=num_classes, class_names=class_names, **options
-    )
+    acc, crf, stream_options = prepare_scoring(num_classes, **options)
+    methods, predictions_dir = acc.methods, stream_options["predictions_dir"]
+    indices = list(range(n))
+    if dist.distributed:
+        indices = shard(indices, dist.rank, dist.world_size, key=lambda i: dataset.ids[i])
+    reused: list[int] = []
+    if resume and predictions_dir is not None:
+
+        def outputs(i: int) -> list[Path]:
+            paths = saved_predictions(predictions_dir, methods, dataset.ids[i])
+            if save_scores_dir is not None:
+                paths.append(Path(save_scores_dir) / f"{dataset.ids[i]}.npz")
+            return paths
+
+        indices, reused = split_complete(indices, outputs)
+    summary = WorkSummary(rank=dist.rank)
+    t0 = time.perf_counter()
+    waited, error = 0.0, None
+    try:
+        for i in reused:
+            score_saved_predictions(acc, dataset, i, predictions_dir)
+            summary.skipped.append(dataset.ids[i])
+        if model is not None:
+            stream = network_scores(
+                model, dataset, indices, device=dist.device, batch_size=batch_size,
+                workers=workers, save_dir=save_scores_dir, score_dtype=score_dtype,
+                compress=compress,
+            )  # fmt: skip
+        else:
+            stream = saved_scores(scores_dir, dataset, indices, device=dist.device)
+        stream_options["progress"] = stream_options["progress"] and dist.is_main
+        waited = score_stream(stream, acc, num_images=len(indices),
+                              on_done=summary.processed.append, **stream_options)  # fmt: skip
+    except Exception as exc:
+        if not dist.distributed:
+            raise
+        # tell the other ranks instead of leaving them waiting in the sums below
+        if not isinstance(exc, DeepLabError):
+            import traceback
+
+            traceback.print_exc()
+        error = f"rank {dist.rank}: {exc if isinstance(exc, DeepLabError) else repr(exc)}"
+    summary.seconds = time.perf_counter() - t0
+    check_all(error, dist, "eval")
+    merged = gather_summaries(summary, dist)
+    acc.set_arrays(all_reduce_arrays(acc.arrays(), dist))
+    crf_s = crf.seconds if crf is not None else 0.0
+    seconds = all_reduce_arrays({"s": np.array([waited, crf_s])}, dist)["s"]
+    count = merged["counts"]["processed"]
+    out: dict = {"num_images": count + merged["counts"]["skipped"], **acc.results(class_names)}
+    out["timing"] = _timing(float(seconds[0]), float(seconds[1]) if crf else None, count)
+    out["summary"] = merged
+    return out

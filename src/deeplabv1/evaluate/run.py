@@ -3,6 +3,10 @@
 Outputs (all atomic): ``results.json`` and ``results.md`` (``report``), ``config.yaml`` (the
 resolved settings), ``trimap.png`` with ``--trimap``, ``predictions/<method>/<id>.png`` with
 ``--save-predictions``, and the score folder of ``--save-scores`` (with its ``meta.json``).
+
+Under torchrun (``deeplabv1.distributed``) every rank evaluates its shard of the images on its
+own device and writes that shard's per-image outputs; rank 0 writes everything else, plus
+``eval_summary.json`` (which images each rank processed, or skipped with ``--resume``).
 """
 
 from __future__ import annotations
@@ -15,18 +19,6 @@ from pathlib import Path
 from deeplabv1.config import config_to_dict, save_config
 from deeplabv1.errors import DeepLabError
 from deeplabv1.evaluate.config import EvalConfig
-
-
-def resolve_device(name: str):
-    """``auto`` -> cuda when available, else cpu; other names as torch devices."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise DeepLabError(f"device: cannot use {name!r} ({exc})") from exc
 
 
 def resolve_crf_params(cfg: EvalConfig, arch: str | None, checkpoint_crf=None):
@@ -72,7 +64,41 @@ def eval_classes(stored, data_root, num_classes: int):
     return found if found is not None else default_classes(num_classes)
 
 
+def _file_digest(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prediction_setup(cfg: EvalConfig, params) -> dict:
+    """What the per-image predictions depend on (checked before ``--resume`` reuses them)."""
+    source = {"weights_sha256": _file_digest(cfg.weights)} if cfg.weights else {}
+    if cfg.scores is not None:
+        source = {"scores": str(Path(cfg.scores).resolve())}
+    return {**source, "data": str(Path(cfg.data).resolve()), "split": cfg.split,
+            "label_dir": cfg.label_dir, "val_fraction": cfg.val_fraction,
+            "test_size": cfg.test_size,
+            "crf_params": dataclasses.asdict(params) if params is not None else None,
+            "crf_iters": cfg.crf_iters, "crf_normalization": cfg.crf_normalization,
+            "crf_method": cfg.crf_method, "save_scores": cfg.save_scores}  # fmt: skip
+
+
 def run_eval(cfg: EvalConfig) -> dict:
+    """``eval_in_group`` in torchrun's process group, if any (see the module doc), else alone.
+
+    Under torchrun every rank returns the results of the whole split.
+    """
+    from deeplabv1.distributed.context import distributed_session
+
+    with distributed_session(cfg.device) as dist:
+        return eval_in_group(cfg, dist)
+
+
+def eval_in_group(cfg: EvalConfig, dist) -> dict:
     """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
     from deeplabv1.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from deeplabv1.data.classes import stored_classes
@@ -88,7 +114,10 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise DeepLabError("eval: give exactly one of --weights MODEL.pt or --scores DIR")
     if cfg.scores is not None and cfg.save_scores is not None:
         raise DeepLabError("eval: --save-scores makes no sense with --scores (no network runs)")
-    device = resolve_device(cfg.device)
+    if cfg.resume and not cfg.save_predictions:
+        raise DeepLabError("eval: --resume reuses the per-image predictions of an interrupted "
+                           "run; it needs --save-predictions")  # fmt: skip
+    device = dist.device
     out = Path(cfg.out)
     model = None
     ckpt_crf = None
@@ -117,21 +146,28 @@ def run_eval(cfg: EvalConfig) -> dict:
         val_fraction=cfg.val_fraction,
     )
     params = resolve_crf_params(cfg, info["arch"], ckpt_crf) if cfg.crf else None
-    if cfg.save_scores is not None:
+    if cfg.save_scores is not None and dist.is_main:
         write_meta(cfg.save_scores, {**info, "palette": classes.palette(),
                                      "test_size": cfg.test_size, "data": str(cfg.data),
                                      "split": cfg.split, "val_fraction": cfg.val_fraction,
                                      "kind": "coarse fc8 scores"})  # fmt: skip
+    if cfg.save_predictions:
+        from deeplabv1.distributed.work import record_setup
+
+        record_setup(out / "predictions" / "setup.json", prediction_setup(cfg, params),
+                     cfg.resume, dist)  # fmt: skip
     t0 = time.perf_counter()
     results = evaluate(
         dataset, model=model, scores_dir=cfg.scores, num_images=cfg.num_images, device=device,
         batch_size=cfg.batch_size, workers=cfg.workers, save_scores_dir=cfg.save_scores,
         score_dtype=cfg.score_dtype, compress=cfg.compress, class_names=classes.names,
         crf_params=params, crf_iters=cfg.crf_iters, crf_normalization=cfg.crf_normalization,
-        crf_method=cfg.crf_method, trimap_max_width=cfg.trimap_max_width if cfg.trimap else None,
+        crf_method=cfg.crf_method, crf_device=cfg.crf_device, crf_batch_size=cfg.crf_batch_size,
+        trimap_max_width=cfg.trimap_max_width if cfg.trimap else None,
         predictions_dir=out / "predictions" if cfg.save_predictions else None,
-        progress=cfg.progress,
+        progress=cfg.progress, dist=dist, resume=cfg.resume,
     )  # fmt: skip
+    summary = results.pop("summary")
     results["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
     results = {
         "model": info,
@@ -143,8 +179,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         "config": config_to_dict(cfg),
         **results,
     }
+    if not dist.is_main:
+        return results
     save_config(cfg, out / "config.yaml")
     write_results(out, results)
+    if dist.distributed or cfg.resume:
+        from deeplabv1.distributed.work import write_summary
+
+        write_summary(out / "eval_summary.json", summary, dist)
     if cfg.trimap:
         plot_trimap_safe(trimap_curves(results), out / "trimap.png")
     return results
@@ -162,8 +204,13 @@ def plot_trimap_safe(curves: dict, path: Path) -> Path | None:
 
 def run_crf_search(cfg) -> dict:
     """``deeplabv1 crf-search`` as a function: search, then write best.json, search.md and
-    config.yaml into ``cfg.out`` (points.jsonl grows as points finish)."""
+    config.yaml into ``cfg.out`` (points.jsonl grows as points finish).
+
+    Under torchrun the ranks share out the points of every round (on the CPU, gloo); rank 0
+    writes the outputs and every rank returns the same search.
+    """
     from deeplabv1.data.datasets import open_dataset
+    from deeplabv1.distributed.context import distributed_session
     from deeplabv1.evaluate.crf_search import crf_search
     from deeplabv1.evaluate.report import write_search
     from deeplabv1.evaluate.scores import read_meta
@@ -175,7 +222,10 @@ def run_crf_search(cfg) -> dict:
     num_classes = int(read_meta(cfg.scores)["num_classes"])
     dataset = open_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir, num_classes=num_classes,
                            val_fraction=cfg.val_fraction)  # fmt: skip
-    save_config(cfg, Path(cfg.out) / "config.yaml")
-    search = crf_search(cfg, dataset, num_classes)
-    write_search(cfg.out, search)
+    with distributed_session("cpu") as dist:
+        if dist.is_main:
+            save_config(cfg, Path(cfg.out) / "config.yaml")
+        search = crf_search(cfg, dataset, num_classes, dist=dist)
+        if dist.is_main:
+            write_search(cfg.out, search)
     return search
