@@ -9,12 +9,18 @@ run over the tuning images, scored by the mean IoU of one confusion matrix over 
 Points run in parallel over processes (each worker loads the images once). Every finished point
 is added to ``OUT/points.jsonl``, rewritten atomically, so an interrupted search loses at most
 the points in flight; ``resume`` skips the points already there.
+
+The images come from saved score maps of a dataset (``saved_tuning``) or from plain image /
+score / label folders (``deeplabv1.evaluate.tuning.folder_tuning``); before the grid, the
+arg-max of the scores alone is scored once, and the result reports the best point's gain over
+it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -112,8 +118,10 @@ _CRF: tuple[int, str, str] = (10, "after", "lattice")
 
 
 def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
-    """(coarse scores, h, w, factor, crop, rgb, labels) of the first ``num_images`` images."""
+    """The ``SavedImage`` (coarse scores, h, w, factor, crop, rgb, labels) of the first
+    ``num_images`` images."""
     from deeplabv1.evaluate.scores import load_scores
+    from deeplabv1.evaluate.tuning import SavedImage
 
     out = []
     for i in range(min(num_images, len(dataset))):
@@ -121,7 +129,7 @@ def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
         coarse, h, w, factor, crop = load_scores(scores_dir, dataset.ids[i])
         if (h, w) != labels.shape:
             raise DeepLabError(f"{scores_dir}/{dataset.ids[i]}.npz: size differs from the image")
-        out.append((coarse, h, w, factor, crop, rgb, labels))
+        out.append(SavedImage(coarse, h, w, factor, crop, rgb, labels))
     return out
 
 
@@ -129,30 +137,29 @@ def init_worker(images: list | Callable[[], list], crf: tuple[int, str, str], th
     """Process initialiser: keep the tuning images and the CRF's (iters, normalization,
     method) in module globals."""
     global _IMAGES, _CRF
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     _IMAGES = images() if callable(images) else images
     _CRF = crf
+    if threads:  # the torch-free engine's, and torch's where the images brought it in
+        from deeplabv1.crf import set_num_threads
+
+        set_num_threads(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 def evaluate_point(point: Point) -> dict:
     """Mean IoU (%) of the CRF with parameters ``point`` over the worker's images."""
     from deeplabv1.crf import CRFParams
-    from deeplabv1.evaluate.evaluator import run_crf
     from deeplabv1.evaluate.metrics import ConfusionAccumulator, mean_iou, pixel_accuracy
-    from deeplabv1.evaluate.scores import full_scores
 
     assert _IMAGES is not None, "init_worker was not called"
     params = CRFParams(*point)
     t0 = time.perf_counter()
     acc = None
-    for coarse, h, w, factor, crop, rgb, labels in _IMAGES:
+    for item in _IMAGES:  # tuning.SavedImage or tuning.FolderImage
         if acc is None:
-            acc = ConfusionAccumulator(coarse.shape[0])
-        pred = run_crf(full_scores(coarse, h, w, factor, crop), rgb, params, *_CRF)
-        acc.update(pred, labels)
+            acc = ConfusionAccumulator(item.num_classes)
+        acc.update(item.crf_labels(params, *_CRF), item.labels)
     rec = dict(zip(PARAM_NAMES, point))
     rec["mean_iou"] = round(100 * mean_iou(acc.matrix), 4)
     rec["pixel_accuracy"] = round(100 * pixel_accuracy(acc.matrix), 4)
@@ -216,17 +223,36 @@ def run_points(points: list[Point], store: PointsFile, jobs: int, loader, cfg, b
             bar.update(1)
 
 
-def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -> dict:
-    """Run the search into ``cfg.out``; returns {"best": record, "records": [...], ...}."""
-    from tqdm import tqdm
+def saved_tuning(cfg: CRFSearchConfig, dataset, num_classes: int):
+    """The ``tuning.Tuning`` of saved score maps (``cfg.scores``) of ``dataset``'s first
+    ``cfg.num_images`` images."""
+    from deeplabv1.evaluate.tuning import Tuning
 
     ids = dataset.ids[: cfg.num_images]
     if not ids:
         raise DeepLabError(f"crf-search: split {cfg.split!r} has no images")
-    out = Path(cfg.out)
-    store = PointsFile(out / POINTS_NAME, setup_fingerprint(cfg, ids), cfg.resume)
+    for flag in ("probabilities", "channels_last", "upsample"):
+        if getattr(cfg, flag):
+            raise DeepLabError(f"crf-search: --{flag.replace('_', '-')} applies to score folders "
+                               "(--image-dir/--scores-dir), not to saved score maps")  # fmt: skip
     loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids),
                      cfg.val_fraction)  # fmt: skip
+    return Tuning(ids, num_classes, loader, setup_fingerprint(cfg, ids))
+
+
+def crf_search(cfg: CRFSearchConfig, tuning, progress=None) -> dict:
+    """Run the search on ``tuning`` (``saved_tuning`` or ``tuning.folder_tuning``) into
+    ``cfg.out``; returns {"best": record, "unary": record, "gain": points, "records": ...}."""
+    from tqdm import tqdm
+
+    from deeplabv1.evaluate.tuning import unary_record
+
+    out = Path(cfg.out)
+    store = PointsFile(out / POINTS_NAME, tuning.setup, cfg.resume)
+    images = tuning.loader()
+    unary = unary_record(images, tuning.num_classes)  # reads every file once, before the grid
+    loader = images if cfg.jobs <= 1 else tuning.loader  # workers load their own
+    del images
     show = cfg.progress if progress is None else progress
     points = coarse_grid(cfg)
     steps = (cfg.w1_step, cfg.sa_step, cfg.sb_step)
@@ -242,5 +268,6 @@ def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None) -
         best = best_record(store.records.values())
         rounds.append({"round": r, "points": len(points), "steps": list(steps),
                        "best": {n: best[n] for n in (*PARAM_NAMES, "mean_iou")}})  # fmt: skip
-    return {"best": best, "rounds": rounds, "records": list(store.records.values()),
-            "setup": store.setup, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    return {"best": best, "unary": unary, "gain": round(best["mean_iou"] - unary["mean_iou"], 4),
+            "rounds": rounds, "records": list(store.records.values()), "setup": store.setup,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip

@@ -163,19 +163,27 @@ def plot_trimap_safe(curves: dict, path: Path) -> Path | None:
 def run_crf_search(cfg) -> dict:
     """``deeplabv1 crf-search`` as a function: search, then write best.json, search.md and
     config.yaml into ``cfg.out`` (points.jsonl grows as points finish)."""
-    from deeplabv1.data.datasets import open_dataset
-    from deeplabv1.evaluate.crf_search import crf_search
+    from deeplabv1.evaluate.crf_search import crf_search, saved_tuning
     from deeplabv1.evaluate.report import write_search
-    from deeplabv1.evaluate.scores import read_meta
 
-    if cfg.scores is None or cfg.data is None:
-        raise DeepLabError("crf-search: --scores DIR and --data DATASET are required")
     if cfg.num_images < 1 or cfg.jobs < 1 or cfg.refine_rounds < 0:
         raise DeepLabError("crf-search: num_images and jobs must be >= 1, refine_rounds >= 0")
-    num_classes = int(read_meta(cfg.scores)["num_classes"])
-    dataset = open_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir, num_classes=num_classes,
-                           val_fraction=cfg.val_fraction)  # fmt: skip
+    if cfg.image_dir is not None or cfg.scores_dir is not None:  # any model's score folders
+        from deeplabv1.evaluate.tuning import folder_tuning
+
+        tuning = folder_tuning(cfg)
+    else:
+        from deeplabv1.data.datasets import open_dataset
+        from deeplabv1.evaluate.scores import read_meta
+
+        if cfg.scores is None or cfg.data is None:
+            raise DeepLabError("crf-search: give --scores DIR and --data DATASET (saved score "
+                               "maps), or --image-dir, --scores-dir and --label-dir")  # fmt: skip
+        num_classes = int(read_meta(cfg.scores)["num_classes"])
+        dataset = open_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir,
+                               num_classes=num_classes, val_fraction=cfg.val_fraction)  # fmt: skip
+        tuning = saved_tuning(cfg, dataset, num_classes)
     save_config(cfg, Path(cfg.out) / "config.yaml")
-    search = crf_search(cfg, dataset, num_classes)
+    search = crf_search(cfg, tuning)
     write_search(cfg.out, search)
     return search
