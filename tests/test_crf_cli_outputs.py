@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import requires_cuda
 from PIL import Image
 from robustness_tools import assert_one_line_error
 
@@ -192,3 +193,12 @@ def test_batch_out_formats(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "a.npy"), q)
     with pytest.raises(SystemExit):
         main([*argv, "--out-dir", str(tmp_path / "x"), "--out-format", "jpg"])
+
+
+@requires_cuda
+def test_cuda_marginals_match_the_cpu(tmp_path):
+    image, npy, rgb, scores = _pair(tmp_path / "in", "a")
+    argv = ["crf", "--image", str(image), "--scores", str(npy), *FLAGS, "--device", "cuda"]
+    assert main([*argv, "-o", str(tmp_path / "q.npy")]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "q.npy"), deeplab_crf_np(scores, rgb, PARAMS, 4),
+                               atol=1e-4)  # fmt: skip

@@ -229,3 +229,33 @@ def test_bad_folders_give_one_line_naming_the_file(folders, tmp_path, capsys):
     fails("--label-dir", argv=_argv(bad, "full", tmp_path / "out")[:5] + GRID_FLAGS)
     fails("--data", argv=_argv(bad, "full", tmp_path / "out", "--data", str(bad)))
     fails("--scores-dir", str(bad / "full"), argv=_argv(bad, "full", bad / "full"))
+
+
+def test_probabilities_with_exact_filtering(folders, tmp_path):
+    """Softmax outputs (--probabilities) and --method dense: the point equals the exact
+    (O(N^2)) CRF of deeplab_crf on the probabilities, scored independently (24 x 32 crops)."""
+    import torch
+
+    from deeplabv1.crf import CRFParams, deeplab_crf
+
+    root, truth = folders
+    for name in ("img", "lab", "prob"):
+        (tmp_path / name).mkdir()
+    cases = {}
+    for s in sorted(truth)[:2]:
+        rgb, labels = truth[s][0][:24, :32], truth[s][1][:24, :32]
+        scores = torch.from_numpy(np.load(root / "full" / f"{s}.npy")[:, :24, :32])
+        cases[s] = rgb, labels, torch.softmax(scores, 0).numpy()
+        Image.fromarray(rgb).save(tmp_path / "img" / f"{s}.png")
+        Image.fromarray(labels).save(tmp_path / "lab" / f"{s}.png")
+        np.save(tmp_path / "prob" / f"{s}.npy", cases[s][2])
+    argv = _argv(tmp_path, "prob", tmp_path / "out", "--probabilities", "--method", "dense",
+                 "--w1-max", "3", "--sa-max", "5", "--sb-max", "10")  # fmt: skip
+    assert main(argv) == 0
+    (point, got), *others = _records(tmp_path / "out").items()
+    assert point == (3.0, 5.0, 10.0) and not others
+    params = CRFParams(*point, W2, SG)
+    preds = [deeplab_crf(p, rgb, params, ITERS, probabilities=True, method="dense").argmax(0)
+             for rgb, _, p in cases.values()]  # fmt: skip
+    want = _mean_iou([p.numpy() for p in preds], [labels for _, labels, _ in cases.values()])
+    assert got == pytest.approx(want, abs=1e-3)
