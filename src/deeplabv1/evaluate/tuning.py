@@ -164,8 +164,9 @@ def folder_tuning(cfg) -> Tuning:
     report_unmatched(report, "image(s) without a score file", no_scores, cfg.scores_dir)
     report_unmatched(report, "score file(s) without an image", no_image, cfg.image_dir)
     report_unmatched(report, "pair(s) without a <stem>.png label", no_label, label_dir)
+    missing = set(no_label)
     trios = [(s, str(i), str(n), str(label_dir / f"{s}.png")) for s, i, n in pairs
-             if s not in set(no_label)][: cfg.num_images]  # fmt: skip
+             if s not in missing][: cfg.num_images]  # fmt: skip
     if not trios:
         raise DeepLabError(f"{cfg.image_dir}, {cfg.scores_dir}, {label_dir}: no image / scores "
                            "/ label trios by stem")  # fmt: skip
