@@ -90,6 +90,14 @@ def test_grid_optimum_matches_exhaustive_and_resume(tiny, tmp_path, monkeypatch)
     assert len(set(round(v, 3) for v in truth.values())) > 1  # the grid is not flat
     best_json = json.loads((tmp_path / "s" / "best.json").read_text())
     assert best_json["best"]["mean_iou"] == search["best"]["mean_iou"]
+    # the baseline: the arg-max of the zoomed scores without the CRF, and the gain over it
+    from deeplabv1.evaluate.scores import load_scores
+
+    zoomed = [full_scores(*load_scores(root / "scores", sid)) for sid in ds.ids]
+    unary = sum(confusion_matrix(z.argmax(0).numpy(), ds.load(i)[1], NUM_CLASSES)
+                for i, z in enumerate(zoomed))  # fmt: skip
+    assert best_json["unary"]["mean_iou"] == pytest.approx(100 * mean_iou(unary), abs=1e-3)
+    assert best_json["gain"] == pytest.approx(truth[best] - 100 * mean_iou(unary), abs=2e-3)
     assert best_json["num_points"] == 8
     assert "Best: w1" in (tmp_path / "s" / "search.md").read_text()
     # without --resume an existing search is refused, never overwritten

@@ -1,13 +1,17 @@
 """`deeplabv1 crf`: the DeepLab dense CRF on saved score maps, one pair or whole folders.
 
-Single:  deeplabv1 crf --image IMG --scores SCORES.npy -o OUT.png [--params deeplab-largefov]
-Batch:   deeplabv1 crf --image-dir IMGS --scores-dir NPYS --out-dir OUT [--workers N]
+Single:  deeplabv1 crf --image IMG --scores SCORES.npy -o OUT.png|OUT.npy [--params NAME]
+Batch:   deeplabv1 crf --image-dir IMGS --scores-dir NPYS --out-dir OUT [--out-format png|npy|both]
 
 SCORES.npy is a (C, H, W) float array of raw (pre-softmax) scores at the image's resolution
-(``--probabilities true`` for softmax outputs). Batch pairs are matched by file stem; each pair runs
-in a worker process (one thread each, every core by default) and a bad file is reported by name
-while the rest continue. The exit status is 1 if anything failed or lacked a partner. On the CPU
-(numba installed) the command runs on the torch-free engine and never imports torch.
+(--probabilities for softmax outputs, --channels-last for (H, W, C) arrays). Low-resolution
+scores: --upsample 8 zooms them x8 (bilinear, aligned corners, as DeepLab) and cuts the result to
+the image; --upsample image stretches them to the image's size. Outputs: OUT.png is the palette
+PNG of the arg-max labels, OUT.npy the marginals (C, H, W) float32; batch mode writes <stem>.png,
+<stem>.npy or both (--out-format). Batch pairs are matched by file stem; each pair runs in a
+worker process (one thread each, every core by default) and a bad file is reported by name while
+the rest continue. The exit status is 1 if anything failed or lacked a partner. On the CPU (numba
+installed) the command runs on the torch-free engine and never imports torch.
 
 Images are read as `deeplabv1 predict` reads them (any mode, EXIF orientation, transparency on
 --background, at most --max-megapixels). Outputs never replace an input, nor a file deeplabv1 did
@@ -21,8 +25,8 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from deeplabv1.cli.crf_files import ScoreSettings
 from deeplabv1.errors import DeepLabError
-from deeplabv1.predict.images import ImageSettings
 
 
 def _help(text: str):
@@ -30,14 +34,18 @@ def _help(text: str):
 
 
 @dataclass
-class CRFConfig(ImageSettings):
+class CRFConfig(ScoreSettings):
     """Settings of `deeplabv1 crf` (flags, or keys of a --config YAML file)."""
 
     image: str | None = _help("input image (single mode)")
     scores: str | None = _help("(C, H, W) .npy raw scores for --image (single mode)")
     image_dir: str | None = _help("folder of images (batch mode)")
     scores_dir: str | None = _help("folder of <stem>.npy score files (batch mode)")
-    out_dir: str | None = _help("output folder of <stem>.png label maps (batch mode)")
+    out_dir: str | None = _help("output folder (batch mode)")
+    out_format: Literal["png", "npy", "both"] = field(
+        default="png", metadata={"help": "batch outputs: <stem>.png label maps, <stem>.npy "
+                                 "marginals (C, H, W) float32, or both"},
+    )  # fmt: skip
     params: str = field(
         default="deeplab-largefov", metadata={"help": "variant whose CRF parameters to use"}
     )
@@ -49,9 +57,6 @@ class CRFConfig(ImageSettings):
     iters: int = field(default=10, metadata={"help": "mean-field iterations"})
     normalization: Literal["after", "symmetric", "before", "none"] = field(
         default="after", metadata={"help": "kernel normalisation (DeepLab: after)"}
-    )
-    probabilities: bool = field(
-        default=False, metadata={"help": "score files hold softmax probabilities"}
     )
     device: Literal["cpu", "cuda"] = field(default="cpu", metadata={"help": "cpu or cuda"})
     workers: int = field(default=0, metadata={"help": "batch processes (0: every core)"})
@@ -69,6 +74,7 @@ class CRFConfig(ImageSettings):
         if self.workers < 0:
             raise DeepLabError(f"crf: workers (--workers) must be >= 0, got {self.workers}")
         self.max_pixels()
+        self.upsample_mode()
 
 
 def add_parser(subparsers) -> None:
@@ -80,14 +86,15 @@ def add_parser(subparsers) -> None:
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-o", "--output", default=None, help="output label PNG (single mode)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output (single mode): OUT.png labels or OUT.npy marginals")  # fmt: skip
     add_config_args(p, CRFConfig)
     p.set_defaults(func=run)
 
 
 def resolve_params(cfg: CRFConfig):
     """CRFParams from --params with any of --w1 --sa --sb --w2 --sg replacing its values."""
-    from deeplabv1.crf.params import get_params
+    from deeplabv1.crf import get_params
 
     try:
         base = get_params(cfg.params)
@@ -116,13 +123,14 @@ def run(args) -> int:
     if any(single):
         if not all(single):
             raise DeepLabError("single mode needs --image, --scores and -o/--output")
-        from deeplabv1.cli.crf_files import crf_file
+        from deeplabv1.cli.crf_files import crf_file, output_kind
         from deeplabv1.io import check_outputs, output_rules
 
+        kind = output_kind(args.output)
         with output_rules([cfg.image, cfg.scores], overwrite=cfg.overwrite):
             check_outputs([args.output])  # before the work, not after
             labels = crf_file(cfg.image, cfg.scores, args.output, params, **_options(cfg))
-        print(f"wrote {args.output} ({labels.shape[1]} x {labels.shape[0]})")
+        print(f"wrote {args.output} ({kind}, {labels.shape[1]} x {labels.shape[0]})")
         return 0
     if not all(batch):
         raise DeepLabError("batch mode needs --image-dir, --scores-dir and --out-dir")
@@ -144,6 +152,8 @@ def _options(cfg: CRFConfig) -> dict:
         normalization=cfg.normalization,
         device=cfg.device,
         probabilities=cfg.probabilities,
+        channels_last=cfg.channels_last,
+        upsample=cfg.upsample_mode(),
         background=cfg.background,
         max_pixels=cfg.max_pixels(),
     )

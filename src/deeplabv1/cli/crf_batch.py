@@ -7,8 +7,8 @@ absent or disabled (DEEPLABV1_CRF_NUMBA=0) they fall back to torch, also on one 
 file (whatever the error) is reported by name and the others continue; the exit status is then
 1. The output folder is a ``deeplabv1.rundir.run_directory``: never an input folder, one run at
 a time, and every output is checked before the first pair runs (never an input, never a file
-deeplabv1 did not write unless ``--overwrite``); outputs are written atomically, so an
-interrupted run leaves finished PNGs intact.
+deeplabv1 did not write unless ``--overwrite``); outputs are written atomically (a pair's
+PNG and .npy together), so an interrupted run leaves finished outputs intact.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 
 __all__ = ["run_batch"]
+
+SUFFIXES = {"png": (".png",), "npy": (".npy",), "both": (".png", ".npy")}
+WROTE = {"png": "label maps", "npy": "marginals files", "both": "label map + marginals pairs"}
 
 
 def _init_worker() -> None:
@@ -48,21 +51,15 @@ def _work(job):
         return stem, describe_failure(stem, exc)
 
 
-def _report(kind: str, stems: list[str], folder) -> None:
-    if stems:
-        shown = ", ".join(stems[:20]) + (f", ... ({len(stems)} in all)" if len(stems) > 20 else "")
-        print(f"deeplabv1 crf: {len(stems)} {kind} in {folder}: {shown}", file=sys.stderr)
-
-
 def run_batch(cfg, params, options: dict) -> int:
     """CRF every stem-matched pair of cfg.image_dir / cfg.scores_dir into cfg.out_dir."""
-    from deeplabv1.cli.crf_files import match_pairs
+    from deeplabv1.cli.crf_files import match_pairs, report_unmatched
     from deeplabv1.errors import DeepLabError
     from deeplabv1.rundir import run_directory
 
     pairs, no_scores, no_image = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
-    _report("image(s) without a score file", no_scores, cfg.scores_dir)
-    _report("score file(s) without an image", no_image, cfg.image_dir)
+    report_unmatched("deeplabv1 crf", "image(s) without a score file", no_scores, cfg.scores_dir)
+    report_unmatched("deeplabv1 crf", "score file(s) without an image", no_image, cfg.image_dir)
     if not pairs:
         raise DeepLabError(f"{cfg.image_dir}, {cfg.scores_dir}: no image / score pairs by stem")
     inputs = [p for _, image, scores in pairs for p in (image, scores)]
@@ -78,8 +75,10 @@ def _run_pairs(cfg, pairs, out_dir: Path, params, options: dict, unmatched) -> i
     from deeplabv1.config import save_config
     from deeplabv1.io import check_outputs
 
-    jobs = [(s, str(i), str(n), str(out_dir / f"{s}.png"), params, options) for s, i, n in pairs]
-    check_outputs([out_dir / "crf_config.yaml", *(job[3] for job in jobs)])
+    suffixes = SUFFIXES[cfg.out_format]
+    jobs = [(s, str(i), str(n), [str(out_dir / f"{s}{x}") for x in suffixes], params, options)
+            for s, i, n in pairs]  # fmt: skip
+    check_outputs([out_dir / "crf_config.yaml", *(p for job in jobs for p in job[3])])
     save_config(cfg, out_dir / "crf_config.yaml")
     workers = cfg.workers if cfg.workers > 0 else (os.cpu_count() or 1)
     if options.get("device") == "cuda":
@@ -105,5 +104,6 @@ def _run_pairs(cfg, pairs, out_dir: Path, params, options: dict, unmatched) -> i
             pool.close()
             pool.join()
     done = len(jobs) - len(failed)
-    print(f"wrote {done} of {len(jobs)} label maps to {out_dir}; {len(failed)} failed")
+    print(f"wrote {done} of {len(jobs)} {WROTE[cfg.out_format]} to {out_dir}; "
+          f"{len(failed)} failed")  # fmt: skip
     return 1 if failed or unmatched else 0

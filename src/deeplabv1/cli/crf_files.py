@@ -1,25 +1,75 @@
-"""File-level CRF work for the ``deeplabv1 crf`` command: read, check, infer, write.
+"""File-level CRF work for ``deeplabv1 crf`` and ``deeplabv1 crf-search``: read, check, infer,
+write.
 
-Score files are NumPy ``.npy`` arrays (C, H, W) of float raw (pre-softmax) network scores at
-the image's full resolution (or softmax probabilities, with ``probabilities=True``). Images are
-read by ``deeplabv1.predict.images.load_image``, the reader ``predict`` uses (every mode,
-EXIF orientation, a size limit; no torch). Outputs are VOC palette PNGs of the arg-max labels.
+Score files are NumPy ``.npy`` arrays (C, H, W) of float raw (pre-softmax) network scores (or
+softmax probabilities, with ``probabilities``); ``channels_last`` reads (H, W, C) arrays. They
+are at the image's full resolution, or at a network's output resolution with ``upsample``:
+
+- ``upsample=N`` (an integer zoom factor; 8 for DeepLab) is DeepLab's bilinear zoom with
+  aligned corners (Caffe's Interp layer, ``F.interpolate(scale_factor=N, align_corners=True)``):
+  output pixel (y, x) reads the map at (y / N, x / N), so an h x w map covers
+  ((h - 1) N + 1) x ((w - 1) N + 1) pixels. The zoomed map is cut to the image (a padded
+  network input gives a larger one); where it falls short, by at most N - 1 pixels (an unpadded
+  input), its last row / column is repeated. A map of fewer than ceil(H / N) rows (or
+  ceil(W / N) columns) is an error.
+- ``upsample="image"`` is the bilinear resize with aligned corners straight to the image's
+  size H x W (``F.interpolate(size=(H, W), align_corners=True)``): pixel y reads row
+  y (h - 1) / (H - 1), column x reads x (w - 1) / (W - 1).
+
+Images are read by ``deeplabv1.predict.images.load_image``, the reader ``predict`` uses (every
+mode, EXIF orientation, a size limit; no torch). Outputs by suffix: ``.png`` a VOC palette PNG
+of the arg-max labels, ``.npy`` the marginals (C, H, W) float32; both written atomically.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from deeplabv1.errors import DeepLabError
-from deeplabv1.predict.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
+from deeplabv1.predict.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageSettings, load_image
 
-__all__ = ["crf_file", "load_scores", "match_pairs"]
+__all__ = ["ScoreSettings", "crf_file", "load_scores", "match_pairs", "output_kind",
+           "read_pair", "report_unmatched", "upsample_scores", "write_outputs"]  # fmt: skip
+
+OUTPUT_KINDS = {".png": "labels", ".npy": "marginals"}
 
 
-def load_scores(path: str | Path, probabilities: bool = False) -> np.ndarray:
-    """A (C, H, W) finite float score (or probability) array from a .npy file, as float32."""
+@dataclass
+class ScoreSettings(ImageSettings):
+    """How ``crf`` and ``crf-search`` read score files (and images): settings both configs
+    inherit."""
+
+    probabilities: bool = field(
+        default=False, metadata={"help": "score files hold softmax probabilities"}
+    )
+    channels_last: bool = field(
+        default=False, metadata={"help": "score files are (H, W, C) arrays, not (C, H, W)"}
+    )
+    upsample: str | None = field(
+        default=None,
+        metadata={"help": "low-resolution scores: N (bilinear, aligned corners, x N then cut "
+                  "to the image; 8 for DeepLab) or 'image' (stretch to the image size)"},
+    )  # fmt: skip
+
+    def upsample_mode(self) -> int | str | None:
+        """``--upsample`` as None, "image" or a zoom factor >= 1 (DeepLabError otherwise)."""
+        value = self.upsample
+        if value is None or str(value).strip().lower() == "image":
+            return None if value is None else "image"
+        text = str(value).strip()
+        if not (text.isdigit() and int(text) >= 1):
+            raise DeepLabError(f"upsample (--upsample) must be a zoom factor (a positive integer, "
+                               f"8 for DeepLab) or 'image', got {value!r}")  # fmt: skip
+        return int(text)
+
+
+def load_scores(path, probabilities: bool = False, channels_last: bool = False) -> np.ndarray:
+    """A (C, H, W) finite float32 score (or probability) array from a .npy file; with
+    ``channels_last`` the file holds (H, W, C)."""
     path = Path(path)
     try:
         scores = np.load(path, allow_pickle=False)
@@ -32,13 +82,19 @@ def load_scores(path: str | Path, probabilities: bool = False) -> np.ndarray:
             scores.close()
         raise DeepLabError(f"{path}: a .npz archive, not a .npy array; save the (C, H, W) "
                            "scores with numpy.save")  # fmt: skip
+    layout = "(H, W, C)" if channels_last else "(C, H, W)"
     if scores.ndim != 3 or min(scores.shape) < 1:
-        raise DeepLabError(f"{path}: expected a (C, H, W) score array, got shape {scores.shape}")
-    if scores.shape[0] < 2 or scores.shape[0] > 256:
-        raise DeepLabError(f"{path}: expected 2..256 classes on axis 0, got {scores.shape[0]}")
+        raise DeepLabError(f"{path}: expected a {layout} score array, got shape {scores.shape}")
+    classes = scores.shape[2] if channels_last else scores.shape[0]
+    if classes < 2 or classes > 256:
+        where = "the last axis" if channels_last else "axis 0 (--channels-last: the last axis)"
+        raise DeepLabError(f"{path}: expected 2..256 classes on {where}, got shape "
+                           f"{scores.shape}")  # fmt: skip
+    if channels_last:
+        scores = scores.transpose(2, 0, 1)
     if not (np.issubdtype(scores.dtype, np.floating) or np.issubdtype(scores.dtype, np.integer)):
         raise DeepLabError(f"{path}: expected float scores, got dtype {scores.dtype}")
-    scores = scores.astype(np.float32, copy=False)
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
     if not np.isfinite(scores).all():
         raise DeepLabError(f"{path}: scores contain NaN or infinite values")
     if probabilities and (scores.min() < 0 or scores.max() > 1 + 1e-3):
@@ -46,51 +102,142 @@ def load_scores(path: str | Path, probabilities: bool = False) -> np.ndarray:
     return scores
 
 
+def _axis_taps(n_out: int, n_in: int, step: float):
+    """Bilinear taps along one axis: output i reads input position min(i * step, n_in - 1)."""
+    pos = np.minimum(np.arange(n_out, dtype=np.float64) * step, n_in - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (pos - lo).astype(np.float32)
+
+
+def upsample_scores(scores: np.ndarray, height: int, width: int, upsample: int | str) -> np.ndarray:
+    """Bilinear, aligned-corners zoom of (C, h, w) ``scores`` to (C, height, width) float32.
+
+    ``upsample`` is a zoom factor N (pixel y reads row y / N, clamped to the last row: DeepLab's
+    x8 zoom cut to the image) or ``"image"`` (pixel y reads row y (h - 1) / (height - 1)).
+    See the module doc.
+    """
+    c, h, w = scores.shape
+    if upsample == "image":
+        step_y = (h - 1) / (height - 1) if height > 1 else 0.0
+        step_x = (w - 1) / (width - 1) if width > 1 else 0.0
+    else:
+        step_y = step_x = 1.0 / int(upsample)
+    y0, y1, ty = _axis_taps(height, h, step_y)
+    x0, x1, tx = _axis_taps(width, w, step_x)
+    ty = ty[None, :, None]
+    rows = scores[:, y0, :] * (1 - ty) + scores[:, y1, :] * ty  # (C, height, w)
+    out = rows[:, :, x0] * (1 - tx)
+    out += rows[:, :, x1] * tx
+    return out.astype(np.float32, copy=False)
+
+
+def fit_scores(scores: np.ndarray, scores_path, image_path, image_shape, upsample) -> np.ndarray:
+    """``scores`` (C, h, w) at the image's size ``image_shape`` (H, W): as they are, or
+    upsampled as ``upsample`` (None, a factor or "image") says; DeepLabError naming the file
+    when they cannot fit."""
+    (h, w), (height, width) = scores.shape[1:], image_shape
+    size = f"{scores_path}: scores are {h} x {w} but image {image_path} is {height} x {width}"
+    if upsample is None:
+        if (h, w) != (height, width):
+            raise DeepLabError(f"{size} (H x W): upsample scores first, or pass --upsample 8 "
+                               "(DeepLab's x8 zoom) or --upsample image (stretch to the image); "
+                               "(H, W, C) arrays need --channels-last")  # fmt: skip
+        return scores
+    if upsample != "image":
+        if (h, w) == (height, width) and upsample > 1:
+            raise DeepLabError(f"{size}: already the image's size; drop --upsample {upsample}")
+        if h * upsample < height or w * upsample < width:
+            raise DeepLabError(f"{size}: x{upsample} covers at most {h * upsample} x "
+                               f"{w * upsample} pixels; wrong --upsample factor?")  # fmt: skip
+    return upsample_scores(scores, height, width, upsample)
+
+
+def read_pair(
+    image_path,
+    scores_path,
+    *,
+    probabilities: bool = False,
+    channels_last: bool = False,
+    upsample: int | str | None = None,
+    background: str = "white",
+    max_pixels: int = MAX_PIXELS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(RGB uint8 (H, W, 3), float32 scores (C, H, W) at the image's size) of one pair."""
+    rgb = load_image(image_path, background=background, max_pixels=max_pixels)
+    scores = load_scores(scores_path, probabilities, channels_last)
+    return rgb, fit_scores(scores, scores_path, image_path, rgb.shape[:2], upsample)
+
+
+def output_kind(path) -> str:
+    """``"labels"`` for a .png output, ``"marginals"`` for .npy; DeepLabError for the rest."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_KINDS:
+        what = f"suffix {suffix!r}" if suffix else "no suffix"
+        raise DeepLabError(f"{path}: output has {what}: use .png (label map) or .npy "
+                           "(marginals (C, H, W) float32)")  # fmt: skip
+    return OUTPUT_KINDS[suffix]
+
+
+def write_outputs(paths, q: np.ndarray) -> np.ndarray:
+    """Write marginals ``q`` (C, H, W) to every path by its suffix (``output_kind``), all
+    renamed into place together once complete; returns the labels (H, W) uint8."""
+    from deeplabv1.data.palette import label_to_pil
+    from deeplabv1.io import atomic_paths
+
+    kinds = [output_kind(p) for p in paths]
+    labels = q.argmax(0).astype(np.uint8)
+    with atomic_paths(*paths) as tmps:
+        for tmp, kind in zip(tmps, kinds):
+            with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the name
+                if kind == "marginals":
+                    np.save(f, np.ascontiguousarray(q, dtype=np.float32))
+                else:
+                    label_to_pil(labels).save(f, format="PNG")
+    return labels
+
+
 def crf_file(
     image_path,
     scores_path,
-    out_path,
+    out_paths,
     params,
     *,
     iters: int = 10,
     normalization: str = "after",
     device: str = "cpu",
     probabilities: bool = False,
+    channels_last: bool = False,
+    upsample: int | str | None = None,
     background: str = "white",
     max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
-    """Run the DeepLab CRF on one image / score-file pair and write the label PNG; returns the
-    labels (H, W) uint8.
+    """Run the DeepLab CRF on one image / score-file pair and write ``out_paths`` (one path or
+    several; ``.png`` labels, ``.npy`` marginals); returns the labels (H, W) uint8.
 
     ``device="cpu"`` runs the torch-free engine (``deeplab_crf_np``: torch is not imported
     unless numba is absent or disabled); ``"cuda"`` runs torch's ``deeplab_crf`` on the GPU.
     """
-    from deeplabv1.data.palette import save_label_png
-
-    rgb = load_image(image_path, background=background, max_pixels=max_pixels)
-    scores = load_scores(scores_path, probabilities)
-    if scores.shape[1:] != rgb.shape[:2]:
-        raise DeepLabError(
-            f"{scores_path}: scores are {scores.shape[1]} x {scores.shape[2]} but image "
-            f"{image_path} is {rgb.shape[0]} x {rgb.shape[1]} (H x W): upsample scores first"
-        )
+    paths = [out_paths] if isinstance(out_paths, (str, Path)) else list(out_paths)
+    for path in paths:
+        output_kind(path)  # before the work
+    rgb, scores = read_pair(image_path, scores_path, probabilities=probabilities,
+                            channels_last=channels_last, upsample=upsample,
+                            background=background, max_pixels=max_pixels)  # fmt: skip
     options = {"iters": iters, "normalization": normalization, "probabilities": probabilities}
     if str(device) == "cpu":
-        from deeplabv1.crf.deeplab import deeplab_crf_np
+        from deeplabv1.crf import deeplab_crf_np
 
         q = deeplab_crf_np(scores, rgb, params, **options)
     else:
         import torch
 
-        from deeplabv1.crf.deeplab import deeplab_crf
+        from deeplabv1.crf import deeplab_crf
 
         with torch.no_grad():
             q = deeplab_crf(torch.from_numpy(scores), rgb, params, device=device, **options)
             q = q.cpu().numpy()
-    labels = q.argmax(0).astype(np.uint8)
-    del q
-    save_label_png(out_path, labels)
-    return labels
+    return write_outputs(paths, q)
 
 
 def match_pairs(image_dir: Path, scores_dir: Path):
@@ -106,3 +253,10 @@ def match_pairs(image_dir: Path, scores_dir: Path):
     scores = {p.stem: p for p in sorted(Path(scores_dir).glob("*.npy")) if p.is_file()}
     pairs = [(s, images[s], scores[s]) for s in sorted(images.keys() & scores.keys())]
     return pairs, sorted(images.keys() - scores.keys()), sorted(scores.keys() - images.keys())
+
+
+def report_unmatched(command: str, kind: str, stems: list[str], folder) -> None:
+    """One stderr line naming the ``stems`` (at most 20) that lack a partner in ``folder``."""
+    if stems:
+        shown = ", ".join(stems[:20]) + (f", ... ({len(stems)} in all)" if len(stems) > 20 else "")
+        print(f"{command}: {len(stems)} {kind} in {folder}: {shown}", file=sys.stderr)

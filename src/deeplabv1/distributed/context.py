@@ -5,6 +5,9 @@ without them (or with ``WORLD_SIZE=1``) a command runs as a single process and e
 here returns its input. The backend is NCCL on CUDA and gloo on the CPU (the CPU path is what
 the tests exercise). Each process uses ``cuda:LOCAL_RANK`` for ``auto`` / ``cuda`` on a GPU
 machine.
+
+torch is imported only where a collective or a device needs it, so that a single-process
+command that does not use torch (``crf-search`` on score folders) runs without it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from deeplabv1.errors import DeepLabError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: Any = "cpu"  # a torch.device once init_distributed resolved it
 
     @property
     def is_main(self) -> bool:
@@ -45,9 +50,22 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _dist():
+    import torch.distributed
+
+    return torch.distributed
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; ``cuda`` ->
     ``cuda:<local_rank>``; other names as torch devices (a bad name is a DeepLabError)."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -68,7 +86,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment (or run alone)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = _dist()
+    world_size = env_world_size()
     rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local_rank)
@@ -82,6 +101,7 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
 
 def cleanup_distributed() -> None:
     """Leave the process group, if any."""
+    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -91,6 +111,7 @@ def distributed_session(device_name: str = "auto") -> Iterator[DistInfo]:
     """``init_distributed`` for the length of a command; the group is left afterwards only
     if this call created it (a caller's own process group stays). After a normal end every
     rank waits for the others before leaving, so none tears down a collective in flight."""
+    dist = _dist()
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = init_distributed(device_name)
     try:
@@ -106,13 +127,15 @@ def distributed_session(device_name: str = "auto") -> Iterator[DistInfo]:
 
 def _collective_device(info: DistInfo) -> torch.device:
     """Where tensors must be for the group's backend (NCCL: the GPU; gloo: the CPU)."""
-    return info.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    import torch
+
+    return info.device if _dist().get_backend() == "nccl" else torch.device("cpu")
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``tensor`` over all processes, in place (a no-op for one process)."""
     if info.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _dist().all_reduce(tensor, op=_dist().ReduceOp.SUM)
     return tensor
 
 
@@ -124,6 +147,9 @@ def all_reduce_arrays(arrays: dict[str, np.ndarray], info: DistInfo) -> dict[str
     """
     if not info.distributed:
         return dict(arrays)
+    import torch
+
+    dist = _dist()
     out: dict[str, np.ndarray] = {}
     groups: dict[np.dtype, list[str]] = {}
     for name in sorted(arrays):
@@ -148,7 +174,7 @@ def gather_objects(obj, info: DistInfo) -> list:
     if not info.distributed:
         return [obj]
     out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
+    _dist().all_gather_object(out, obj)
     return out
 
 
@@ -157,11 +183,11 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
     if not info.distributed:
         return obj
     box = [obj if info.rank == src else None]
-    dist.broadcast_object_list(box, src=src)
+    _dist().broadcast_object_list(box, src=src)
     return box[0]
 
 
 def barrier(info: DistInfo) -> None:
     """Wait for every process."""
     if info.distributed:
-        dist.barrier()
+        _dist().barrier()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deeplabv1.cli.crf_files import ScoreSettings
 from deeplabv1.errors import DeepLabError
 
 
@@ -83,8 +84,10 @@ class EvalConfig:
 
 
 @dataclass
-class CRFSearchConfig:
-    """Coarse-to-fine search of w1, sa, sb on saved score maps (SPEC 4).
+class CRFSearchConfig(ScoreSettings):
+    """Coarse-to-fine search of w1, sa, sb on saved score maps (SPEC 4), or on any model's
+    scores: ``image_dir`` + ``scores_dir`` + ``label_dir`` folders paired by file stem, read as
+    ``deeplabv1 crf`` reads them (``ScoreSettings``: probabilities, channels_last, upsample).
 
     The coarse grid defaults to the paper's: w1 in [5, 10] (the authors' script: {5, 10}),
     sa 50..100 step 10 (script: 40..100, set ``sa_min 40``), sb 3..10 step 1; w2 = sg = 3 fixed.
@@ -94,8 +97,17 @@ class CRFSearchConfig:
     scores: str | None = _f(None, "folder of saved score maps (deeplabv1 eval --save-scores)")
     data: str | None = _f(None, "dataset the scores were computed on (plain folder or VOC root)")
     split: str = _f("val", "image list (the first num_images ids are used)")
+    image_dir: str | None = _f(
+        None,
+        "any model's scores: folder of images (with --scores-dir and --label-dir, paired by "
+        "stem as deeplabv1 crf pairs them)",
+    )
+    scores_dir: str | None = _f(None, "any model's scores: folder of <stem>.npy score files")
     label_dir: str | None = _f(
-        None, "label folder under the root (default: masks/, or VOC's per split)")
+        None,
+        "with --data: label folder under the root (default: masks/, or VOC's per split); with "
+        "--image-dir: folder of <stem>.png label maps (palette or grey indices, 255 void)",
+    )
     val_fraction: float | None = _f(
         None, "plain folder without split lists: the val fraction given to train")
     num_images: int = _f(100, "number of images to tune on (paper: 100 val images)")

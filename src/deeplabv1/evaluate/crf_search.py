@@ -13,6 +13,11 @@ the points in flight; ``resume`` skips the points already there.
 Under torchrun the ranks share out each round's points in waves (``world_size * jobs`` points,
 split as ``deeplabv1.distributed.shard`` splits): every rank gets every record of a wave, in the
 wave's order, so all ranks hold the same records as one process would, and rank 0 writes them.
+
+The images come from saved score maps of a dataset (``saved_tuning``) or from plain image /
+score / label folders (``deeplabv1.evaluate.tuning.folder_tuning``); before the grid, the
+arg-max of the scores alone is scored once, and the result reports the best point's gain over
+it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -120,8 +126,10 @@ _CRF: tuple[int, str, str] = (10, "after", "lattice")
 
 
 def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
-    """(coarse scores, h, w, factor, crop, rgb, labels) of the first ``num_images`` images."""
+    """The ``SavedImage`` (coarse scores, h, w, factor, crop, rgb, labels) of the first
+    ``num_images`` images."""
     from deeplabv1.evaluate.scores import load_scores
+    from deeplabv1.evaluate.tuning import SavedImage
 
     out = []
     for i in range(min(num_images, len(dataset))):
@@ -129,7 +137,7 @@ def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
         coarse, h, w, factor, crop = load_scores(scores_dir, dataset.ids[i])
         if (h, w) != labels.shape:
             raise DeepLabError(f"{scores_dir}/{dataset.ids[i]}.npz: size differs from the image")
-        out.append((coarse, h, w, factor, crop, rgb, labels))
+        out.append(SavedImage(coarse, h, w, factor, crop, rgb, labels))
     return out
 
 
@@ -137,30 +145,29 @@ def init_worker(images: list | Callable[[], list], crf: tuple[int, str, str], th
     """Process initialiser: keep the tuning images and the CRF's (iters, normalization,
     method) in module globals."""
     global _IMAGES, _CRF
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     _IMAGES = images() if callable(images) else images
     _CRF = crf
+    if threads:  # the torch-free engine's, and torch's where the images brought it in
+        from deeplabv1.crf import set_num_threads
+
+        set_num_threads(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
 
 def evaluate_point(point: Point) -> dict:
     """Mean IoU (%) of the CRF with parameters ``point`` over the worker's images."""
     from deeplabv1.crf import CRFParams
-    from deeplabv1.evaluate.evaluator import run_crf
     from deeplabv1.evaluate.metrics import ConfusionAccumulator, mean_iou, pixel_accuracy
-    from deeplabv1.evaluate.scores import full_scores
 
     assert _IMAGES is not None, "init_worker was not called"
     params = CRFParams(*point)
     t0 = time.perf_counter()
     acc = None
-    for coarse, h, w, factor, crop, rgb, labels in _IMAGES:
+    for item in _IMAGES:  # tuning.SavedImage or tuning.FolderImage
         if acc is None:
-            acc = ConfusionAccumulator(coarse.shape[0])
-        pred = run_crf(full_scores(coarse, h, w, factor, crop), rgb, params, *_CRF)
-        acc.update(pred, labels)
+            acc = ConfusionAccumulator(item.num_classes)
+        acc.update(item.crf_labels(params, *_CRF), item.labels)
     rec = dict(zip(PARAM_NAMES, point))
     rec["mean_iou"] = round(100 * mean_iou(acc.matrix), 4)
     rec["pixel_accuracy"] = round(100 * pixel_accuracy(acc.matrix), 4)
@@ -271,8 +278,26 @@ def run_points_sharded(points: list[Point], store: PointsFile, loader, cfg, bar,
             bar.update(len(wave))
 
 
-def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None, dist=None) -> dict:
-    """Run the search into ``cfg.out``; returns {"best": record, "records": [...], ...}.
+def saved_tuning(cfg: CRFSearchConfig, dataset, num_classes: int):
+    """The ``tuning.Tuning`` of saved score maps (``cfg.scores``) of ``dataset``'s first
+    ``cfg.num_images`` images."""
+    from deeplabv1.evaluate.tuning import Tuning
+
+    ids = dataset.ids[: cfg.num_images]
+    if not ids:
+        raise DeepLabError(f"crf-search: split {cfg.split!r} has no images")
+    for flag in ("probabilities", "channels_last", "upsample"):
+        if getattr(cfg, flag):
+            raise DeepLabError(f"crf-search: --{flag.replace('_', '-')} applies to score folders "
+                               "(--image-dir/--scores-dir), not to saved score maps")  # fmt: skip
+    loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids),
+                     cfg.val_fraction)  # fmt: skip
+    return Tuning(ids, num_classes, loader, setup_fingerprint(cfg, ids))
+
+
+def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
+    """Run the search on ``tuning`` (``saved_tuning`` or ``tuning.folder_tuning``) into
+    ``cfg.out``; returns {"best": record, "unary": record, "gain": points, "records": ...}.
 
     ``dist`` (a ``DistInfo``): share the points out over torchrun's ranks (module doc).
     """
@@ -280,17 +305,16 @@ def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None, d
 
     from deeplabv1.distributed.context import DistInfo
     from deeplabv1.distributed.work import on_main
+    from deeplabv1.evaluate.tuning import unary_record
 
     dist = dist if dist is not None else DistInfo()
-    ids = dataset.ids[: cfg.num_images]
-    if not ids:
-        raise DeepLabError(f"crf-search: split {cfg.split!r} has no images")
     out = Path(cfg.out)
-    setup = setup_fingerprint(cfg, ids)
-    store = on_main(lambda: PointsFile(out / POINTS_NAME, setup, cfg.resume), dist)
+    store = on_main(lambda: PointsFile(out / POINTS_NAME, tuning.setup, cfg.resume), dist)
     store.write = dist.is_main
-    loader = _Loader(cfg.scores, cfg.data, cfg.split, cfg.label_dir, num_classes, len(ids),
-                     cfg.val_fraction)  # fmt: skip
+    images = tuning.loader()
+    unary = unary_record(images, tuning.num_classes)  # reads every file once, before the grid
+    loader = images if cfg.jobs <= 1 else tuning.loader  # workers load their own
+    del images
     show = (cfg.progress if progress is None else progress) and dist.is_main
     points = coarse_grid(cfg)
     steps = (cfg.w1_step, cfg.sa_step, cfg.sb_step)
@@ -309,5 +333,6 @@ def crf_search(cfg: CRFSearchConfig, dataset, num_classes: int, progress=None, d
         best = best_record(store.records.values())
         rounds.append({"round": r, "points": len(points), "steps": list(steps),
                        "best": {n: best[n] for n in (*PARAM_NAMES, "mean_iou")}})  # fmt: skip
-    return {"best": best, "rounds": rounds, "records": list(store.records.values()),
-            "setup": store.setup, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    return {"best": best, "unary": unary, "gain": round(best["mean_iou"] - unary["mean_iou"], 4),
+            "rounds": rounds, "records": list(store.records.values()), "setup": store.setup,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip

@@ -99,10 +99,15 @@ def search_markdown(search: dict, top: int = 15) -> str:
              f"{r['mean_iou']:.2f}"] for r in recs]  # fmt: skip
     b = search["best"]
     setup = search["setup"]
-    lines = [f"# CRF search: {setup['num_images']} images of {setup['split']}, "
+    source = setup.get("split") or setup.get("images")  # a dataset split or an image folder
+    lines = [f"# CRF search: {setup['num_images']} images of {source}, "
              f"{len(search['records'])} points", "",
              f"Best: w1 = {b['w1']:g}, sa = {b['sa']:g}, sb = {b['sb']:g}, w2 = {b['w2']:g}, "
              f"sg = {b['sg']:g}: mean IoU {b['mean_iou']:.2f}%", ""]  # fmt: skip
+    if search.get("unary"):
+        lines += [f"Without the CRF (arg-max of the scores): mean IoU "
+                  f"{search['unary']['mean_iou']:.2f}%; gain of the best CRF: "
+                  f"{search['gain']:+.2f} points.", ""]  # fmt: skip
     lines += _table(["w1", "sa", "sb", "w2", "sg", "mean IoU (%)"], rows) + [""]
     return "\n".join(lines)
 

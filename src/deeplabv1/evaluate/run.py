@@ -11,6 +11,7 @@ own device and writes that shard's per-image outputs; rank 0 writes everything e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -209,23 +210,33 @@ def run_crf_search(cfg) -> dict:
     Under torchrun the ranks share out the points of every round (on the CPU, gloo); rank 0
     writes the outputs and every rank returns the same search.
     """
-    from deeplabv1.data.datasets import open_dataset
-    from deeplabv1.distributed.context import distributed_session
-    from deeplabv1.evaluate.crf_search import crf_search
+    from deeplabv1.distributed.context import DistInfo, distributed_session, env_world_size
+    from deeplabv1.evaluate.crf_search import crf_search, saved_tuning
     from deeplabv1.evaluate.report import write_search
-    from deeplabv1.evaluate.scores import read_meta
 
-    if cfg.scores is None or cfg.data is None:
-        raise DeepLabError("crf-search: --scores DIR and --data DATASET are required")
     if cfg.num_images < 1 or cfg.jobs < 1 or cfg.refine_rounds < 0:
         raise DeepLabError("crf-search: num_images and jobs must be >= 1, refine_rounds >= 0")
-    num_classes = int(read_meta(cfg.scores)["num_classes"])
-    dataset = open_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir, num_classes=num_classes,
-                           val_fraction=cfg.val_fraction)  # fmt: skip
-    with distributed_session("cpu") as dist:
+    if cfg.image_dir is not None or cfg.scores_dir is not None:  # any model's score folders
+        from deeplabv1.evaluate.tuning import folder_tuning
+
+        tuning = folder_tuning(cfg)
+    else:
+        from deeplabv1.data.datasets import open_dataset
+        from deeplabv1.evaluate.scores import read_meta
+
+        if cfg.scores is None or cfg.data is None:
+            raise DeepLabError("crf-search: give --scores DIR and --data DATASET (saved score "
+                               "maps), or --image-dir, --scores-dir and --label-dir")  # fmt: skip
+        num_classes = int(read_meta(cfg.scores)["num_classes"])
+        dataset = open_dataset(cfg.data, cfg.split, label_dir=cfg.label_dir,
+                               num_classes=num_classes, val_fraction=cfg.val_fraction)  # fmt: skip
+        tuning = saved_tuning(cfg, dataset, num_classes)
+    # one process needs no process group (and no torch: the folder search runs without it)
+    alone = env_world_size() <= 1
+    with contextlib.nullcontext(DistInfo()) if alone else distributed_session("cpu") as dist:
         if dist.is_main:
             save_config(cfg, Path(cfg.out) / "config.yaml")
-        search = crf_search(cfg, dataset, num_classes, dist=dist)
+        search = crf_search(cfg, tuning, dist=dist)
         if dist.is_main:
             write_search(cfg.out, search)
     return search
