@@ -184,8 +184,10 @@ def test_killed_rank_then_resume_completes_without_redoing_finished_images(singl
 
 
 def test_resume_alone_skips_complete_images_and_refuses_other_settings(single, tmp_path, capsys):
+    for name in ("img0", "img1"):
+        (tmp_path / f"{name}.png").write_bytes((single / "in" / f"{name}.png").read_bytes())
     out = tmp_path / "r"
-    two = [str(single / "in" / "img0.png"), str(single / "in" / "img1.png")]
+    two = [str(tmp_path / "img0.png"), str(tmp_path / "img1.png")]
     options = ["--weights", str(single / "model.pt"), "-o", str(out), "--test-size", "0"]
     base = ["predict", *two, *options]
     assert main([*base, "--resume"]) == 0  # a fresh folder: --resume just starts
@@ -205,10 +207,23 @@ def test_resume_alone_skips_complete_images_and_refuses_other_settings(single, t
     assert "other settings (alpha: 0.5 then, 0.3 now)" in capsys.readouterr().err
     assert main(["predict", *two, str(single / "in" / "img2.png"), *options, "--resume"]) == 2
     assert "other settings (inputs:" in capsys.readouterr().err
-    assert main(base) == 0  # without --resume: every image is written again
-    assert all(p.stat().st_ino != stamp[p.name] for p in out.glob("img0_*.png"))
     assert main([*base, "--crf", "--resume"]) == 2  # crf outputs missing: other settings
     assert "other settings" in capsys.readouterr().err
+    # without --resume every image is written again; a run over earlier outputs that ends
+    # with every image written leaves them all current, so --resume may follow
+    assert main(base) == 0
+    assert all(p.stat().st_ino != stamp[p.name] for p in out.glob("img0_*.png"))
+    stamp = {p.name: p.stat().st_ino for p in out.glob("img*.png")}
+    assert main([*base, "--resume"]) == 0
+    assert {p.name: p.stat().st_ino for p in out.glob("img*.png")} == stamp
+    # ... but not after one where an image failed: its files may be the earlier run's
+    good = (tmp_path / "img1.png").read_bytes()
+    (tmp_path / "img1.png").write_bytes(b"not an image")
+    assert main([*base, "--alpha", "0.3"]) == 1
+    (tmp_path / "img1.png").write_bytes(good)
+    capsys.readouterr()
+    assert main([*base, "--alpha", "0.3", "--resume"]) == 2
+    assert "earlier run's outputs" in capsys.readouterr().err
 
 
 def test_batched_crf_and_its_failure_give_the_same_outputs(single, tmp_path, monkeypatch):

@@ -211,3 +211,17 @@ def record_setup(path: str | os.PathLike, setup: dict, resume: bool, info: DistI
             )
 
     on_main(check_and_write, info)
+
+
+def mark_outputs_current(path: str | os.PathLike, info: DistInfo) -> None:
+    """After a run that wrote (or found complete) the outputs of every item it was given, with
+    no failure: the record's ``over_earlier_outputs`` no longer applies (every output of these
+    items is this run's), so a later ``resume`` may use them. Rank 0 rewrites the record."""
+    path = Path(path)
+
+    def clear() -> None:
+        record = _read_record(path)
+        if record.get("over_earlier_outputs"):
+            atomic_write_json(path, {**record, "over_earlier_outputs": False})
+
+    on_main(clear, info)

@@ -187,6 +187,7 @@ def predict_in_group(
     from deeplabv1.distributed.shard import shard
     from deeplabv1.distributed.work import (
         WorkSummary,
+        mark_outputs_current,
         on_every_rank,
         on_main,
         record_setup,
@@ -235,6 +236,8 @@ def predict_in_group(
                   dist, "predict")  # fmt: skip
     summary.seconds = time.perf_counter() - start
     report = merged_summary(cfg, paths, problems, summary, records, out_dir, dist)
+    if not report["counts"]["failed"]:  # every image's files are this run's (or resumed)
+        mark_outputs_current(out_dir / SETUP, dist)
     if not dist.is_main:
         return 0
     counts = report["counts"]
