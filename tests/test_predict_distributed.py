@@ -295,3 +295,34 @@ def test_cuda_segmenter_crf_device(single):
     a, b = same.predict(rgb, crf=True), cpu.predict(rgb, crf=True)
     assert (a.crf_labels == b.crf_labels).mean() > 0.99
     np.testing.assert_allclose(a.crf_probs, b.crf_probs, atol=1e-3)
+
+
+def _late_rank(rank: int, world: int, seconds: float, status_dir: str) -> None:
+    """Rank 1 reaches the barrier 4 s after rank 0, in a group whose collectives wait
+    ``seconds``."""
+    import time
+    from datetime import timedelta
+
+    from deeplabv1.distributed.context import barrier, distributed_session
+
+    try:
+        with distributed_session("cpu", timedelta(seconds=seconds)) as info:
+            if rank == 1:
+                time.sleep(4)
+            barrier(info)
+        result = "ok"
+    except Exception:  # gloo: timed out, or the peer left
+        result = "timed out"
+    Path(status_dir, f"rank{rank}").write_text(result)
+
+
+@pytest.mark.slow
+def test_session_timeout_is_how_long_a_rank_waits_for_the_others(tmp_path):
+    """predict's group waits RANK_WAIT (hours) for ranks that finish late: the timeout reaches
+    the process group (a rank 4 s late fails a group that waits 1 s; torch's default is 10
+    minutes for NCCL, 30 for gloo)."""
+    from deeplabv1.predict.batch import RANK_WAIT
+
+    assert RANK_WAIT.total_seconds() >= 3600
+    spawn(_late_rank, 2, 1.0, str(tmp_path))
+    assert (tmp_path / "rank0").read_text() == "timed out"

@@ -13,6 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -66,8 +67,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group described by torchrun's environment (or run alone)."""
+def init_distributed(device_name: str = "auto", timeout: timedelta | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment (or run alone).
+
+    ``timeout``: how long a collective waits for the other ranks (None: torch's default, 10
+    minutes for NCCL); commands whose ranks may finish their shares far apart give more.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = env_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -75,6 +80,8 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         dist.init_process_group(backend, init_method="env://", rank=rank,
                                 world_size=world_size, **kwargs)  # fmt: skip
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
@@ -87,12 +94,14 @@ def cleanup_distributed() -> None:
 
 
 @contextlib.contextmanager
-def distributed_session(device_name: str = "auto") -> Iterator[DistInfo]:
+def distributed_session(
+    device_name: str = "auto", timeout: timedelta | None = None
+) -> Iterator[DistInfo]:
     """``init_distributed`` for the length of a command; the group is left afterwards only
     if this call created it (a caller's own process group stays). After a normal end every
     rank waits for the others before leaving, so none tears down a collective in flight."""
     owns_group = not (dist.is_available() and dist.is_initialized())
-    info = init_distributed(device_name)
+    info = init_distributed(device_name, timeout)
     try:
         yield info
     except BaseException:

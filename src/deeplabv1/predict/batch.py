@@ -31,6 +31,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -125,6 +126,9 @@ def _unique_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+# a rank that has finished its images waits this long for the others at the end (the ranks'
+# shares can take hours and finish minutes apart; NCCL's default wait is 10 minutes)
+RANK_WAIT = timedelta(hours=24)
 SUMMARY = "predict_summary.json"
 CONFIG = "predict_config.yaml"
 SETUP = "predict_setup.json"
@@ -152,7 +156,7 @@ def run_predict(cfg: PredictConfig) -> int:
     folder = group_run_directory(cfg.output, rank=rank, inputs=[*paths, cfg.weights],
                                  input_folders=folders, overwrite=cfg.overwrite,
                                  flag="-o")  # fmt: skip
-    with folder as out_dir, distributed_session(cfg.device) as dist:
+    with folder as out_dir, distributed_session(cfg.device, RANK_WAIT) as dist:
         return predict_in_group(cfg, paths, problems, out_dir, dist)
 
 
