@@ -272,6 +272,31 @@ def test_crf_device_choices_on_the_cpu(single, tmp_path, capsys):
     assert "--crf-batch-size" in capsys.readouterr().err
 
 
+def test_segmenter_crf_out_of_gpu_memory_runs_on_the_cpu_engine(single, monkeypatch, capsys):
+    """The fallback, simulated on the CPU: the CRF's device is taken for a GPU that runs out of
+    memory; the CPU engine's result comes back instead, with a note."""
+    import deeplabv1.crf
+    from deeplabv1.evaluate.crf_runner import CRFRunner
+    from deeplabv1.predict.segmenter import Segmenter
+
+    seg = Segmenter.from_checkpoint(single / "model.pt", test_size=None, crf_iters=3)
+    rgb = np.asarray(Image.open(single / "in" / "img0.png"))
+    want = seg.predict(rgb, crf=True).crf_probs
+    real, devices = deeplabv1.crf.deeplab_crf, []
+
+    def gpu_out_of_memory(scores, image, params, iters=10, device=None, **kw):
+        devices.append(torch.device(device or scores.device).type)
+        if devices[-1] == "cuda":
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(scores, image, params, iters, device=device, **kw)
+
+    monkeypatch.setattr(deeplabv1.crf, "deeplab_crf", gpu_out_of_memory)
+    monkeypatch.setattr(CRFRunner, "target", lambda self, d: torch.device("cuda", 0))
+    got = seg.predict(rgb, crf=True)
+    assert devices == ["cuda", "cpu"] and "ran out of GPU memory" in capsys.readouterr().err
+    np.testing.assert_array_equal(got.crf_probs, want)
+
+
 @requires_cuda
 def test_cuda_predict_runs_the_crf_on_the_gpu_like_the_cpu_engine(single, tmp_path):
     out_gpu, out_cpu = tmp_path / "gpu", tmp_path / "cpu"

@@ -169,14 +169,14 @@ def segment_files(
                 on_failed(lost[0].path, exc)
                 bar.update()
                 return
-            for work in lost:
+            for item in lost:
                 try:
-                    labels = seg.crf_probabilities(work.scores, work.rgb).argmax(0).cpu()
+                    labels = seg.crf_probabilities(item.scores, item.rgb).argmax(0).cpu()
                 except Exception as alone:
-                    on_failed(work.path, alone)
+                    on_failed(item.path, alone)
                     bar.update()
                     continue
-                finish(work, labels.numpy())
+                finish(item, labels.numpy())
             return
         for key, labels in done:
             finish(waiting.pop(key), labels)
