@@ -161,6 +161,16 @@ def gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every process's ``obj`` (picklable) in rank order on rank 0, None on the others
+    (``[obj]`` for one process): for results only rank 0 writes."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def broadcast_object(obj, info: DistInfo, src: int = 0):
     """Rank ``src``'s ``obj`` on every process (``obj`` itself for one process)."""
     if not info.distributed:

@@ -188,6 +188,7 @@ def predict_in_group(
     from tqdm import tqdm
 
     from deeplabv1.config import save_config
+    from deeplabv1.distributed.context import broadcast_object
     from deeplabv1.distributed.shard import shard
     from deeplabv1.distributed.work import (
         WorkSummary,
@@ -240,39 +241,41 @@ def predict_in_group(
                   dist, "predict")  # fmt: skip
     summary.seconds = time.perf_counter() - start
     report = merged_summary(cfg, paths, problems, summary, records, out_dir, dist)
-    if not report["counts"]["failed"]:  # every image's files are this run's (or resumed)
+    counts = broadcast_object(report["counts"] if dist.is_main else None, dist)
+    if not counts["failed"]:  # every image's files are this run's (or resumed)
         mark_outputs_current(out_dir / SETUP, dist)
     if not dist.is_main:
         return 0
-    counts = report["counts"]
     resumed = f", {counts['skipped']} skipped (outputs complete)" if cfg.resume else ""
     print(f"deeplabv1 predict: {counts['processed']} image(s) segmented into {out_dir}{resumed}, "
           f"{counts['failed']} failed, {counts['unmatched']} input(s) matched nothing")  # fmt: skip
     return 1 if counts["failed"] or problems or not paths else 0
 
 
-def merged_summary(cfg, paths, problems, summary, records: dict, out_dir, dist) -> dict:
-    """Every rank's summary and image records merged (in input order) and written by rank 0
-    to ``predict_summary.json``; returned on every rank."""
+def merged_summary(cfg, paths, problems, summary, records: dict, out_dir, dist) -> dict | None:
+    """Every rank's summary and image records merged on rank 0 (images in input order) and
+    written to ``predict_summary.json``; returned on rank 0 (None on the others)."""
     from deeplabv1.config import config_to_dict
-    from deeplabv1.distributed.context import gather_objects
+    from deeplabv1.distributed.context import gather_to_main
     from deeplabv1.distributed.work import merge_summaries, on_main
     from deeplabv1.io import atomic_write_json
 
-    gathered = gather_objects((summary, records), dist)
-    merged = merge_summaries([s for s, _ in gathered])
-    every = {name: r for _, recs in gathered for name, r in recs.items()}
-    order = {str(p): i for i, p in enumerate(paths)}
-    report = {
-        "config": config_to_dict(cfg),
-        "counts": {**merged["counts"], "unmatched": len(problems)},
-        "images": [every[name] for name in sorted(every, key=order.__getitem__)],
-        "failed": [{"input": f["name"], "error": f["error"]}
-                   for f in sorted(merged["failed"], key=lambda f: order[f["name"]])],
-        "skipped": sorted(merged["skipped"], key=order.__getitem__),
-        "unmatched": problems,
-        "world_size": merged["world_size"],
-        "ranks": merged["ranks"],
-    }  # fmt: skip
+    gathered = gather_to_main((summary, records), dist)
+    report = None
+    if dist.is_main:
+        merged = merge_summaries([s for s, _ in gathered])
+        every = {name: r for _, recs in gathered for name, r in recs.items()}
+        order = {str(p): i for i, p in enumerate(paths)}
+        report = {
+            "config": config_to_dict(cfg),
+            "counts": {**merged["counts"], "unmatched": len(problems)},
+            "images": [every[name] for name in sorted(every, key=order.__getitem__)],
+            "failed": [{"input": f["name"], "error": f["error"]}
+                       for f in sorted(merged["failed"], key=lambda f: order[f["name"]])],
+            "skipped": sorted(merged["skipped"], key=order.__getitem__),
+            "unmatched": problems,
+            "world_size": merged["world_size"],
+            "ranks": merged["ranks"],
+        }  # fmt: skip
     on_main(lambda: atomic_write_json(Path(out_dir) / SUMMARY, report), dist)
     return report
