@@ -10,7 +10,10 @@ Segment images with a checkpoint from `deeplabv1 train` or `deeplabv1 convert`. 
 <stem>_crf.png and <stem>_crf_overlay.png, with --side-by-side <stem>_figure.png. Any image mode
 is accepted (EXIF orientation applied; transparency composited on --background). Images are
 padded to --test-size (513, the paper); longer sides to the next 8k+1. Unreadable files are
-reported and skipped; the exit status is then 1.
+reported and skipped; the exit status is then 1. --resume skips images whose outputs are
+complete. Under torchrun each process segments its share of the inputs, e.g.
+`torchrun --standalone --nproc-per-node 4 -m deeplabv1 predict photos/ --weights m.pt --crf
+--device cuda -o out/` (docs/predict.md).
 """
 
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +25,10 @@ from deeplabv1.errors import DeepLabError
 
 if TYPE_CHECKING:
     import torch
+
+# How long a rank waits in a collective for the others: a command's ranks may finish their
+# shares of images hours apart (torch's default, 10 minutes for NCCL, would abort them).
+RANK_WAIT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group described by torchrun's environment (or run alone)."""
+def init_distributed(device_name: str = "auto", timeout: timedelta | None = None) -> DistInfo:
+    """Join the process group described by torchrun's environment (or run alone).
+
+    ``timeout``: how long a collective waits for the other ranks (None: torch's default, 10
+    minutes for NCCL); commands whose ranks may finish their shares far apart give more.
+    """
     dist = _dist()
     world_size = env_world_size()
     rank = env_rank()
@@ -94,6 +103,8 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         dist.init_process_group(backend, init_method="env://", rank=rank,
                                 world_size=world_size, **kwargs)  # fmt: skip
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
@@ -107,13 +118,15 @@ def cleanup_distributed() -> None:
 
 
 @contextlib.contextmanager
-def distributed_session(device_name: str = "auto") -> Iterator[DistInfo]:
+def distributed_session(
+    device_name: str = "auto", timeout: timedelta | None = None
+) -> Iterator[DistInfo]:
     """``init_distributed`` for the length of a command; the group is left afterwards only
     if this call created it (a caller's own process group stays). After a normal end every
     rank waits for the others before leaving, so none tears down a collective in flight."""
     dist = _dist()
     owns_group = not (dist.is_available() and dist.is_initialized())
-    info = init_distributed(device_name)
+    info = init_distributed(device_name, timeout)
     try:
         yield info
     except BaseException:
@@ -175,6 +188,16 @@ def gather_objects(obj, info: DistInfo) -> list:
         return [obj]
     out = [None] * info.world_size
     _dist().all_gather_object(out, obj)
+    return out
+
+
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every process's ``obj`` (picklable) in rank order on rank 0, None on the others
+    (``[obj]`` for one process): for results only rank 0 writes."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    _dist().gather_object(obj, out, dst=0)
     return out
 
 

@@ -11,8 +11,8 @@ pieces the same way with one process or many:
 - every rank keeps a :class:`WorkSummary` (processed / failed / skipped, by name);
   ``gather_summaries`` merges them on every rank and ``write_summary`` writes the merged
   summary once, from rank 0;
-- ``on_main`` and ``check_all`` turn an error on one rank into the same error on every rank,
-  so that no rank waits forever in a collective for one that gave up.
+- ``on_main``, ``on_every_rank`` and ``check_all`` turn an error on one rank into the same
+  error on every rank, so that no rank waits forever in a collective for one that gave up.
 """
 
 from __future__ import annotations
@@ -120,6 +120,36 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
     return value
 
 
+def on_every_rank(fn: Callable[[], T], info: DistInfo, what: str) -> T:
+    """``fn()`` run by every rank; an exception on any rank is a DeepLabError on every rank
+    (its traceback printed where it is not a DeepLabError). Alone, ``fn``'s exceptions pass
+    through unchanged."""
+    if not info.distributed:
+        return fn()
+    value, error = None, None
+    try:
+        value = fn()
+    except Exception as exc:
+        if not isinstance(exc, DeepLabError):
+            import traceback
+
+            traceback.print_exc()
+        error = f"rank {info.rank}: {exc if isinstance(exc, DeepLabError) else repr(exc)}"
+    check_all(error, info, what)
+    return value
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks: for setup records."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _differences(old: dict, new: dict) -> list[str]:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed]
@@ -143,11 +173,18 @@ def record_setup(path: str | os.PathLike, setup: dict, resume: bool, info: DistI
     outputs are reused only if the record exists, matches ``setup`` and was not written over
     an earlier run's outputs; otherwise a DeepLabError (on every rank) says why, rather than
     mixing outputs of different settings. Rank 0 reads and writes; the others wait for it.
+    The folder's lock and list of outputs (``deeplabv1.rundir``, ``deeplabv1.io``) are not
+    outputs: the record may live in a command's locked output folder itself.
     """
+    from deeplabv1.io import OUTPUTS_LIST
+    from deeplabv1.rundir import LOCK_NAME
+
     path = Path(path)
+    not_outputs = {path.name, LOCK_NAME, OUTPUTS_LIST}
 
     def check_and_write() -> None:
-        earlier = path.parent.is_dir() and any(p.name != path.name for p in path.parent.iterdir())
+        folder = path.parent
+        earlier = folder.is_dir() and any(p.name not in not_outputs for p in folder.iterdir())
         if not resume:
             atomic_write_json(path, {"setup": setup, "over_earlier_outputs": earlier})
             return
@@ -174,3 +211,17 @@ def record_setup(path: str | os.PathLike, setup: dict, resume: bool, info: DistI
             )
 
     on_main(check_and_write, info)
+
+
+def mark_outputs_current(path: str | os.PathLike, info: DistInfo) -> None:
+    """After a run that wrote (or found complete) the outputs of every item it was given, with
+    no failure: the record's ``over_earlier_outputs`` no longer applies (every output of these
+    items is this run's), so a later ``resume`` may use them. Rank 0 rewrites the record."""
+    path = Path(path)
+
+    def clear() -> None:
+        record = _read_record(path)
+        if record.get("over_earlier_outputs"):
+            atomic_write_json(path, {**record, "over_earlier_outputs": False})
+
+    on_main(clear, info)

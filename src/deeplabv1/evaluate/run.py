@@ -65,19 +65,11 @@ def eval_classes(stored, data_root, num_classes: int):
     return found if found is not None else default_classes(num_classes)
 
 
-def _file_digest(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prediction_setup(cfg: EvalConfig, params) -> dict:
     """What the per-image predictions depend on (checked before ``--resume`` reuses them)."""
-    source = {"weights_sha256": _file_digest(cfg.weights)} if cfg.weights else {}
+    from deeplabv1.distributed.work import file_sha256
+
+    source = {"weights_sha256": file_sha256(cfg.weights)} if cfg.weights else {}
     if cfg.scores is not None:
         source = {"scores": str(Path(cfg.scores).resolve())}
     return {**source, "data": str(Path(cfg.data).resolve()), "split": cfg.split,
@@ -93,9 +85,9 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     Under torchrun every rank returns the results of the whole split.
     """
-    from deeplabv1.distributed.context import distributed_session
+    from deeplabv1.distributed.context import RANK_WAIT, distributed_session
 
-    with distributed_session(cfg.device) as dist:
+    with distributed_session(cfg.device, RANK_WAIT) as dist:
         return eval_in_group(cfg, dist)
 
 

@@ -13,11 +13,17 @@ and a 7-pixel crop after the zoom; MSc: dense branches summed at full resolution
 longer than ``test_size`` is padded to the next ``8k + 1`` (DeepLab: ``8k + 2``) instead (e.g.
 640 -> 641), the size at which the score map's zoom lands exactly on the input grid;
 ``test_size=None`` always uses that minimal padding.
+
+Where the CRF runs (``crf_device``, as ``deeplabv1 eval --crf-device``): ``auto`` (default) on
+the network's GPU when it runs on one (the torch lattice path), else the torch-free CPU engine;
+``cpu`` always the CPU engine; ``same`` the network's device. A CRF that runs out of GPU memory
+is redone on the CPU engine (noted once on stderr).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,10 +85,12 @@ class Segmenter:
         test_size: int | None = 513,
         crf_params=None,
         crf_iters: int = 10,
+        crf_device: str = "auto",
         class_names=None,
         palette=None,
     ) -> None:
         """``crf_params``: a variant name or CRFParams; default: the model's variant.
+        ``crf_device``: ``auto``, ``cpu`` or ``same`` (see the module docstring).
         ``class_names`` / ``palette`` (``num_classes`` names / ``[r, g, b]`` colours): default
         the model's ``class_names`` / ``palette`` attributes (set from checkpoints), else VOC's
         names for 21 classes (``class0``, ... otherwise) and the VOCdevkit colours."""
@@ -108,6 +116,8 @@ class Segmenter:
         except ValueError as exc:
             raise DeepLabError(str(exc)) from exc
         self.crf_iters = int(crf_iters)
+        self.crf_device = crf_device
+        self.crf_runner()  # rejects an unknown crf_device now, not at the first image
 
     @classmethod
     def from_checkpoint(
@@ -147,6 +157,30 @@ class Segmenter:
         scores = predict_scores(self.model, x[None], test_size=None)
         return scores[0, :, :h, :w].float()
 
+    def crf_runner(self, batch_size: int | None = None):
+        """A ``deeplabv1.evaluate.crf_runner.CRFRunner`` with this segmenter's CRF settings:
+        images submitted with their scores come back with their CRF labels, images of one size
+        batched (``batch_size``; default 8 on a GPU, 1 on the CPU)."""
+        from deeplabv1.evaluate.crf_runner import CRFRunner
+
+        return CRFRunner(self.crf_params, self.crf_iters, device=self.crf_device,
+                         batch_size=batch_size)  # fmt: skip
+
+    def crf_probabilities(self, scores: torch.Tensor, rgb: np.ndarray) -> torch.Tensor:
+        """CRF marginals (C, H, W) for ``network_scores`` of ``rgb``, on ``crf_device``."""
+        from deeplabv1.crf import deeplab_crf
+
+        device = self.crf_runner().target(scores.device)
+        try:
+            return deeplab_crf(scores, rgb, self.crf_params, iters=self.crf_iters, device=device)
+        except torch.cuda.OutOfMemoryError:
+            if device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            print(f"note: the CRF of a {rgb.shape[1]}x{rgb.shape[0]} image ran out of GPU "
+                  "memory; it runs on the CPU engine", file=sys.stderr)  # fmt: skip
+            return deeplab_crf(scores.cpu(), rgb, self.crf_params, iters=self.crf_iters)
+
     def predict(self, image, crf: bool = False, *, background: str = "white") -> Prediction:
         """Segment one image: a PIL image (any mode, converted as in ``load_image``; EXIF
         orientation is not applied here) or an (H, W, 3) uint8 RGB / (H, W) gray array."""
@@ -159,9 +193,7 @@ class Segmenter:
             scores=scores.cpu().numpy(),
         )  # fmt: skip
         if crf:
-            from deeplabv1.crf import deeplab_crf
-
-            q = deeplab_crf(scores, rgb, self.crf_params, iters=self.crf_iters)
+            q = self.crf_probabilities(scores, rgb)
             result.crf_labels, result.crf_probs = _argmax(q), q.cpu().numpy()
             result.labels, result.probs = result.crf_labels, result.crf_probs
         return result
@@ -182,6 +214,11 @@ class Segmenter:
         if min(arr.shape[:2]) < 1:
             raise DeepLabError(f"image: empty image of shape {arr.shape}")
         return np.ascontiguousarray(arr)
+
+
+def network_labels(scores: torch.Tensor) -> np.ndarray:
+    """(H, W) uint8 labels of ``network_scores``: what ``predict`` gives without the CRF."""
+    return _argmax(torch.softmax(scores, dim=0))
 
 
 def _argmax(probs: torch.Tensor) -> np.ndarray:
