@@ -128,7 +128,7 @@ def _run_pairs(cfg, pairs, unmatched: dict, out_dir: Path, params, options: dict
     from deeplabv1.distributed.shard import shard
     from deeplabv1.distributed.work import (
         WorkSummary,
-        mark_outputs_current,
+        close_work,
         on_every_rank,
         on_main,
         record_setup,
@@ -157,9 +157,8 @@ def _run_pairs(cfg, pairs, unmatched: dict, out_dir: Path, params, options: dict
     start = time.perf_counter()
     on_every_rank(lambda: _run_jobs(cfg, jobs, options, summary, dist), dist, "crf")
     summary.seconds = time.perf_counter() - start
-    counts = _merged_summary(summary, unmatched, len(pairs), out_dir, dist)
-    if not counts["failed"]:  # every pair's outputs are this run's (or resumed)
-        mark_outputs_current(out_dir / SETUP, dist)
+    counts = close_work(_merged_summary(summary, unmatched, len(pairs), out_dir, dist),
+                        out_dir / SETUP, dist)  # fmt: skip
     if not dist.is_main:
         return 0
     resumed = f", {counts['skipped']} skipped (outputs complete)" if cfg.resume else ""
@@ -210,10 +209,10 @@ def _run_jobs(cfg, jobs: list, options: dict, summary, dist) -> None:
             pool.join()
 
 
-def _merged_summary(summary, unmatched: dict, num_pairs: int, out_dir: Path, dist) -> dict:
-    """Every rank's summary merged and written to ``crf_summary.json`` by rank 0; the counts
-    on every rank."""
-    from deeplabv1.distributed.context import broadcast_object, gather_to_main
+def _merged_summary(summary, unmatched: dict, num_pairs: int, out_dir: Path, dist):
+    """Every rank's summary merged and written to ``crf_summary.json`` by rank 0; its counts
+    on rank 0 (None on the others)."""
+    from deeplabv1.distributed.context import gather_to_main
     from deeplabv1.distributed.work import merge_summaries, on_main
     from deeplabv1.io import atomic_write_json
 
@@ -222,4 +221,4 @@ def _merged_summary(summary, unmatched: dict, num_pairs: int, out_dir: Path, dis
     if dist.is_main:
         report = {"pairs": num_pairs, **merge_summaries(gathered), "unmatched": unmatched}
     on_main(lambda: atomic_write_json(out_dir / SUMMARY, report), dist)
-    return broadcast_object(report["counts"] if dist.is_main else None, dist)
+    return report["counts"] if dist.is_main else None
