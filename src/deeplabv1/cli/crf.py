@@ -10,8 +10,14 @@ the image; --upsample image stretches them to the image's size. Outputs: OUT.png
 PNG of the arg-max labels, OUT.npy the marginals (C, H, W) float32; batch mode writes <stem>.png,
 <stem>.npy or both (--out-format). Batch pairs are matched by file stem; each pair runs in a
 worker process (one thread each, every core by default) and a bad file is reported by name while
-the rest continue. The exit status is 1 if anything failed or lacked a partner. On the CPU (numba
-installed) the command runs on the torch-free engine and never imports torch.
+the rest continue; crf_summary.json lists the pairs processed, failed and skipped. The exit
+status is 1 if anything failed or lacked a partner. --resume skips pairs whose outputs an
+earlier run with the same settings left complete. On the CPU (numba installed) the command runs
+on the torch-free engine and never imports torch.
+
+Under torchrun each process takes its share of the pairs (docs/crf.md), e.g.
+`torchrun --standalone --nproc-per-node 4 -m deeplabv1 crf --image-dir IMGS --scores-dir NPYS
+--out-dir OUT --resume`; --device cuda puts each process on cuda:LOCAL_RANK.
 
 Images are read as `deeplabv1 predict` reads them (any mode, EXIF orientation, transparency on
 --background, at most --max-megapixels). Outputs never replace an input, nor a file deeplabv1 did
@@ -63,6 +69,11 @@ class CRFConfig(ScoreSettings):
     overwrite: bool = field(
         default=False, metadata={"help": "replace existing outputs deeplabv1 did not write"}
     )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "batch mode: skip pairs whose outputs an earlier run with the same "
+                  "settings and pairs left complete in --out-dir"},
+    )  # fmt: skip
 
     def validate(self) -> None:
         """Reject impossible values, naming the setting."""
@@ -123,6 +134,8 @@ def run(args) -> int:
     if any(single):
         if not all(single):
             raise DeepLabError("single mode needs --image, --scores and -o/--output")
+        if cfg.resume:
+            raise DeepLabError("--resume applies to batch mode (--image-dir ... --out-dir)")
         from deeplabv1.cli.crf_files import crf_file, output_kind
         from deeplabv1.io import check_outputs, output_rules
 

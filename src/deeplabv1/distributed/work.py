@@ -12,7 +12,9 @@ pieces the same way with one process or many:
   ``gather_summaries`` merges them on every rank and ``write_summary`` writes the merged
   summary once, from rank 0;
 - ``on_main``, ``on_every_rank`` and ``check_all`` turn an error on one rank into the same
-  error on every rank, so that no rank waits forever in a collective for one that gave up.
+  error on every rank, so that no rank waits forever in a collective for one that gave up;
+- ``close_work`` ends a run: the merged counts on every rank, and the setup record marked
+  current when nothing failed.
 """
 
 from __future__ import annotations
@@ -225,3 +227,13 @@ def mark_outputs_current(path: str | os.PathLike, info: DistInfo) -> None:
             atomic_write_json(path, {**record, "over_earlier_outputs": False})
 
     on_main(clear, info)
+
+
+def close_work(counts: dict | None, setup_path: str | os.PathLike, info: DistInfo) -> dict:
+    """The end of a run over ranks: rank 0's merged ``counts`` (``merge_summaries``; ignored
+    elsewhere) on every rank, and, when none failed, the setup record at ``setup_path`` marked
+    current (``mark_outputs_current``). Every rank calls it at the same point."""
+    counts = broadcast_object(counts if info.is_main else None, info)
+    if not counts["failed"]:  # every item's outputs are this run's (or resumed)
+        mark_outputs_current(setup_path, info)
+    return counts

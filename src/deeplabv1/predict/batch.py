@@ -184,11 +184,10 @@ def predict_in_group(
     from tqdm import tqdm
 
     from deeplabv1.config import save_config
-    from deeplabv1.distributed.context import broadcast_object
     from deeplabv1.distributed.shard import shard
     from deeplabv1.distributed.work import (
         WorkSummary,
-        mark_outputs_current,
+        close_work,
         on_every_rank,
         on_main,
         record_setup,
@@ -237,9 +236,7 @@ def predict_in_group(
                   dist, "predict")  # fmt: skip
     summary.seconds = time.perf_counter() - start
     report = merged_summary(cfg, paths, problems, summary, records, out_dir, dist)
-    counts = broadcast_object(report["counts"] if dist.is_main else None, dist)
-    if not counts["failed"]:  # every image's files are this run's (or resumed)
-        mark_outputs_current(out_dir / SETUP, dist)
+    counts = close_work(report["counts"] if dist.is_main else None, out_dir / SETUP, dist)
     if not dist.is_main:
         return 0
     resumed = f", {counts['skipped']} skipped (outputs complete)" if cfg.resume else ""
