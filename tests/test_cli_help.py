@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+
 import pytest
 
 from deeplabv1.cli import build_parser

@@ -40,7 +40,10 @@ def test_names_load_the_packaged_file(name):
     assert load_yaml(name) == want
     cfg = config_from_dict(TrainConfig, load_yaml(name))
     assert (cfg.arch, cfg.split, cfg.out_dir) == (
-        "deeplab-largefov", "train_aug", "runs/voc_largefov_stage1")
+        "deeplab-largefov",
+        "train_aug",
+        "runs/voc_largefov_stage1",
+    )
 
 
 def test_a_path_wins_over_a_name(tmp_path, monkeypatch):

@@ -62,7 +62,8 @@ def test_wheel_holds_the_configs_license_and_type_marker(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(p.name for p in (REPO / "src" / "deeplabv1" / "configs").glob("*.yaml"))
     assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("deeplabv1/configs/")) == (
-        shipped)
+        shipped
+    )
     assert "deeplabv1/py.typed" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
