@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,16 @@ def test_list_configs_prints_every_name_and_what_it_is():
         (line,) = [x for x in lines if x.split()[:1] == [name]]
         assert len(line.split()) > 3  # a summary follows the name
     assert str(PACKAGE_CONFIGS) in lines[-1]
+
+
+def test_docs_and_configs_use_names_not_clone_paths():
+    """`configs/...` paths only work in a clone of an old layout; every text uses the names."""
+    repo = PACKAGE_CONFIGS.parents[2]
+    texts = [repo / "README.md", *(repo / "docs").glob("*.md"), *PACKAGE_CONFIGS.glob("*.yaml")]
+    stale = [f"{p.name}: {line.strip()}" for p in texts for line in p.read_text().splitlines()
+             if re.search(r"(?<![\w/])configs/\w+\.yaml", line)]  # fmt: skip
+    assert stale == []
+    for name in re.findall(
+        r"--config ([a-z0-9-]+)\b(?!\.)", "\n".join(t.read_text() for t in texts)
+    ):
+        locate_config(name)  # every name the docs use exists
