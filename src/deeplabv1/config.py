@@ -103,7 +103,7 @@ class ListConfigsAction(argparse.Action):
         shipped = packaged_configs()
         width = max((len(name) for name in shipped), default=0)
         lines = [f"{name:{width}s}  {config_summary(file)}" for name, file in shipped.items()]
-        folder = next(iter(shipped.values())).parent if shipped else "none"
+        folder = resources.files("deeplabv1") / "configs"
         lines.append(f"(files in {folder}: copy one to edit it, then --config FILE.yaml)")
         parser._print_message("\n".join(lines) + "\n", sys.stdout)  # as --version does
         parser.exit(0)
