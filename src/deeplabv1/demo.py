@@ -37,8 +37,8 @@ class DemoSettings:
     width: float = 0.25
     crop_size: int = 73
     batch_size: int = 8
-    max_iter: int = 400
-    base_lr: float = 1e-2  # from scratch (no ImageNet weights here): 10x the paper's 1e-3
+    max_iter: int = 1500  # to convergence: a shorter run ends wherever the CPU's rounding took it
+    base_lr: float = 5e-3  # from scratch (no ImageNet weights): 5x the paper's; 1e-2 can diverge
     dropout: float = 0.0  # the paper's 0.5 only slows this tiny from-scratch run down
     test_size: int = 97
     search: bool = True
@@ -52,7 +52,7 @@ class DemoSettings:
             sa_step=10.0,
             sb_min=5.0,
             sb_max=15.0,
-            sb_step=10.0,
+            sb_step=5.0,
             w2=3.0,
             sg=3.0,
         )  # fmt: skip
