@@ -3,15 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The CPU wheel on a CPU machine, the normal CUDA wheel elsewhere; never an unpinned torch.
+# torch is always pinned. Plain pip picks PyPI's default build: CUDA-enabled on Linux x86_64 (a few
+# GB), CPU-only on macOS and Windows. For the CPU-only build on Linux, opt in to PyTorch's CPU index:
+#   make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu     (also: make test / make demo ...)
+# Left empty, pip uses its own configuration (indexes, mirrors, local wheels) as usual.
 TORCH_VERSION := 2.13.0
+TORCH_INDEX ?=
 
 .PHONY: venv demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

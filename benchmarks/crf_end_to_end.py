@@ -1,6 +1,7 @@
 """Network alone vs + grid-searched CRF vs + end-to-end CRF on the synthetic demo data.
 
     .venv/bin/python benchmarks/crf_end_to_end.py --out runs/crf_e2e          # a few minutes
+    .venv/bin/python benchmarks/crf_end_to_end.py --out runs/crf_e2e --seeds 0 1 2 3 4
     .venv/bin/python benchmarks/crf_end_to_end.py --out /tmp/e2e --quick      # seconds
 
 1. the demo's data and stage-1 network (``deeplabv1.demo``: reduced-width DeepLab-LargeFOV
@@ -11,7 +12,12 @@
 4. ``eval`` on val with trimap for: the stage-1 network, + grid-searched CRF, the jointly
    fine-tuned network alone, + its learned CRF (10 updates, from the checkpoint's ``crf``).
 
-Writes ``table.md`` and ``crf_end_to_end.json`` into ``--out`` and prints the table.
+Steps 1-2 are ``make demo``'s (same settings, seed and code), so rows 1-2 are the demo's figures.
+Runs are reproducible on one machine (``deeplabv1.demo.reproducible``: fixed threads, torch's
+deterministic algorithms); ``--seeds`` runs each seed into ``OUT/seed_<n>`` and reports the mean
+and spread, the figure to compare across machines. Writes ``table.md`` and
+``crf_end_to_end.json`` into ``--out`` (with ``--seeds``: ``seeds.md``, ``seeds.json``) and
+prints the table.
 """
 
 from __future__ import annotations
@@ -71,13 +77,19 @@ def table_markdown(rows: list[dict]) -> str:
 
 
 def run(
-    out: Path, quick: bool, stage2_iters: int, crf_lr: float, base_lr: float, reuse: bool = False
+    out: Path,
+    quick: bool,
+    stage2_iters: int,
+    crf_lr: float,
+    base_lr: float,
+    reuse: bool = False,
+    seed: int = 0,
 ) -> dict:
     from deeplabv1.demo import QUICK, DemoSettings, evaluate_split, make_data, train_model, tune_crf
     from deeplabv1.io import atomic_write_json, atomic_write_text
     from deeplabv1.train.crf_finetune import CRFStageSettings, finetune_crf
 
-    s = QUICK if quick else DemoSettings()
+    s = dataclasses.replace(QUICK if quick else DemoSettings(), seed=seed)
     timing, t = {}, time.perf_counter()
 
     def lap(name):
@@ -127,6 +139,23 @@ def run(
     return result
 
 
+def seeds_markdown(results: dict[int, dict]) -> tuple[str, dict]:
+    """Mean ± sd (min-max) over seeds of each row's mean IoU and trimap w=1."""
+    from deeplabv1.demo import format_spread, spread
+
+    first = next(iter(results.values()))["rows"]
+    summary = {}
+    lines = [f"| method ({len(results)} seeds) | mean IoU % | trimap w=1 % |", "|---|---|---|"]
+    for i, row in enumerate(first):
+        per = [r["rows"][i] for r in results.values()]
+        fig = {"mean_iou": spread([p["mean_iou"] for p in per]),
+               "trimap_w1": spread([p["trimap"][1] for p in per])}  # fmt: skip
+        summary[row["method"]] = fig
+        lines.append(f"| {row['method']} | {format_spread(fig['mean_iou'])} | "
+                     f"{format_spread(fig['trimap_w1'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n", summary
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/crf_e2e"))
@@ -135,15 +164,29 @@ def main(argv=None) -> int:
     p.add_argument("--crf-lr", type=float, default=1e-2)
     p.add_argument("--base-lr", type=float, default=1e-4)
     p.add_argument("--reuse", action="store_true", help="only re-evaluate a finished run in --out")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--threads", type=int, default=1, help="torch and CRF threads (0 = defaults)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and training")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="one run per seed into OUT/seed_<n>, then mean and spread")  # fmt: skip
     args = p.parse_args(argv)
-    if args.threads:
-        import torch
+    from deeplabv1.demo import reproducible
+    from deeplabv1.io import atomic_write_json, atomic_write_text
 
-        torch.set_num_threads(args.threads)
-    result = run(args.out, args.quick, args.stage2_iters, args.crf_lr, args.base_lr, args.reuse)
-    print(table_markdown(result["rows"]))
-    print(json.dumps({"timing": result["timing"], "grid_crf": result["grid_crf"]}))
+    options = (args.quick, args.stage2_iters, args.crf_lr, args.base_lr, args.reuse)
+    with reproducible(args.threads):
+        if not args.seeds:
+            result = run(args.out, *options, seed=args.seed)
+            print(table_markdown(result["rows"]))
+            print(json.dumps({"timing": result["timing"], "grid_crf": result["grid_crf"]}))
+            return 0
+        results = {}
+        for seed in args.seeds:
+            results[seed] = run(args.out / f"seed_{seed}", *options, seed=seed)
+            print(f"[crf_e2e] seed {seed}:\n{table_markdown(results[seed]['rows'])}", flush=True)
+    table, summary = seeds_markdown(results)
+    atomic_write_json(args.out / "seeds.json", {"seeds": args.seeds, "rows": summary})
+    atomic_write_text(args.out / "seeds.md", table)
+    print(table)
     return 0
 
 

@@ -10,7 +10,7 @@ by ``release_files.parse_prototxt``) is compared with what this project builds:
 - weight / bias fillers against the fresh initialisation;
 - the label shrink offset, the train crop, batch and mirror against the configs;
 - the test input size, the INTERP zooms, the PADDING crop and the MSc fusion;
-- every solver (stage 1) and solver2 (stage 2) value against ``configs/``.
+- every solver (stage 1) and solver2 (stage 2) value against the packaged configs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from deeplabv1.train.build import build_training_model
 from deeplabv1.train.config import TrainConfig
 from deeplabv1.train.optim import build_optimizer
 
-# variant -> (stage-1 config, stage-2 config) under configs/
+# variant -> (stage-1 config, stage-2 config) among the packaged configs
 CONFIGS = {
     "deeplab": ("deeplab_voc.yaml", "deeplab_voc_stage2_trainval.yaml"),
     "deeplab-msc": ("deeplab_msc_voc.yaml", "deeplab_msc_voc_stage2_trainval.yaml"),
@@ -60,7 +60,8 @@ def our_name(caffe_name: str) -> str:
 
 
 def load_config(name: str, **overrides) -> TrainConfig:
-    data = {"data_root": "unused", **load_yaml(REPO / "configs" / name), **overrides}
+    path = REPO / "src" / "deeplabv1" / "configs" / name
+    data = {"data_root": "unused", **load_yaml(path), **overrides}
     return config_from_dict(TrainConfig, data, name)
 
 

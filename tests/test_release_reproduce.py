@@ -5,7 +5,7 @@ expanded, globs too; ``deeplabv1 data`` is skipped: it needs the real archives) 
 holding what the document expects: a synthetic VOC2012 root with train_aug / trainval_aug lists
 and labels, a synthetic test root without labels, the authors' caffemodels as synthetic files in
 the release's exact layout (``release_reference.release_caffemodel``, built from the release's
-train prototxts), a synthetic ``VGG_ILSVRC_16_layers.caffemodel`` and the repository's configs.
+train prototxts), a synthetic ``VGG_ILSVRC_16_layers.caffemodel`` and the packaged configs.
 Training commands get tiny-run flags appended (width 1/32, one iteration of one image), eval
 commands a test size of 65 (the images are 64 x 48; the full-size test procedure is checked
 pixel for pixel by test_release_alignment.py). Each
@@ -97,7 +97,6 @@ def workspace(tmp_path, monkeypatch):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(release_caffemodel(train_net, weights, folder))
     (tmp_path / "VGG_ILSVRC_16_layers.caffemodel").write_bytes(vgg16_caffemodel(WIDTH, rng))
-    shutil.copytree(REPO / "configs", tmp_path / "configs")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -15,7 +15,7 @@ from deeplabv1.models import build_model
 from deeplabv1.train.build import build_training_model
 from deeplabv1.train.config import TrainConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "deeplabv1" / "configs"
 
 
 def test_defaults_are_the_paper_recipe():

@@ -1,8 +1,12 @@
 """One typed config per command: dataclass defaults < YAML file < command-line flags.
 
 Every command describes its settings as a dataclass. ``add_config_args`` turns the fields into
-flags (``--base-lr``) plus ``--config FILE.yaml``; ``resolve_config`` merges them; ``save_config``
-writes the resolved values next to a run's outputs so that every result says where it came from.
+flags (``--base-lr``) plus ``--config``; ``resolve_config`` merges them; ``save_config`` writes
+the resolved values next to a run's outputs so that every result says where it came from.
+
+``--config`` takes a YAML file or the name of a config shipped in the package
+(``deeplabv1/configs/*.yaml``: ``voc-largefov-stage1`` is ``voc_largefov_stage1.yaml``), so the
+paper's runs work from an installed wheel as well as from a clone; ``packaged_configs`` lists them.
 """
 
 from __future__ import annotations
@@ -10,8 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,9 +52,83 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def packaged_configs() -> dict[str, Any]:
+    """The configs shipped in the package: ``{name: file}``, names hyphenated, sorted.
+
+    The files are ``importlib.resources`` traversables (plain paths for a normal install).
+    """
+    folder = resources.files("deeplabv1") / "configs"
+    files = [f for f in folder.iterdir() if f.name.endswith(".yaml")] if folder.is_dir() else []
+    return {f.name[: -len(".yaml")].replace("_", "-"): f for f in sorted(files, key=str)}
+
+
+def config_summary(file: Any) -> str:
+    """The first sentence of a config file's leading comment: what the run is."""
+    words = []
+    for line in file.read_text().splitlines():
+        if not line.startswith("#") or line.startswith("#  "):  # the end, or an example command
+            break
+        words += line.lstrip("#").split()
+    text = " ".join(words)
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
+def locate_config(value: str | os.PathLike) -> Any:
+    """A ``--config`` value -> the file to read: an existing path, else a packaged config's name.
+
+    A path wins over a name. Names match with ``-`` or ``_`` and with or without ``.yaml``.
+    """
+    path = Path(value)
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    key = path.name.removesuffix(".yaml").replace("_", "-")
+    if str(value) == path.name and key in shipped:
+        return shipped[key]
+    hint = f"; did you mean --config {key}?" if key in shipped else ""
+    names = ", ".join(shipped) or "none"
+    raise DeepLabError(f"{value}: config file not found, nor a packaged config "
+                       f"(packaged: {names}){hint}")  # fmt: skip
+
+
+class ListConfigsAction(argparse.Action):
+    """``--list-configs``: print the packaged configs (name, what the run is) and exit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="list the packaged configs (names for --config) and exit"):  # fmt: skip
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        shipped = packaged_configs()
+        width = max((len(name) for name in shipped), default=0)
+        lines = [f"{name:{width}s}  {config_summary(file)}" for name, file in shipped.items()]
+        folder = resources.files("deeplabv1") / "configs"
+        lines.append(f"(files in {folder}: copy one to edit it, then --config FILE.yaml)")
+        parser._print_message("\n".join(lines) + "\n", sys.stdout)  # as --version does
+        parser.exit(0)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass ``cls``'s field ``name`` (for --help)."""
+    return _field_default(next(f for f in dataclasses.fields(cls) if f.name == name))
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add ``--config`` and one flag per field of dataclass ``cls`` (defaults left to the class)."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML file with settings")
+    parser.add_argument(
+        "--config", default=None, metavar="NAME|FILE.yaml",
+        help="settings from a YAML file or a packaged config's name (train --list-configs); "
+        "flags override them",
+    )  # fmt: skip
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -69,7 +149,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
             kwargs.update(type=tp)
         else:
             kwargs.update(type=str)
-        parser.add_argument(_flag(field.name), **kwargs)
+        action = parser.add_argument(_flag(field.name), **kwargs)
+        action.shown_default = _field_default(field)  # for --help; the parser default stays None
 
 
 def _describe(tp: Any) -> str:
@@ -171,8 +252,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
-    path = Path(path)
+    """Read a YAML mapping (a file or a packaged config's name), with errors naming the file."""
+    path = locate_config(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:

@@ -2,7 +2,9 @@
 
 Each module here defines ``add_parser(subparsers)``, which registers its sub-command and sets
 ``func`` to a function ``(args) -> int`` (the exit status). Heavy imports stay inside those
-functions so that ``deeplabv1 --help`` is quick.
+functions so that ``deeplabv1 --help`` is quick. Every parser is a ``Parser``, whose help shows
+each option's default (for config flags, the dataclass default: their parser default is None so
+that a ``--config`` file can fill what no flag gives).
 """
 
 from __future__ import annotations
@@ -13,6 +15,59 @@ import sys
 
 from deeplabv1 import __version__
 from deeplabv1.errors import DeepLabError
+
+EPILOG = """\
+Run `deeplabv1 COMMAND --help` for a command's options and their defaults. Paper configs ship
+with the package: `deeplabv1 train --list-configs`, then `--config NAME`.
+"""
+
+
+def _shown(value) -> str:
+    """A default as it is typed on the command line."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return " ".join(_shown(v) for v in value) if value else "none"
+    if value == "":
+        return '""'
+    return str(value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option that has one; config flags carry it in
+    ``action.shown_default`` (see ``deeplabv1.config.add_config_args``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        value = getattr(action, "shown_default", action.default)
+        if (
+            not action.option_strings  # positionals
+            or action.required
+            or action.nargs == 0  # switches
+            or value is None  # "unset": the help text says what happens then
+            or value is argparse.SUPPRESS
+            or "%(default)" in text
+        ):
+            return text
+        shown = _shown(value).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+class RawDescriptionHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """``HelpFormatter`` that keeps the description's own line breaks."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose help shows defaults; sub-parsers are ``Parser`` too.
+
+    A command that asks for argparse's ``RawDescriptionHelpFormatter`` gets the variant above.
+    """
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs) -> None:
+        if formatter_class is argparse.RawDescriptionHelpFormatter:
+            formatter_class = RawDescriptionHelpFormatter
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
 
 # sub-command module, in the order `deeplabv1 --help` lists them
 COMMAND_MODULES = (
@@ -33,9 +88,11 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="deeplabv1",
         description="DeepLab V1: atrous VGG16 + fully connected CRF (Chen et al., ICLR 2015).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"deeplabv1 {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -4,7 +4,9 @@
     deeplabv1 convert --from caffe-vgg16 VGG_ILSVRC_16_layers.caffemodel --arch deeplab -o init.pt
     deeplabv1 convert --from caffe train_iter_6000.caffemodel --arch deeplab-largefov -o model.pt
 
-See docs/convert.md for the conventions (input folding, fc6 decimation, the seeded subset).
+The input convention is folded into conv1_1 (every network takes Caffe input: BGR, 0-255, minus
+the mean); fc6/fc7 are reshaped and decimated; LargeFOV keeps a seeded random subset of 1,024
+fc6 filters (``--seed``).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ class ConvertConfig:
     source_format: Literal["torchvision-vgg16", "caffe-vgg16", "caffe"] = "torchvision-vgg16"
     source: str = ""
     output: str = ""
-    arch: str = "deeplab-largefov"
+    arch: str = dataclasses.field(
+        default="deeplab-largefov", metadata={"help": "network variant to build"})
     num_classes: int | None = dataclasses.field(
         default=None, metadata={"help": "classes of fc8 (default: the Caffe model's fc8, else 21)"})
     width: float | None = dataclasses.field(
         default=None, metadata={"help": "channel multiplier (default: read from conv1_1)"})
     seed: int = dataclasses.field(
-        default=0, metadata={"help": "seed of the fc6/fc7 subset, fc8 and MSc init (default 0)"})
+        default=0, metadata={"help": "seed of the fc6/fc7 subset, fc8 and MSc init"})
     strict: bool = dataclasses.field(
         default=True, metadata={"help": "caffe: fail on missing/extra/mismatched layers"})
     rename: list[str] = dataclasses.field(

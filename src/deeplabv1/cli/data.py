@@ -2,7 +2,7 @@
 
 Each action has a typed config in ``deeplabv1.data.config`` (PrepareConfig, DownloadConfig,
 SynthConfig, CheckConfig): dataclass defaults < ``--config FILE.yaml`` < flags. prepare, download
-and synth save the resolved config beside their outputs (docs/data.md says where).
+and synth save the resolved config beside their outputs (the command prints where).
 
     deeplabv1 data synth --out synth --num 300 --size 160 120
     deeplabv1 data synth --config synth.yaml --seed 3          # the flag wins over the file
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
     ``--only`` (repeatable, with choices), ``--no-extract`` (sets ``extract`` false, beside the
     generic ``--extract [BOOL]``) and ``--size W H`` (exactly two integers).
     """
-    from deeplabv1.config import add_config_args
+    from deeplabv1.config import add_config_args, field_default
     from deeplabv1.data.config import (
         ARCHIVE_NAMES,
         CheckConfig,
@@ -64,8 +64,9 @@ def add_parser(subparsers) -> None:
 
     s = _action(sub, "synth", SynthConfig, "write a small synthetic dataset in the VOC2012 layout")
     add_config_args(s, SynthConfig, skip=("size",))
-    s.add_argument("--size", dest="size", type=int, nargs=2, default=None, metavar=("W", "H"),
-                   help=_help(SynthConfig, "size"))  # fmt: skip
+    size = s.add_argument("--size", dest="size", type=int, nargs=2, default=None,
+                          metavar=("W", "H"), help=_help(SynthConfig, "size"))  # fmt: skip
+    size.shown_default = field_default(SynthConfig, "size")
     s.set_defaults(func=run_synth)
 
     c = _action(sub, "check", CheckConfig, "validate a split: missing files, bad label values")

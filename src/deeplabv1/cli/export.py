@@ -7,7 +7,8 @@ import argparse
 DESCRIPTION = """\
 Export the network of a checkpoint to ONNX: input (B, 3, H, W) float32 Caffe input (BGR, 0-255,
 minus the ImageNet mean) -> scores (B, C, h, w) on the stride-8 grid. The x8 zoom, argmax and
-the dense CRF are not in the graph: run them after it in Python (see docs/predict.md).
+the dense CRF are not in the graph: run them after it in Python (deeplabv1.crf.deeplab_crf on
+the zoomed scores).
 """
 
 
@@ -15,9 +16,9 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("export", help="export the network to ONNX", description=DESCRIPTION)
     p.add_argument("--weights", required=True, metavar="MODEL.pt", help="deeplabv1 checkpoint")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
-    p.add_argument("--input-size", type=int, default=513, help="square example input (513)")
+    p.add_argument("--input-size", type=int, default=513, help="square example input")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument(
         "--check",
         action="store_true",

@@ -30,13 +30,14 @@ class InfoConfig:
     num_classes: int = dataclasses.field(default=21, metadata={"help": "output classes"})
     width: float = dataclasses.field(default=1.0, metadata={"help": "channel multiplier"})
     pool4_pad: int | None = dataclasses.field(
-        default=None, metadata={"help": "2x2-pool trunk: 0 = train prototxt, 1 = test prototxt"}
+        default=None,
+        metadata={"help": "2x2-pool trunk only: 0 = train prototxt, 1 = test (default: 0)"},
     )
     trunk: str | None = dataclasses.field(
         default=None, metadata={"help": "7x7 / 4x4 only: '3x3' (default) or '2x2' pool trunk"}
     )
     pool5a: bool | None = dataclasses.field(
-        default=None, metadata={"help": "LargeFOV variants: keep the 3x3 avg pool5a"}
+        default=None, metadata={"help": "LargeFOV variants: keep the 3x3 avg pool5a (default: yes)"}
     )
 
 

@@ -1,12 +1,12 @@
 """``TrainConfig``: every setting of ``deeplabv1 train``, defaulting to the paper's recipe.
 
-Defaults follow SPEC section 3 (the authors' released solver files): SGD with momentum 0.9,
+Defaults follow the authors' released solver files: SGD with momentum 0.9,
 weight decay 5e-4 (none on biases), base lr 1e-3, fc8 lr x10 (MSc: x1), biases lr x2,
-"step" policy with gamma 0.1 every 2,000 iterations, 6,000 iterations, batch 20 (the configs
-under ``configs/`` carry each released variant's batch), crop 321 (306 for DeepLab), labels
-shrunk from pixel 1 (DeepLab) or 0. Values come from the dataclass defaults
-< ``--config FILE.yaml`` < flags (``deeplabv1.config.resolve_config``); the resolved config is
-written as ``config.yaml`` in ``out_dir`` beside the checkpoints.
+"step" policy with gamma 0.1 every 2,000 iterations, 6,000 iterations, batch 20 (the
+packaged configs carry each released variant's batch; ``deeplabv1 train --list-configs``),
+crop 321 (306 for DeepLab), labels shrunk from pixel 1 (DeepLab) or 0. Values come from the
+dataclass defaults < ``--config FILE.yaml`` < flags (``deeplabv1.config.resolve_config``);
+the resolved config is written as ``config.yaml`` in ``out_dir`` beside the checkpoints.
 """
 
 from __future__ import annotations
