@@ -30,7 +30,7 @@ from test_convert_torchvision import TorchvisionLayoutVGG16
 from deeplabv1.data.download import ARCHIVES, file_md5
 from deeplabv1.data.palette import read_label_png
 from deeplabv1.data.sbd import write_sbd_mat
-from deeplabv1.data.synth import make_synthetic_voc
+from deeplabv1.data.synth import make_synthetic_folder, make_synthetic_voc
 from deeplabv1.models import build_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -54,6 +54,11 @@ SUBSTITUTIONS = {
     "--data-root data/VOCdevkit/VOC2012 --init init.pt\n": (
         "--data-root data/VOCdevkit/VOC2012 --init init.pt"
         f" --width {WIDTH} --max-iter 2 --batch-size 2 --crop-size 65 --workers 0\n"
+    ),
+    # your own data: the same 2 tiny iterations, from the tiny init.pt
+    "--init init.pt --out-dir runs/mine\n": (
+        f"--init init.pt --out-dir runs/mine --width {WIDTH} --max-iter 2 --batch-size 2"
+        " --crop-size 33 --workers 0\n"
     ),
 }
 
@@ -113,6 +118,8 @@ def write_inputs(work: Path) -> dict[str, str]:
         (work / "npys").mkdir(exist_ok=True)
         np.save(work / "npys" / f"{name}.npy", rng.normal(size=(21, 40, 48)).astype(np.float32))
         _jpeg(work / "photos" / f"{name}.jpg", rng, size=(56, 44))
+    names = ["background", "cat", "dog", "heron", "fish"]
+    make_synthetic_folder(work / "mydata", 10, size=(48, 40), seed=4, classes=names)
     return write_archives(work / "tmp", work / "mirror")
 
 
@@ -149,5 +156,6 @@ def test_readme_shell_blocks_run_in_order(tmp_path):
     # what the chain was meant to produce
     made = ["init.pt", "model.pt", "labels.png", "out/a.png", "data/VOCdevkit/VOC2012",
             "runs/voc_largefov_stage1/final.pt", "eval/results.json", "crf_search/best.json",
-            "predictions/a_figure.png", "model.onnx", "curves.png"]  # fmt: skip
+            "predictions/a_figure.png", "model.onnx", "curves.png", "runs/mine/final.pt",
+            "runs/mine_eval/results.json", "out/a_net.png"]  # fmt: skip
     assert [p for p in made if not (work / p).exists()] == []

@@ -15,7 +15,7 @@ status is 1 if anything failed or lacked a partner. --resume skips pairs whose o
 earlier run with the same settings left complete. On the CPU (numba installed) the command runs
 on the torch-free engine and never imports torch.
 
-Under torchrun each process takes its share of the pairs (docs/crf.md), e.g.
+Under torchrun each process takes its share of the pairs, e.g.
 `torchrun --standalone --nproc-per-node 4 -m deeplabv1 crf --image-dir IMGS --scores-dir NPYS
 --out-dir OUT --resume`; --device cuda puts each process on cuda:LOCAL_RANK.
 

@@ -13,7 +13,7 @@ padded to --test-size (513, the paper); longer sides to the next 8k+1. Unreadabl
 reported and skipped; the exit status is then 1. --resume skips images whose outputs are
 complete. Under torchrun each process segments its share of the inputs, e.g.
 `torchrun --standalone --nproc-per-node 4 -m deeplabv1 predict photos/ --weights m.pt --crf
---device cuda -o out/` (docs/predict.md).
+--device cuda -o out/`.
 """
 
 
