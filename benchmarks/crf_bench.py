@@ -110,7 +110,7 @@ def worker(impl: str, tiles, num_labels: int, repeats: int, data: Path, threads:
         infer.append(b)
     cold = {}
     if impl != "pydensecrf":  # ours with no lattice cached at all (the first image of a run)
-        from deeplabv1.crf.numpy_lattice import clear_cache
+        from deeplabv1.crf.engine.cache import clear_cache
 
         runs = []
         for k in range(repeats):

@@ -107,7 +107,7 @@ def test_lattice_agrees_with_exact_inference_on_real_images(voc_samples):
 
 
 def test_cached_exact_filter_is_the_dense_filter():
-    from deeplabv1.crf.dense import DenseFilter
+    from deeplabv1.crf.torch.dense import DenseFilter
 
     f = torch.rand(1, 50, 5) * 3
     v = torch.rand(1, 50, 4)
@@ -140,7 +140,7 @@ def _torch_path(scores, rgb, params, iters=10, probabilities=False):
     """The torch route of the convention (deeplab_crf before the torch-free engine): torch
     unary, PairwiseTerms from deeplab_terms, meanfield.mean_field."""
     from deeplabv1.crf import deeplab_terms, mean_field
-    from deeplabv1.crf.unary import unary_from_probabilities
+    from deeplabv1.crf.torch.unary import unary_from_probabilities
 
     s = torch.from_numpy(scores).reshape(-1, scores.shape[-3], rgb.shape[-3] * rgb.shape[-2])
     unary = unary_from_probabilities(s) if probabilities else -s
@@ -175,8 +175,8 @@ def test_numpy_engine_equals_torch_path_bitwise(voc_samples):
 
 
 def test_numpy_engine_checks_and_falls_back(monkeypatch):
-    from deeplabv1.crf import numpy_lattice
     from deeplabv1.crf.deeplab import deeplab_crf_np
+    from deeplabv1.crf.engine import threads as engine_threads
 
     rng = np.random.default_rng(4)
     scores = rng.normal(size=(3, 6, 7)).astype(np.float32)
@@ -193,7 +193,7 @@ def test_numpy_engine_checks_and_falls_back(monkeypatch):
         deeplab_crf_np(scores, rgb, iters=-1)
     fast = deeplab_crf_np(scores, rgb, "deeplab", 3)
     # without numba (DEEPLABV1_CRF_NUMBA=0 or not installed): the torch path, same answer type
-    monkeypatch.setattr(numpy_lattice, "available", lambda: False)
+    monkeypatch.setattr(engine_threads, "available", lambda: False)
     slow = deeplab_crf_np(scores, rgb, "deeplab", 3)
     assert type(slow) is np.ndarray and slow.shape == (3, 6, 7)
     np.testing.assert_allclose(slow, fast, atol=1e-5, rtol=0)

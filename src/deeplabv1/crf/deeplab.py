@@ -7,7 +7,7 @@ per-pixel "after" normalisation of the 2011 code that DeepLab used.
 The convention lives once, on numpy arrays (``deeplab_features``, ``_unary_np``, the checks);
 two engines run it:
 
-- the torch-free CPU engine (numpy_lattice / numpy_meanfield, numba kernels):
+- the torch-free CPU engine (``deeplabv1.crf.engine``, numba kernels):
   :func:`deeplab_crf_np` (numpy in, numpy out, never imports torch) and :func:`deeplab_crf`
   for CPU tensors (it wraps the same call with ``torch.from_numpy``);
 - torch's ``mean_field`` over :func:`deeplab_terms`: CUDA, ``method="dense"`` or a custom
@@ -21,7 +21,9 @@ import sys
 
 import numpy as np
 
-from deeplabv1.crf import numpy_lattice, numpy_meanfield
+from deeplabv1.crf.engine import cache as engine_cache
+from deeplabv1.crf.engine import meanfield as engine_mf
+from deeplabv1.crf.engine import threads as engine_threads
 from deeplabv1.crf.features import bilateral_features_np, gaussian_features_np
 from deeplabv1.crf.params import CRFParams, get_params
 
@@ -93,37 +95,44 @@ def _unary_np(scores: np.ndarray, probabilities: bool) -> np.ndarray:
     return unary.reshape(b * h * w, c)
 
 
+def _compats(params: CRFParams):
+    """The two terms' compatibilities: Potts weights, or for parameters learned end to end
+    (LearnedCRFParams) the matrices w1 * mu and w2 * mu."""
+    if hasattr(params, "compat"):
+        mu = np.asarray(params.compat, np.float32)
+        return np.float32(params.w1) * mu, np.float32(params.w2) * mu
+    return params.w1, params.w2
+
+
 def _engine_terms(images: np.ndarray, params: CRFParams, normalization: str, threads: int):
-    """NumpyTerms of the two Potts terms, or None when a lattice's codes need > 62 bits."""
+    """NumpyTerms of the two terms, or None when a lattice's codes need > 62 bits."""
     n = images.shape[1] * images.shape[2]
     terms = []
-    for feats, weight in zip(deeplab_features(images, params), (params.w1, params.w2)):
-        lat = numpy_lattice.cached_lattice(feats, n, threads, copy=False)  # feats: ours
+    for feats, compat in zip(deeplab_features(images, params), _compats(params)):
+        lat = engine_cache.cached_lattice(feats, n, threads, copy=False)  # feats: ours
         if lat is None:
             return None
         lat.normalizer(threads)  # computed once per lattice, on these threads
-        terms.append(numpy_meanfield.prepare_term(lat, weight, normalization))
+        terms.append(engine_mf.prepare_term(lat, compat, normalization))
     return terms
 
 
 def _run_engine(scores4, images, params, iters, normalization, probabilities, threads):
     """Marginals (B, C, H, W) float32 by the torch-free engine, or None where it cannot run
-    (numba absent or disabled, learned compatibilities, lattice codes beyond 62 bits)."""
-    if hasattr(params, "term_compats") or not numpy_lattice.available():
+    (numba absent or disabled, lattice codes beyond 62 bits)."""
+    if not engine_threads.available():
         return None
     if normalization not in ("symmetric", "after", "before", "none"):
         raise ValueError(f"normalization: unknown mode {normalization!r}")
     if int(iters) < 0:
         raise ValueError(f"iters: must be >= 0, got {iters}")
     unary = _unary_np(scores4, probabilities)
-    threads = numpy_lattice.use_threads(threads)
+    threads = engine_threads.use_threads(threads)
     terms = _engine_terms(images, params, normalization, threads)
     if terms is None:
         return None
     b, c, h, w = scores4.shape
-    q = numpy_meanfield.iterate(
-        unary, terms, int(iters), threads, np.empty((b, c, h * w), np.float32)
-    )
+    q = engine_mf.iterate(unary, terms, int(iters), threads, np.empty((b, c, h * w), np.float32))
     return q.reshape(scores4.shape)
 
 
@@ -168,7 +177,7 @@ def deeplab_terms(images, params: CRFParams, normalization: str = "after", devic
     (on ``device``; default: the images' device, CPU for arrays)."""
     import torch
 
-    from deeplabv1.crf.meanfield import PairwiseTerm
+    from deeplabv1.crf.torch.meanfield import PairwiseTerm
 
     if device is None:
         device = images.device if isinstance(images, torch.Tensor) else "cpu"
@@ -226,8 +235,8 @@ def deeplab_crf(
                         torch.get_num_threads())  # fmt: skip
         if q is not None:
             return torch.from_numpy(q).reshape(shape)
-    from deeplabv1.crf.meanfield import mean_field
-    from deeplabv1.crf.unary import unary_from_probabilities
+    from deeplabv1.crf.torch.meanfield import mean_field
+    from deeplabv1.crf.torch.unary import unary_from_probabilities
 
     b, c, h, w = scores4.shape
     flat = scores4.to(device=device, dtype=torch.float32).reshape(b, c, h * w)
