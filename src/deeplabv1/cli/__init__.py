@@ -14,6 +14,10 @@ import sys
 from deeplabv1 import __version__
 from deeplabv1.errors import DeepLabError
 
+# optional dependency (top-level module) -> the extra that installs it
+EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "onnx",
+          "onnxruntime": "onnx", "tensorboard": "tensorboard"}  # fmt: skip
+
 # sub-command module, in the order `deeplabv1 --help` lists them
 COMMAND_MODULES = (
     "info",
@@ -50,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except DeepLabError as exc:
         print(f"deeplabv1 {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency (the CRF needs none of them)
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"deeplabv1 {args.command}: needs {exc.name}, which is not installed: "
+              f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt:
         print(f"deeplabv1 {args.command}: interrupted", file=sys.stderr)

@@ -70,6 +70,18 @@ _MOVED = {
 __all__ = sorted(_LAZY)
 
 
+def require_torch(what: str):
+    """The torch module, or a ModuleNotFoundError saying that ``what`` needs it and which
+    extra installs it (the CRF's numpy engine does not need torch)."""
+    try:
+        return importlib.import_module("torch")
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f'{what} needs PyTorch, which is not installed: pip install "deeplabv1[torch]"',
+            name="torch",
+        ) from exc
+
+
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:

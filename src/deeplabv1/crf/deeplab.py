@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from deeplabv1.crf import require_torch
 from deeplabv1.crf.engine import cache as engine_cache
 from deeplabv1.crf.engine import meanfield as engine_mf
 from deeplabv1.crf.engine import threads as engine_threads
@@ -164,7 +165,7 @@ def deeplab_crf_np(
     scores4 = scores if scores.ndim == 4 else scores[None]
     q = _run_engine(scores4, images, params, iters, normalization, probabilities, threads)
     if q is None:
-        import torch
+        torch = require_torch("deeplab_crf")
 
         with torch.no_grad():
             q = deeplab_crf(scores4, images, params, iters, normalization, "cpu",
@@ -175,7 +176,7 @@ def deeplab_crf_np(
 def deeplab_terms(images, params: CRFParams, normalization: str = "after", device=None):
     """The two Potts PairwiseTerms (bilateral, Gaussian) for (B, H, W, 3) uint8 RGB images
     (on ``device``; default: the images' device, CPU for arrays)."""
-    import torch
+    torch = require_torch("deeplab_crf")
 
     from deeplabv1.crf.torch.meanfield import PairwiseTerm
 
@@ -216,7 +217,7 @@ def deeplab_crf(
     wanted) it runs :func:`deeplab_crf_np`'s engine on ``torch.get_num_threads()`` threads;
     for numpy in and out without torch, call :func:`deeplab_crf_np`.
     """
-    import torch
+    torch = require_torch("deeplab_crf")
 
     params = get_params(params)
     if isinstance(scores, np.ndarray):

@@ -22,6 +22,7 @@ from enum import IntEnum
 
 import numpy as np
 
+from deeplabv1.crf import require_torch
 from deeplabv1.crf.engine import cache as engine_cache
 from deeplabv1.crf.engine import meanfield as engine_mf
 from deeplabv1.crf.engine import threads as engine_threads
@@ -111,7 +112,7 @@ class DenseCRF:
         self._nvar, self._nlabel = int(nvar), int(nlabels)
         cpu = device is None or str(device) == "cpu"
         if not cpu:
-            import torch
+            torch = require_torch("the drop-in on CUDA, with method='dense' or without numba")
 
             device = torch.device(device)  # validates the name
         if method not in ("lattice", "dense"):
@@ -172,7 +173,7 @@ class DenseCRF:
 
     def _prepare_torch(self, specs) -> None:
         """Switch to (or extend) the torch side with these terms."""
-        import torch
+        torch = require_torch("the drop-in on CUDA, with method='dense' or without numba")
 
         from deeplabv1.crf.torch.terms import prepare_terms
 
@@ -190,7 +191,7 @@ class DenseCRF:
             )
 
     def _torch_device(self):
-        import torch
+        torch = require_torch("the drop-in on CUDA, with method='dense' or without numba")
 
         return torch.device(self._device or "cpu")
 
@@ -216,7 +217,7 @@ class DenseCRF:
         if self._numpy_engine():
             out = np.empty((1, self._nlabel, self._nvar), np.float32)
             return engine_mf.iterate(self._energies(), self._np_terms, niter, out=out)[0]
-        import torch
+        torch = require_torch("the drop-in on CUDA, with method='dense' or without numba")
 
         from deeplabv1.crf.torch.meanfield import mean_field_prepared
 
@@ -270,7 +271,7 @@ class DenseCRF:
             return []
         if self._numpy_engine():
             return [engine_mf.message(qt, t) for t in self._np_terms]
-        import torch
+        torch = require_torch("the drop-in on CUDA, with method='dense' or without numba")
 
         from deeplabv1.crf.torch.meanfield import pairwise_message
 

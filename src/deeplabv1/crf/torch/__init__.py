@@ -12,10 +12,6 @@
 Needs PyTorch (``pip install "deeplabv1[torch]"``); importing it without says so.
 """
 
-try:
-    import torch as _torch  # noqa: F401 (the check)
-except ImportError as exc:  # pragma: no cover - exercised in the torch-free install test
-    raise ModuleNotFoundError(
-        'deeplabv1.crf.torch needs PyTorch, which is not installed: pip install "deeplabv1[torch]"',
-        name="torch",
-    ) from exc
+from deeplabv1.crf import require_torch
+
+require_torch("deeplabv1.crf.torch")
