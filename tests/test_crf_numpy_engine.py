@@ -119,7 +119,7 @@ def test_filter_against_exact_and_torch_csr(monkeypatch, voc_samples) -> None:
             assert err < bound
             fast = [lat.filter(v, reverse=reverse) for reverse in (False, True)]
             with monkeypatch.context() as m:
-                m.setattr(jit, "numba", None)  # the torch CSR filter
+                m.setattr(threads, "ENABLED", False)  # the torch CSR filter
                 torch_lat = PermutohedralLattice(torch.from_numpy(f)[None])
                 for reverse in (False, True):
                     ref = torch_lat.apply(torch.from_numpy(v)[None], reverse=reverse)[0]
@@ -140,7 +140,7 @@ def test_meanfield_against_exact_and_torch_path(monkeypatch, voc_samples, norm) 
         exact = _crf(img, u, method="dense", norm=norm).inference(10)
         agree.append(float((ours.argmax(0) == exact.argmax(0)).mean()))
         with monkeypatch.context() as m:
-            m.setattr(jit, "numba", None)
+            m.setattr(threads, "ENABLED", False)
             slow = _crf(img, u, norm=norm)
             assert slow._torch is not None
             ref = slow.inference(10)
@@ -176,7 +176,7 @@ def test_numpy_meanfield_terms_and_modes(monkeypatch, mode) -> None:
         pts = [PairwiseTerm(torch.from_numpy(f).view(batch, n, -1), w, mode)
                for f, w in zip(feats[:count], weights)]  # fmt: skip
         with monkeypatch.context() as m:
-            m.setattr(jit, "numba", None)
+            m.setattr(threads, "ENABLED", False)
             ref = mean_field(torch.from_numpy(u), pts, iters=5).numpy()
         np.testing.assert_allclose(q, ref, rtol=0, atol=5e-5)
 
@@ -298,7 +298,7 @@ def test_compats_and_steps_match_torch_path(monkeypatch, compat) -> None:
     fast = crf()
     assert fast._numpy_engine() and len(fast._np_terms) == 3
     with monkeypatch.context() as m:
-        m.setattr(jit, "numba", None)
+        m.setattr(threads, "ENABLED", False)
         slow = crf()
         assert slow._torch is not None
         q_slow, _, _ = slow.startInference()
@@ -330,7 +330,7 @@ def test_filter_threads_and_axis_parity_equal_torch_csr(monkeypatch, d) -> None:
     fast = {(t, r): [lat.filter(v, reverse=r, num_threads=t) for _ in range(2)]
             for t in (1, 2) for r in (False, True)}  # fmt: skip
     with monkeypatch.context() as m:
-        m.setattr(jit, "numba", None)
+        m.setattr(threads, "ENABLED", False)
         ref_lat = PermutohedralLattice(torch.from_numpy(f))
         for (_, r), outs in fast.items():
             ref = ref_lat.apply(torch.from_numpy(v).view(2, 150, 3), reverse=r).reshape(300, 3)

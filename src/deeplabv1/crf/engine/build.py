@@ -20,8 +20,10 @@ import math
 
 import numpy as np
 
-from deeplabv1.crf.engine import build_kernels, threads
+from deeplabv1.crf.engine import lazy_module, threads
 from deeplabv1.crf.engine.lattice import NumpyLattice
+
+build_kernels = lazy_module("deeplabv1.crf.engine.build_kernels")
 
 __all__ = [
     "MAX_CODE_BITS",

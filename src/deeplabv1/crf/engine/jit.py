@@ -21,10 +21,10 @@ import tempfile
 
 __all__ = ["NOTICE", "OPTIONS", "available", "inline", "kernel", "numba"]
 
-_ENABLED = os.environ.get("DEEPLABV1_CRF_NUMBA", "1") not in ("0", "false", "no")
+from deeplabv1.crf.engine import threads
 
 try:
-    if not _ENABLED:
+    if not threads.ENABLED:
         raise ImportError
     import numba
     from numba.core import event
@@ -43,8 +43,8 @@ NOTICE = (
 
 
 def available() -> bool:
-    """True when the numba kernels can run (numba importable and not disabled)."""
-    return numba is not None
+    """True when the numba kernels can run (numba imported and not disabled)."""
+    return numba is not None and threads.ENABLED
 
 
 def kernel(func):

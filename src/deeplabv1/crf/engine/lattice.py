@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from deeplabv1.crf.engine import filter_kernels, threads
+from deeplabv1.crf.engine import lazy_module, threads
+
+filter_kernels = lazy_module("deeplabv1.crf.engine.filter_kernels")
 
 __all__ = ["PARALLEL_MIN", "NumpyLattice", "blur_axes"]
 

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deeplabv1.crf.engine import filter_kernels, fused, threads
+from deeplabv1.crf.engine import lazy_module, threads
 from deeplabv1.crf.engine.lattice import NumpyLattice
+
+filter_kernels = lazy_module("deeplabv1.crf.engine.filter_kernels")
+fused = lazy_module("deeplabv1.crf.engine.fused")
 
 __all__ = ["NumpyTerm", "iterate", "mean_field", "message", "prepare_term", "step"]
 

@@ -10,12 +10,14 @@ thread runs the kernel directly. The count is ``set_num_threads(n)`` or, by defa
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from deeplabv1.crf.engine import jit
-
 __all__ = ["available", "get_num_threads", "ranges", "run", "set_num_threads", "use_threads"]
+
+# DEEPLABV1_CRF_NUMBA=0 disables the engine (the torch side then runs everything)
+ENABLED = os.environ.get("DEEPLABV1_CRF_NUMBA", "1") not in ("0", "false", "no")
 
 _THREADS: int | None = None  # None: numba's default thread count
 _POOL: ThreadPoolExecutor | None = None
@@ -24,14 +26,18 @@ _POOL_PID = 0
 
 
 def available() -> bool:
-    """True when the engine can run (numba importable and not disabled)."""
-    return jit.available()
+    """True when the engine can run (numba installed and not disabled); does not import it."""
+    return ENABLED and importlib.util.find_spec("numba") is not None
 
 
 def _default_threads() -> int:
-    if jit.available():
-        return int(jit.numba.config.NUMBA_NUM_THREADS)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """numba's thread count without importing numba: NUMBA_NUM_THREADS, else the cores this
+    process may run on."""
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        return max(1, int(os.environ["NUMBA_NUM_THREADS"]))
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def set_num_threads(n: int) -> None:
