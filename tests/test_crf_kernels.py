@@ -10,6 +10,7 @@ import pytest
 
 from deeplabv1.crf.engine import fused, jit
 from deeplabv1.crf.engine import threads as engine_threads
+from deeplabv1.crf.engine.meanfield import PAD
 
 _NO_OUT = np.zeros((0, 1, 1), np.float32)  # fused_step's qt: no label-major output
 
@@ -43,7 +44,7 @@ def _reference(unary, terms, lats, cp):
     return q, splats
 
 
-def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True):
+def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True, kernel=None):
     """fused_step on the tables; returns q and the per-term splat sums over the workers."""
     p, _ = unary.shape
     q = np.zeros((p, cp), np.float32)
@@ -57,17 +58,23 @@ def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True
     call = []
     for (offs, wts, bary, acc), lat in zip(args, lats):
         call += [offs, wts if slices else wts[:, :0], lat, bary if splat else bary[:, :0], acc]
-    _fused(unary, q, call, store, _NO_OUT, threads)
+    _fused(unary, q, call, store, _NO_OUT, threads, kernel)
     return q, [a.sum(0) for a in accs]
 
 
-def _fused(unary, q, call, store, qt, nt: int) -> None:
-    """fused_step over the pixels split into nt ranges, range t with the buffers acc[t]."""
+def _fused(unary, q, call, store, qt, nt: int, kernel=None) -> None:
+    """The fused kernel (the engine's choice: the wide one for a multiple of 8 columns) over
+    the pixels split into nt ranges, range t with the buffers acc[t]."""
+    if kernel is None:
+        kernel = fused.fused_step_wide if q.shape[1] % 8 == 0 else fused.fused_step
+    c, cp = unary.shape[1], q.shape[1]
+    padded = np.full((unary.shape[0], cp), PAD, np.float32)  # the engine's layout
+    padded[:, :c] = unary
     jobs = []
     for t, (lo, hi) in enumerate(engine_threads.ranges(unary.shape[0], nt)):
         args = [a[t] if k % 5 == 4 else a for k, a in enumerate(call)]
-        jobs.append((unary, q, *args, store, qt, lo, hi))
-    engine_threads.run(fused.fused_step, jobs)
+        jobs.append((padded, q, *args, store, qt, c, lo, hi))
+    engine_threads.run(kernel, jobs)
 
 
 def _case(seed: int, p: int, c: int, cp: int, nvs, m: int = 40):
@@ -94,6 +101,19 @@ def test_fused_step_matches_reference(nvs, c, cp, threads) -> None:
     for got, want, nv in zip(splats, ref_splats, nvs):
         if nv:  # a term without vertices splats nothing (its buffers are not even zeroed)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nvs", [(6, 3), (3, 6), (2, 4), (5, 0)])
+@pytest.mark.parametrize(("c", "cp"), [(21, 24), (8, 8), (3, 8), (9, 16), (30, 32)])
+def test_wide_kernel_equals_scalar_kernel(nvs, c, cp) -> None:
+    """The 8-lane kernel (vector slices, softmax and splats) gives the scalar kernel's bits."""
+    unary, terms, lats = _case(cp + c, 301, c, cp, nvs)
+    for threads in (1, 2):
+        q, splats = _run(unary, terms, lats, cp, threads, kernel=fused.fused_step)
+        qw, splats_w = _run(unary, terms, lats, cp, threads, kernel=fused.fused_step_wide)
+        assert np.array_equal(q, qw)
+        for a, b in zip(splats, splats_w):
+            assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("nvs", [(6, 3), (2, 4)])

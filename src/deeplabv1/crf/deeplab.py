@@ -80,20 +80,21 @@ def deeplab_features(images, params: CRFParams) -> list[np.ndarray]:
 
 
 def _unary_np(scores: np.ndarray, probabilities: bool) -> np.ndarray:
-    """Pixel-major energies (B*H*W, C) float32 from scores (B, C, H, W): -scores, or
-    -log(clip(p)); written straight in the engine's layout (no label-major copy)."""
+    """Pixel-major energies (B*H*W, padded C) float32 from scores (B, C, H, W): -scores, or
+    -log(clip(p)); written straight in the engine's layout (engine_mf.unary_buffer)."""
     b, c, h, w = scores.shape
     flat = scores.reshape(b, c, h * w)
     if probabilities and ((flat < 0).any() or (flat > 1 + 1e-3).any()):
         raise ValueError("probabilities: values outside [0, 1]")
-    unary = np.empty((b, h * w, c), np.float32)
+    buf = engine_mf.unary_buffer(b * h * w, c)
+    unary = buf[:, :c].reshape(b, h * w, c)
     if probabilities:
         np.clip(flat.transpose(0, 2, 1), np.float32(PROB_CLIP), np.float32(1.0), out=unary)
         np.log(unary, out=unary)
     np.negative(unary if probabilities else flat.transpose(0, 2, 1), out=unary)
     if not np.isfinite(unary).all():
         raise ValueError("unary: contains NaN or infinite energies")
-    return unary.reshape(b * h * w, c)
+    return buf
 
 
 def _compats(params: CRFParams):
@@ -133,7 +134,8 @@ def _run_engine(scores4, images, params, iters, normalization, probabilities, th
     if terms is None:
         return None
     b, c, h, w = scores4.shape
-    q = engine_mf.iterate(unary, terms, int(iters), threads, np.empty((b, c, h * w), np.float32))
+    out = np.empty((b, c, h * w), np.float32)
+    q = engine_mf.iterate(unary, terms, int(iters), threads, out, num_labels=c)
     return q.reshape(scores4.shape)
 
 

@@ -30,6 +30,22 @@ fused = lazy_module("deeplabv1.crf.engine.fused")
 __all__ = ["NumpyTerm", "iterate", "mean_field", "message", "prepare_term", "step"]
 
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
+PAD = np.float32(1e30)  # the energy of the padding labels (logit simd.LOW: Q exactly 0)
+
+
+def padded_width(num_labels: int) -> int:
+    """The row width of the engine's label arrays: 8 labels and more padded to a multiple of
+    8 (the AVX width: the label loops then have no remainder, measured 1.4x faster
+    slice/splat/blur at 21 -> 24); fewer run unpadded (2 labels: fused pass 12.0 -> 7.4 ms)."""
+    return num_labels if num_labels < 8 else -(-num_labels // 8) * 8
+
+
+def unary_buffer(num_points: int, num_labels: int) -> np.ndarray:
+    """A pixel-major energy array (P, padded_width) whose padding columns hold PAD; write the
+    energies into its first num_labels columns."""
+    buf = np.empty((num_points, padded_width(num_labels)), np.float32)
+    buf[:, num_labels:] = PAD
+    return buf
 
 
 @dataclass
@@ -115,9 +131,10 @@ def step(neg_unary: np.ndarray, q: np.ndarray, terms, num_threads=None) -> np.nd
 def mean_field(unary: np.ndarray, terms, iters: int, num_threads=None) -> np.ndarray:
     """Marginals Q (B, L, N) float32 for unary energies (B, L, N) and NumpyTerms over B*N points."""
     batch, num_labels, n = unary.shape
-    un = np.ascontiguousarray(unary.transpose(0, 2, 1), dtype=np.float32).reshape(-1, num_labels)
+    un = unary_buffer(batch * n, num_labels)
+    un[:, :num_labels].reshape(batch, n, num_labels)[...] = unary.transpose(0, 2, 1)
     out = np.empty((batch, num_labels, n), np.float32)
-    return iterate(un, terms, iters, num_threads, out)
+    return iterate(un, terms, iters, num_threads, out, num_labels)
 
 
 class _Plan:
@@ -145,21 +162,25 @@ class _Empty:
         self.lattice = self
 
 
-def iterate(un: np.ndarray, terms, iters: int, num_threads: int | None = None, out=None):
-    """Mean field on pixel-major unary energies un (P, L) float32 (C order).
+def iterate(un: np.ndarray, terms, iters: int, num_threads=None, out=None, num_labels=None):
+    """Mean field on pixel-major unary energies un (P, L) or (P, padded_width(L)) float32
+    (C order; padding columns PAD, see unary_buffer) for ``num_labels`` L (default: un's
+    columns).
 
     With ``out`` (B, L, n) float32, B n = P, Q is written there label-major (the last pass
     writes it directly: no pixel-major Q is kept with up to two Potts terms) and returned;
-    else returns Q as (P, Lp) with Lp = L, or L padded to a multiple of 8 from 8 labels on
-    (columns L.. are 0). No per-iteration allocation with Potts terms only."""
+    else returns Q as (P, padded_width(L)) (columns L.. are 0). No per-iteration allocation
+    with Potts terms only."""
     nt = threads.use_threads(num_threads)
-    p, num_labels = un.shape
-    # 8 or more labels are padded to a multiple of 8 (AVX width): the label loops then have
-    # no remainder (measured: slice/splat/blur about 1.4x faster at 21 -> 24). Fewer labels
-    # run unpadded (the kernels take any width; 2 labels: fused pass 12.0 -> 7.4 ms).
-    padded = num_labels if num_labels < 8 else -(-num_labels // 8) * 8
+    p = un.shape[0]
+    num_labels = num_labels or un.shape[1]
+    padded = padded_width(num_labels)
+    if un.shape[1] != padded:  # unpadded energies: pad them (a copy)
+        wide = unary_buffer(p, num_labels)
+        wide[:, :num_labels] = un
+        un = wide
     if not terms:  # no pairwise term: Q = softmax(-U) whatever the iteration count
-        q = step(-un, None, [])
+        q = step(-un[:, :num_labels], None, [])
         if out is None:
             qn = np.zeros((p, padded), np.float32)
             qn[:, :num_labels] = q
@@ -176,6 +197,7 @@ def iterate(un: np.ndarray, terms, iters: int, num_threads: int | None = None, o
     qn = np.zeros((p if extra or out is None else 0, padded), np.float32)
     base = np.empty_like(un) if extra else un
     parts = threads.ranges(p, pair[0].ws[0].shape[0])
+    kernel = fused.fused_step_wide if padded % 8 == 0 else fused.fused_step
 
     def fused_pass(energies, lats, splat: bool) -> None:
         last = not splat
@@ -193,8 +215,8 @@ def iterate(un: np.ndarray, terms, iters: int, num_threads: int | None = None, o
                     plan.splat if splat else plan.splat[:, :0],
                     acc[min(t, len(acc) - 1)],
                 ]
-            jobs.append((*args, store, qt, lo, hi))
-        threads.run(fused.fused_step, jobs)
+            jobs.append((*args, store, qt, num_labels, lo, hi))
+        threads.run(kernel, jobs)
 
     fused_pass(un, None, iters > 0)
     for it in range(iters):
@@ -203,7 +225,7 @@ def iterate(un: np.ndarray, terms, iters: int, num_threads: int | None = None, o
             np.copyto(base, un)
             for plan, sliced in zip(plans, lats):
                 if plan in extra:
-                    _subtract_message(base, plan, sliced, nt)
+                    _subtract_message(base, plan, sliced, nt, num_labels)
         pair_lats = [lats[plans.index(pl)] if pl in plans else pl.ws[1] for pl in pair]
         if it == iters - 1:
             _release_buffers(plans, nt, padded)
@@ -225,7 +247,7 @@ def _blur(plan: _Plan, qn: np.ndarray | None, nt: int, used: int) -> np.ndarray:
     return lat.blur(acc, a, b, False, nt, used) if lat.n1 else acc[0]
 
 
-def _subtract_message(base: np.ndarray, plan: _Plan, sliced: np.ndarray, nt: int) -> None:
+def _subtract_message(base: np.ndarray, plan: _Plan, sliced: np.ndarray, nt: int, c: int):
     """base -= the message of an extra term from its blurred lattice values."""
     lat = plan.lattice
     parts = threads.ranges(base.shape[0], nt)
@@ -239,7 +261,7 @@ def _subtract_message(base: np.ndarray, plan: _Plan, sliced: np.ndarray, nt: int
     f = np.empty((base.shape[0], sliced.shape[1]), np.float32)
     threads.run(filter_kernels.slice_, [(lat.offs, plan.wts, sliced, f, lo, hi)
                                         for lo, hi in parts])  # fmt: skip
-    base -= _compat(f[:, : base.shape[1]], plan.term)
+    base[:, :c] -= _compat(f[:, :c], plan.term)
 
 
 def _release_buffers(plans, nt: int, width: int) -> None:

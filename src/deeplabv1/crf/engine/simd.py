@@ -9,9 +9,37 @@ prefetch hints ask for a row that a later pixel will read or write.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from deeplabv1.crf.engine.jit import numba
 
-__all__ = ["axpy8", "blur8", "prefetch_read", "prefetch_write", "slice8_3", "slice8_6"]
+__all__ = [
+    "EXP",
+    "LOW",
+    "axpy8",
+    "blur8",
+    "prefetch_read",
+    "prefetch_write",
+    "slice8_3",
+    "slice8_6",
+    "softmax8",
+]
+
+# The softmax's exp (fused.py's scalar code and softmax8 alike): exp(x) = p(r) 2^n for
+# float32 -87 <= x <= 0, Cody-Waite reduction r = x - n ln2 with n = floor(x log2(e) + 1/2),
+# and a degree-7 Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7).
+EXP = {
+    "min_x": np.float32(-87.0),
+    "log2e": np.float32(1.4426950408889634),
+    "half": np.float32(0.5),
+    "ln2_hi": np.float32(0.693359375),
+    "ln2_lo": np.float32(-2.1219444e-4),
+    "coef": tuple(np.float32(1.0 / math.factorial(k)) for k in range(7, 1, -1)),  # 1/7!..1/2!
+    "bias": np.int32(127 << 23),
+}
+LOW = np.float32(-1e30)  # logit of the padding labels
 
 if numba is not None:
     from llvmlite import ir
@@ -179,5 +207,126 @@ if numba is not None:
     prefetch_read = _prefetch_gen(0)
     prefetch_write = _prefetch_gen(1)
 
+    def _const8(value, ty):
+        return ir.Constant(ir.VectorType(ty, 8), [value] * 8)
+
+    def _exp8(builder, v):
+        """EXP's polynomial on an 8-lane float32 vector, operation for operation as the
+        scalar code (multiplies and adds, no fused multiply-add): the same bits."""
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        lo = _const8(float(EXP["min_x"]), f32)
+        v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
+        t = builder.fadd(builder.fmul(v, _const8(float(EXP["log2e"]), f32)),
+                         _const8(float(EXP["half"]), f32))  # fmt: skip
+        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
+                                               "llvm.floor.v8f32")  # fmt: skip
+        n = builder.call(floor, [t])
+        r = builder.fsub(builder.fsub(v, builder.fmul(n, _const8(float(EXP["ln2_hi"]), f32))),
+                         builder.fmul(n, _const8(float(EXP["ln2_lo"]), f32)))  # fmt: skip
+        coef = [float(c) for c in EXP["coef"]] + [1.0, 1.0]
+        p = _const8(coef[0], f32)
+        for c in coef[1:]:
+            p = builder.fadd(builder.fmul(p, r), _const8(c, f32))
+        i32 = ir.IntType(32)
+        bits = builder.add(builder.shl(builder.fptosi(n, ir.VectorType(i32, 8)), _const8(23, i32)),
+                           _const8(int(EXP["bias"]), i32))  # fmt: skip
+        return builder.fmul(p, builder.bitcast(bits, vec))
+
+    @intrinsic
+    def softmax8(typingctx, x, y, unary, p, c):  # pragma: no cover - compiled
+        """x[:] = softmax((x - unary[p]) + y) over the first c of x's Cp lanes (Cp a multiple
+        of 8; lanes c.. get 0), in 8-lane vectors: float32 C arrays x, y (Cp,), unary (P, C).
+        The same operations in the same order as fused.py's scalar softmax (lane-wise partial
+        max and sum over the vectors, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7))): the same
+        bits."""
+        if not (_rows_ok(x, y) and _rows_ok(x, unary) and x.dtype == nbtypes.float32
+                and unary.ndim == 2 and isinstance(p, nbtypes.Integer)
+                and isinstance(c, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            xa, ya, ua, pv, cv = args
+            ity = nbtypes.intp
+            f32, i32 = ir.FloatType(), ir.IntType(32)
+            vec = ir.VectorType(f32, 8)
+            xarr = context.make_array(sig.args[0])(context, builder, xa)
+            cp = cgutils.unpack_tuple(builder, xarr.shape)[0]
+            uarr = context.make_array(sig.args[2])(context, builder, ua)
+            ucols = cgutils.unpack_tuple(builder, uarr.shape)[1]
+            pv = context.cast(builder, pv, sig.args[3], ity)
+            cv = builder.trunc(context.cast(builder, cv, sig.args[4], ity), i32)
+            urow = builder.mul(pv, ucols)
+            lanes = ir.Constant(ir.VectorType(i32, 8), list(range(8)))
+            mask_ty = ir.VectorType(ir.IntType(1), 8)
+            mask_fn = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(vec, [vec.as_pointer(), i32, mask_ty, vec]),
+                "llvm.masked.load.v8f32.p0",
+            )
+            nvec = builder.udiv(cp, ir.Constant(cp.type, 8))
+            acc = cgutils.alloca_once(builder, vec)
+
+            def splat_i32(value):
+                first = builder.insert_element(ir.Constant(ir.VectorType(i32, 8), ir.Undefined),
+                                               value, ir.Constant(i32, 0))  # fmt: skip
+                zeros = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+                return builder.shuffle_vector(first, first, zeros)
+
+            limit = splat_i32(cv)
+
+            def lane_mask(k0):
+                """Lanes k0.. that hold labels (< c)."""
+                base = splat_i32(builder.trunc(k0, i32))
+                return builder.icmp_signed("<", builder.add(base, lanes), limit)
+
+            # logits, padding lanes LOW; running lane-wise max
+            with cgutils.for_range(builder, nvec) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
+                xp = _lanes8(context, builder, sig.args[0], xa, k0)
+                yp = _lanes8(context, builder, sig.args[1], ya, k0)
+                up = _lanes8(context, builder, sig.args[2], ua, builder.add(urow, k0))
+                mask = lane_mask(k0)
+                u = builder.call(mask_fn, [up, ir.Constant(i32, 4), mask,
+                                           ir.Constant(vec, [0.0] * 8)])  # fmt: skip
+                v = builder.fadd(builder.fsub(builder.load(xp, align=4), u),
+                                 builder.load(yp, align=4))  # fmt: skip
+                v = builder.select(mask, v, _const8(float(LOW), f32))
+                builder.store(v, xp, align=4)
+                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
+                old = builder.load(acc)
+                larger = builder.select(builder.fcmp_ordered(">", old, v), old, v)
+                builder.store(builder.select(first, v, larger), acc)
+            part = builder.load(acc)
+            mx = builder.extract_element(part, ir.Constant(i32, 0))
+            for j in range(1, 8):
+                lane = builder.extract_element(part, ir.Constant(i32, j))
+                mx = builder.select(builder.fcmp_ordered(">", mx, lane), mx, lane)
+            mxv = _splat8(context, builder, mx, nbtypes.float32, nbtypes.float32)
+            # exp, padding lanes 0; running lane-wise sum
+            with cgutils.for_range(builder, nvec) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
+                xp = _lanes8(context, builder, sig.args[0], xa, k0)
+                e = _exp8(builder, builder.fsub(builder.load(xp, align=4), mxv))
+                e = builder.select(lane_mask(k0), e, _const8(0.0, f32))
+                builder.store(e, xp, align=4)
+                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
+                builder.store(builder.select(first, e, builder.fadd(builder.load(acc), e)), acc)
+            part = builder.load(acc)
+            lane = [builder.extract_element(part, ir.Constant(i32, j)) for j in range(8)]
+            s = builder.fadd(builder.fadd(builder.fadd(lane[0], lane[1]),
+                                          builder.fadd(lane[2], lane[3])),
+                             builder.fadd(builder.fadd(lane[4], lane[5]),
+                                          builder.fadd(lane[6], lane[7])))  # fmt: skip
+            inv = builder.fdiv(ir.Constant(f32, 1.0), s)
+            invv = _splat8(context, builder, inv, nbtypes.float32, nbtypes.float32)
+            with cgutils.for_range(builder, nvec) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
+                xp = _lanes8(context, builder, sig.args[0], xa, k0)
+                builder.store(builder.fmul(builder.load(xp, align=4), invv), xp, align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(x, y, unary, p, c), codegen
+
 else:  # pragma: no cover - the kernels are never called without numba
-    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = None
+    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = softmax8 = None

@@ -94,6 +94,13 @@ class _Term:
         self.features, self.compat, self.normalization = features, compat, normalization
 
 
+def _pixel_major(u: np.ndarray) -> np.ndarray:
+    """Energies (nlabels, nvar) as the engine's pixel-major padded array (one transpose)."""
+    out = engine_mf.unary_buffer(u.shape[1], u.shape[0])
+    out[:, : u.shape[0]] = u.T
+    return out
+
+
 class DenseCRF:
     """Fully connected CRF over ``nvar`` variables with ``nlabels`` labels.
 
@@ -120,7 +127,8 @@ class DenseCRF:
         self._device = device
         self._method = method
         self._fast = cpu and method == "lattice" and engine_threads.available()
-        self._un: np.ndarray | None = None  # pixel-major energies (nvar, nlabels); None: unset
+        # pixel-major energies (nvar, padded width: engine_mf.unary_buffer); None: unset
+        self._un: np.ndarray | None = None
         self._specs: list[tuple[np.ndarray, object, str]] = []  # (features (N, d), compat, mode)
         self._np_terms: list[engine_mf.NumpyTerm] = []
         self._torch: list | None = None  # torch PreparedTerms once the torch side is needed
@@ -135,14 +143,14 @@ class DenseCRF:
             as_float_matrix(u, "unary energy", (self._nlabel, self._nvar), finite=False)
             u = unary_energy(LogisticUnary(u, f), self._nlabel, self._nvar)
         self._un = None  # free the old energies first
-        self._un = np.ascontiguousarray(u.T)
+        self._un = _pixel_major(u)
 
     def setUnary(self, u: Unary) -> None:  # noqa: N802
         """A ``ConstUnary`` or ``LogisticUnary``; the bare ``Unary()`` clears the unary."""
         if not isinstance(u, Unary):
             raise ValueError(f"setUnary: expected a ConstUnary or LogisticUnary, got {u!r}")
         energy = unary_energy(u, self._nlabel, self._nvar)
-        self._un = None if energy is None else np.ascontiguousarray(energy.T)
+        self._un = None if energy is None else _pixel_major(energy)
 
     # -- pairwise -----------------------------------------------------------------------
     def addPairwiseEnergy(  # noqa: N802
@@ -196,10 +204,11 @@ class DenseCRF:
         return torch.device(self._device or "cpu")
 
     def _energies(self) -> np.ndarray:
-        """Pixel-major energies (nvar, nlabels); zeros without a unary (as pydensecrf)."""
+        """Pixel-major energies (nvar, nlabels), a view; zeros without a unary (as
+        pydensecrf)."""
         if self._un is None:
             return np.zeros((self._nvar, self._nlabel), np.float32)
-        return self._un
+        return self._un[:, : self._nlabel]
 
     def _numpy_engine(self) -> bool:
         return self._torch is None
@@ -216,7 +225,9 @@ class DenseCRF:
             return np.zeros((self._nlabel, 0), np.float32)
         if self._numpy_engine():
             out = np.empty((1, self._nlabel, self._nvar), np.float32)
-            return engine_mf.iterate(self._energies(), self._np_terms, niter, out=out)[0]
+            un = self._un if self._un is not None else self._energies()
+            return engine_mf.iterate(un, self._np_terms, niter, out=out,
+                                     num_labels=self._nlabel)[0]  # fmt: skip
         torch = require_torch("the drop-in on CUDA, with method='dense' or without numba")
 
         from deeplabv1.crf.torch.meanfield import mean_field_prepared
@@ -253,13 +264,13 @@ class DenseCRF:
     def klDivergence(self, Q) -> float:  # noqa: N802, N803
         """KL(Q || P) up to the log partition constant, as pydensecrf computes it."""
         q = self._as_q(Q.array if isinstance(Q, eigen.MatrixXf) else Q)
-        if self._un is not None and np.isinf(self._un).any():
+        if self._un is not None and np.isinf(self._energies()).any():
             raise ValueError("klDivergence: undefined with +inf unary energies (pydensecrf "
                              "returns NaN)")  # fmt: skip
         qd = q.astype(np.float64)
         kl = (qd * np.log(np.maximum(qd, 1e-20))).sum()
         if self._un is not None:
-            kl += (self._un.T * qd).sum()
+            kl += (self._energies().T * qd).sum()
         qt = np.ascontiguousarray(q.T)
         for message in self._messages(qt):
             kl -= (qt * message.astype(np.float64)).sum()
