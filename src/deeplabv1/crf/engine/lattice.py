@@ -133,8 +133,9 @@ def blur_axes(lat: NumpyLattice, acc, a, b, axes: list[int], num_threads: int, u
     m = lat.num_lattice
     nt = num_threads if m * acc.shape[2] >= PARALLEL_MIN else 1
     parts = threads.ranges(m, nt)
-    if used > 1:
-        threads.run(filter_kernels.reduce_rows, [(acc[:used], lo, hi) for lo, hi in parts])
+    # With one buffer this does nothing, but the kernels in use (so those compiled the first
+    # time) stay the same for every thread count.
+    threads.run(filter_kernels.reduce_rows, [(acc[:used], lo, hi) for lo, hi in parts])
     src = acc[0]
     if len(axes) % 2 == 0:
         j = axes.pop(0)

@@ -56,25 +56,30 @@ def _real_array(a, name: str) -> np.ndarray:
     return arr
 
 
-def as_float_matrix(a, name: str, shape: tuple[int | None, int], finite: bool = True):
+def as_float_matrix(a, name: str, shape: tuple[int | None, int], finite=True, copy=True):
     """A 2-D float32 C-contiguous copy of ``a`` with the given shape (None: any, at least 1),
-    finite unless ``finite`` is False."""
+    finite unless ``finite`` is False; with ``copy=False`` ``a`` itself when it already is
+    one (the caller then copies what it keeps)."""
     arr = _real_array(a, name)
     ok = arr.ndim == 2 and all(s is None or s == n for s, n in zip(shape, arr.shape))
     if not ok or (shape[0] is None and arr.shape[0] < 1):
         want = tuple("?" if s is None else s for s in shape)
         raise ValueError(f"Bad shape for {name} (need {want}, got {arr.shape})")
-    out = np.array(arr, dtype=np.float32, order="C")
+    convert = np.array if copy else np.asarray
+    out = convert(arr, dtype=np.float32, order="C")
     if finite and not np.isfinite(out).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
     return out
 
 
 def as_unary(u, num_labels: int, num_points: int, name: str = "unary energy") -> np.ndarray:
-    """Unary energies (nlabels, nvar) as float32. +inf is probability 0 (``-log(0)``, what
-    pydensecrf does with it); NaN, -inf or a pixel with every label at +inf make pydensecrf's
-    marginals NaN: ValueError."""
-    out = as_float_matrix(u, name, (num_labels, num_points), finite=False)
+    """Unary energies (nlabels, nvar) as float32 (``u`` itself when it is one: the caller
+    copies what it keeps). +inf is probability 0 (``-log(0)``, what pydensecrf does with it);
+    NaN, -inf or a pixel with every label at +inf make pydensecrf's marginals NaN:
+    ValueError."""
+    out = as_float_matrix(u, name, (num_labels, num_points), finite=False, copy=False)
+    if np.isfinite(out).all():  # the common case: one pass
+        return out
     if np.isnan(out).any() or np.isneginf(out).any():
         raise ValueError(f"{name}: contains NaN or -inf (pydensecrf's marginals would be NaN)")
     if out.size and np.isposinf(out).any():
