@@ -1,14 +1,15 @@
 """Per-kernel profile of the CPU engine on the reference case; prints JSON.
 
-The reference case of crf_bench.py (VOC 2007_000346, 500x375, 21 labels, 10 iterations,
-DeepLab-LargeFOV terms, "after" normalisation) through the pydensecrf drop-in, with every
+The reference case of crf_bench.py (VOC 2007_000346, 500x375, 21 labels, network-like
+unary, 10 iterations, DeepLab-LargeFOV terms, "after" normalisation) through the drop-in, with every
 kernel launch timed (wall time of ``threads.run``, so with several threads the slowest
 thread's share) and summed per kernel and per lattice; ``python_s`` is the rest of the call
 (array set-up, feature arrays, dispatch). Each kernel's bytes moved and floating-point
 operations are counted from the array sizes (the minimum traffic: every table, lattice row
 and pixel row read or written once per pass), and compared with this machine's measured
-limits: ``bandwidth_gbs`` (a streaming numba kernel that reads and writes 64 MiB) and
-``flops_g`` (independent 8-lane multiply-adds in registers), per thread. Median of
+limits: ``bandwidth_gbs`` (a streaming numba kernel that reads and writes 64 MiB),
+``cache_bandwidth_gbs`` (the same on 2 MiB that stay in cache) and ``flops_g`` (16
+independent streams of 8-lane multiply-then-add on rows in L1), on the same threads. Median of
 --repeats runs after a warm-up, for each --threads count.
 
     .venv/bin/python benchmarks/crf_profile.py [--threads 1 2] [--repeats 7]
@@ -71,40 +72,44 @@ def profile(rgb, unary) -> dict:
 
 
 def machine_limits(nt: int) -> dict:
-    """Streaming bandwidth and 8-lane multiply-add rate of this machine, nt threads."""
+    """This machine's streaming bandwidth (64 MiB read + written, from memory), the same for
+    2 MiB that stay in cache, and its 8-lane multiply-then-add rate (simd.axpy8 on rows in L1,
+    16 independent streams), on nt threads."""
     from deeplabv1.crf.engine.jit import numba
+    from deeplabv1.crf.engine.simd import axpy8
 
     @numba.njit(nogil=True, cache=False)
-    def stream(src, dst, lo, hi):  # pragma: no cover - compiled
-        for i in range(lo, hi):
-            dst[i] = src[i] * np.float32(0.5)
+    def stream(src, dst, lo, hi, reps):  # pragma: no cover - compiled
+        for _ in range(reps):
+            for i in range(lo, hi):
+                dst[i] = src[i] * np.float32(0.5)
 
     @numba.njit(nogil=True, cache=False)
-    def fmas(out, n):  # pragma: no cover - compiled
-        acc = np.zeros((8, 8), np.float32)  # 8 independent 8-lane chains
+    def fmas(buf, n):  # pragma: no cover - compiled
         for _ in range(n):
-            for j in range(8):
-                for k in range(8):
-                    acc[j, k] = acc[j, k] * np.float32(0.999) + np.float32(0.001)
-        out[0] = acc.sum()
+            for j in range(16):
+                axpy8(buf, j * 8, buf, 128 + j * 8, np.float32(0.999))
 
-    src = np.ones(1 << 24, np.float32)  # 64 MiB
-    dst = np.empty_like(src)
-    parts = threads.ranges(src.size, nt)
-    jobs = [(src, dst, lo, hi) for lo, hi in parts]
-    threads.run(stream, jobs)
-    bw = []
-    for _ in range(5):
-        t = time.perf_counter()
+    def copy_rate(n: int, reps: int) -> float:
+        src = np.ones(n, np.float32)
+        dst = np.empty_like(src)
+        jobs = [(src, dst, lo, hi, reps) for lo, hi in threads.ranges(n, nt)]
         threads.run(stream, jobs)
-        bw.append(2 * src.nbytes / (time.perf_counter() - t) / 1e9)
-    out = np.zeros(1, np.float32)
-    fmas(out, 10)
-    reps = 2_000_000
+        best = 0.0
+        for _ in range(5):
+            t = time.perf_counter()
+            threads.run(stream, jobs)
+            best = max(best, 2 * src.nbytes * reps / (time.perf_counter() - t) / 1e9)
+        return best
+
+    reps = 1_000_000
+    bufs = [np.full(256, 1e-3, np.float32) for _ in range(nt)]
+    fmas(bufs[0], 10)
     t = time.perf_counter()
-    threads.run(fmas, [(np.zeros(1, np.float32), reps) for _ in range(nt)])
-    flops = nt * reps * 64 * 2 / (time.perf_counter() - t) / 1e9
-    return {"bandwidth_gbs": max(bw), "flops_g": flops}
+    threads.run(fmas, [(b, reps) for b in bufs])
+    flops = nt * reps * 16 * 8 * 2 / (time.perf_counter() - t) / 1e9
+    return {"bandwidth_gbs": copy_rate(1 << 24, 1), "cache_bandwidth_gbs": copy_rate(1 << 18, 64),
+            "flops_g": flops}  # fmt: skip
 
 
 def traffic(rgb, unary) -> dict:
@@ -117,14 +122,14 @@ def traffic(rgb, unary) -> dict:
     d.addPairwiseBilateral(sxy=121, srgb=5, rgbim=rgb, compat=4,
                            normalization=dcrf.NORMALIZE_AFTER)  # fmt: skip
     lats = [t.lattice for t in d._np_terms]
-    cp, c = 24, unary.shape[0]
+    cp = 24
     out = {}
     verts = sum(lat.offs.shape[1] for lat in lats)
     rows = sum(lat.num_lattice for lat in lats)
-    # per pixel: unary row, 3 index/weight tables per vertex; per lattice row: slice read and
+    # per pixel: padded unary row, 3 index/weight tables per vertex; per lattice row: slice read and
     # splat read-modify-write of 24 floats
     out["fused_step_wide"] = {
-        "bytes": p * (4 * c + verts * 12) + rows * cp * 4 * 3,
+        "bytes": p * (4 * cp + verts * 12) + rows * cp * 4 * 3,
         "flops": p * (verts * cp * 4 + cp * 30),
     }
     for lat in lats:
@@ -139,7 +144,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    rgb, scores = make_case((1, 1), 21, DATA)
+    rgb, scores = make_case((1, 1), 21, DATA, "network")
     unary = np.ascontiguousarray(-scores.reshape(21, -1))
     result = {"machine": {"cpu_count": os.cpu_count(), "loadavg_1min": os.getloadavg()[0]}}
     counts = traffic(rgb, unary)

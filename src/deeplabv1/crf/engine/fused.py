@@ -59,48 +59,6 @@ def _exp_parts(x):  # pragma: no cover - compiled
 
 
 @inline
-def _slice(out, lat, offs, wts, p):  # pragma: no cover - compiled
-    """out = sum_r wts[p, r] lat[offs[p, r]] in vertex order (8-lane rows)."""
-    cp = out.shape[0]
-    if wts.shape[1] == 6:
-        for k0 in range(0, cp, 8):
-            slice8_6(out, k0, lat, offs, wts, p, k0)
-    elif wts.shape[1] == 3:
-        for k0 in range(0, cp, 8):
-            slice8_3(out, k0, lat, offs, wts, p, k0)
-    else:
-        out[:] = 0
-        for r in range(wts.shape[1]):
-            base = offs[p, r] * cp
-            for k0 in range(0, cp, 8):
-                axpy8(out, k0, lat, base + k0, wts[p, r])
-
-
-@inline
-def _splat(acc, x, offs, bary, p):  # pragma: no cover - compiled
-    """acc[offs[p, r]] += bary[p, r] x for every vertex r (8-lane rows)."""
-    cp = x.shape[0]
-    for r in range(bary.shape[1]):
-        base = offs[p, r] * cp
-        for k0 in range(0, cp, 8):
-            axpy8(acc, base + k0, x, k0, bary[p, r])
-
-
-@inline
-def _prefetch(lat, acc, offs, p, slicing, splatting):  # pragma: no cover - compiled
-    """Ask for the first and last cache line of pixel p's lattice rows."""
-    cp = lat.shape[1]
-    for r in range(offs.shape[1]):
-        base = offs[p, r] * cp
-        if slicing:
-            prefetch_read(lat, base)
-            prefetch_read(lat, base + cp - 1)
-        if splatting:
-            prefetch_write(acc, base)
-            prefetch_write(acc, base + cp - 1)
-
-
-@inline
 def _write_block(qt, blk, p0, nb, c):  # pragma: no cover - compiled
     """Q of pixels p0..p0+nb (blk rows) into the label-major qt (B, C, n): runs of nb floats."""
     nimg = qt.shape[2]
@@ -130,6 +88,7 @@ def fused_step_wide(
         acc[: acc.shape[0] - 1] = 0
     if bary2.shape[1] > 0:
         acc2[: acc2.shape[0] - 1] = 0
+    nv, nv2 = wts.shape[1], wts2.shape[1]  # 0 without slices (the first pass): x = y = 0
     x = np.zeros(cp, dtype=np.float32)
     y = np.zeros(cp, dtype=np.float32)
     blk = np.zeros((_BLOCK, cp), dtype=np.float32)
@@ -141,15 +100,43 @@ def fused_step_wide(
         nb = min(_BLOCK, hi - p0)
         for i in range(nb):
             p = p0 + i
-            if slicing and p + _AHEAD < hi:
-                _prefetch(lat, acc, offs, p + _AHEAD, True, False)
-                _prefetch(lat2, acc2, offs2, p + _AHEAD, True, False)
-            if slicing:
-                _slice(x, lat, offs, wts, p)
-                _slice(y, lat2, offs2, wts2, p)
+            if slicing and p + _AHEAD < hi:  # the slice rows of a pixel ahead
+                for r in range(offs.shape[1]):
+                    base = offs[p + _AHEAD, r] * cp
+                    prefetch_read(lat, base)
+                    prefetch_read(lat, base + cp - 1)
+                for r in range(offs2.shape[1]):
+                    base = offs2[p + _AHEAD, r] * cp
+                    prefetch_read(lat2, base)
+                    prefetch_read(lat2, base + cp - 1)
+            # the slices, in vertex order (helpers taking arrays would cost reference
+            # counting per call: written out here)
+            if nv == 6:
+                for k0 in range(0, cp, 8):
+                    slice8_6(x, k0, lat, offs, wts, p, k0)
+            elif nv == 3:
+                for k0 in range(0, cp, 8):
+                    slice8_3(x, k0, lat, offs, wts, p, k0)
             else:
-                x[:] = 0
-                y[:] = 0
+                for k in range(cp):
+                    x[k] = 0
+                for r in range(nv):
+                    base = offs[p, r] * cp
+                    for k0 in range(0, cp, 8):
+                        axpy8(x, k0, lat, base + k0, wts[p, r])
+            if nv2 == 6:
+                for k0 in range(0, cp, 8):
+                    slice8_6(y, k0, lat2, offs2, wts2, p, k0)
+            elif nv2 == 3:
+                for k0 in range(0, cp, 8):
+                    slice8_3(y, k0, lat2, offs2, wts2, p, k0)
+            else:
+                for k in range(cp):
+                    y[k] = 0
+                for r in range(nv2):
+                    base = offs2[p, r] * cp
+                    for k0 in range(0, cp, 8):
+                        axpy8(y, k0, lat2, base + k0, wts2[p, r])
             for k in range(cp):  # padding: (0 - PAD) + 0 = LOW
                 x[k] = (x[k] - unary[p, k]) + y[k]
             for j in range(8):
@@ -171,9 +158,15 @@ def fused_step_wide(
             flat[k] *= pow2[k]
         for i in range(nb):
             p = p0 + i
-            if splatting and i + _AHEAD < nb:
-                _prefetch(lat, acc, offs, p + _AHEAD, False, True)
-                _prefetch(lat2, acc2, offs2, p + _AHEAD, False, True)
+            if splatting and i + _AHEAD < nb:  # the splat rows of a pixel ahead
+                for r in range(offs.shape[1]):
+                    base = offs[p + _AHEAD, r] * cp
+                    prefetch_write(acc, base)
+                    prefetch_write(acc, base + cp - 1)
+                for r in range(offs2.shape[1]):
+                    base = offs2[p + _AHEAD, r] * cp
+                    prefetch_write(acc2, base)
+                    prefetch_write(acc2, base + cp - 1)
             for k in range(c, cp):
                 blk[i, k] = 0
             for j in range(8):
@@ -187,11 +180,19 @@ def fused_step_wide(
             for k in range(cp):
                 x[k] = blk[i, k] * inv
             if store:
-                q[p] = x
+                for k in range(cp):
+                    q[p, k] = x[k]
             if qt.shape[0] > 0:
-                blk[i] = x
-            _splat(acc, x, offs, bary, p)
-            _splat(acc2, x, offs2, bary2, p)
+                for k in range(cp):
+                    blk[i, k] = x[k]
+            for r in range(bary.shape[1]):
+                base = offs[p, r] * cp
+                for k0 in range(0, cp, 8):
+                    axpy8(acc, base + k0, x, k0, bary[p, r])
+            for r in range(bary2.shape[1]):
+                base = offs2[p, r] * cp
+                for k0 in range(0, cp, 8):
+                    axpy8(acc2, base + k0, x, k0, bary2[p, r])
         if qt.shape[0] > 0:
             _write_block(qt, blk, p0, nb, c)
 
@@ -229,19 +230,54 @@ def fused_step(
         nb = min(_BLOCK, hi - p0)
         for i in range(nb):
             p = p0 + i
-            for k in range(cp):
-                x[k] = 0
-                y[k] = 0
-            for r in range(wts.shape[1]):
-                w = wts[p, r]
-                v = offs[p, r]
+            # the slices (3 and 6 vertices written out, so that the label loop vectorises;
+            # helpers taking arrays would cost reference counting per call)
+            nv = wts.shape[1]
+            if nv == 6:  # d = 5
+                w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                w3, w4, w5 = wts[p, 3], wts[p, 4], wts[p, 5]
+                v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
+                v3, v4, v5 = offs[p, 3], offs[p, 4], offs[p, 5]
                 for k in range(cp):
-                    x[k] += w * lat[v, k]
-            for r in range(wts2.shape[1]):
-                w = wts2[p, r]
-                v = offs2[p, r]
+                    a = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
+                    a = (a + w3 * lat[v3, k]) + w4 * lat[v4, k]
+                    x[k] = a + w5 * lat[v5, k]
+            elif nv == 3:  # d = 2
+                w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
                 for k in range(cp):
-                    y[k] += w * lat2[v, k]
+                    x[k] = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
+            else:
+                for k in range(cp):
+                    x[k] = 0
+                for r in range(nv):
+                    w = wts[p, r]
+                    v = offs[p, r]
+                    for k in range(cp):
+                        x[k] += w * lat[v, k]
+            nv = wts2.shape[1]
+            if nv == 6:
+                w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                w3, w4, w5 = wts2[p, 3], wts2[p, 4], wts2[p, 5]
+                v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
+                v3, v4, v5 = offs2[p, 3], offs2[p, 4], offs2[p, 5]
+                for k in range(cp):
+                    a = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
+                    a = (a + w3 * lat2[v3, k]) + w4 * lat2[v4, k]
+                    y[k] = a + w5 * lat2[v5, k]
+            elif nv == 3:
+                w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
+                for k in range(cp):
+                    y[k] = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
+            else:
+                for k in range(cp):
+                    y[k] = 0
+                for r in range(nv):
+                    w = wts2[p, r]
+                    v = offs2[p, r]
+                    for k in range(cp):
+                        y[k] += w * lat2[v, k]
             for k in range(c):
                 x[k] = (x[k] - unary[p, k]) + y[k]
             for k in range(c, cp):
