@@ -29,6 +29,11 @@ try:
     import numba
     from numba.core import event
     from numba.misc.appdirs import AppDirs
+
+    try:
+        from numba.core.runtime import rtsys as _rtsys
+    except ImportError:  # pragma: no cover - another numba layout: numba's own loading
+        _rtsys = None
 except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
@@ -50,7 +55,44 @@ def available() -> bool:
 def kernel(func):
     """``func`` compiled by numba with OPTIONS (compiled on first call, cached on disk); without
     numba the plain function (the engine is not used then)."""
-    return numba.njit(**OPTIONS)(func) if numba is not None else func
+    if numba is None:
+        return func
+    dispatcher = numba.njit(**OPTIONS)(func)
+    if FAST_LOAD:
+        _load_without_refresh(dispatcher)
+    return dispatcher
+
+
+# numba loads a cached kernel only after "refreshing" its compiler: importing and registering
+# every typing and lowering module it has (numpy's whole API, linalg, which imports
+# scipy.linalg when scipy is installed, ...), 0.3-0.6 s of a process's first CRF. Code loaded
+# from the cache needs none of it, only the runtime (NRT) the kernels link against: the
+# engine's kernels load without the refresh, and anything else (a cache miss, a failed load)
+# takes numba's ordinary path, which refreshes before it compiles. DEEPLABV1_CRF_FAST_LOAD=0
+# keeps numba's own loading.
+FAST_LOAD = os.environ.get("DEEPLABV1_CRF_FAST_LOAD", "1") not in ("0", "false", "no")
+
+
+def _load_without_refresh(dispatcher) -> None:
+    """Let ``dispatcher`` load its cached overloads without numba's compiler refresh; a no-op
+    where this numba's cache lacks the methods used (numba then loads as usual)."""
+    cache = getattr(dispatcher, "_cache", None)
+    load = getattr(cache, "_load_overload", None)
+    guard = getattr(cache, "_guard_against_spurious_io_errors", None)
+    if load is None or guard is None or _rtsys is None:
+        return
+    full = cache.load_overload
+
+    def load_overload(sig, target_context):
+        try:
+            _rtsys.initialize(target_context)
+            with guard():
+                result = load(sig, target_context)
+        except Exception:  # noqa: BLE001 - any failure: numba's own path decides
+            result = None
+        return result if result is not None else full(sig, target_context)
+
+    cache.load_overload = load_overload
 
 
 def inline(func):
