@@ -208,7 +208,46 @@ def test_every_public_crf_name_resolves_and_the_numpy_ones_need_no_torch():
     for name in crf.__all__:
         assert getattr(crf, name) is not None, name
     code = ("import sys; from deeplabv1.crf import deeplab_crf_np, deeplab_features, "
-            "set_num_threads, get_params; from deeplabv1.crf import densecrf; "
-            "print('torch' in sys.modules)")  # fmt: skip
+            "set_num_threads, get_params; from deeplabv1.crf import densecrf, utils, eigen; "
+            "import deeplabv1.crf.pydensecrf.densecrf; print('torch' in sys.modules, "
+            "'numba' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"  # numba loads with the first CRF
+
+
+def _resolve(dotted: str):
+    """The object a dotted name names: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_documented_crf_names_resolve():
+    """Every deeplabv1.crf name the README and the CRF docs mention (dotted paths and
+    ``from deeplabv1.crf... import`` lines) imports, earlier module paths included."""
+    import re
+
+    from conftest import REPO
+
+    text = "".join((REPO / f).read_text() for f in ("README.md", "docs/crf.md",
+                                                     "docs/crf_lattice.md"))  # fmt: skip
+    names = set(re.findall(r"deeplabv1\.crf(?:\.\w+)+", text))
+    for module, imported in re.findall(r"from (deeplabv1\.crf[\w.]*) import ([\w, ]+)", text):
+        names |= {f"{module}.{n.strip().split(' as ')[0]}" for n in imported.split(",")}
+    names |= {f"deeplabv1.crf.{old}" for old in ("layer", "learned", "lattice", "meanfield",
+                                                  "dense", "unary", "numpy_meanfield")}  # fmt: skip
+    assert len(names) > 20
+    for name in sorted(names):
+        assert _resolve(name.rstrip(".")) is not None, name
+    old = _resolve("deeplabv1.crf.layer")  # an earlier path: the same module object
+    assert old is _resolve("deeplabv1.crf.torch.layer")
+    assert old.CRFLayer is _resolve("deeplabv1.crf.CRFLayer")
