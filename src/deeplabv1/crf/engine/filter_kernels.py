@@ -13,7 +13,7 @@ import numpy as np
 from deeplabv1.crf.engine.jit import kernel
 from deeplabv1.crf.engine.simd import blur8
 
-__all__ = ["blur", "reduce_rows", "slice_", "slice_add", "splat"]
+__all__ = ["blur", "reduce_rows", "slice_", "splat"]
 
 
 @kernel
@@ -60,28 +60,12 @@ def blur(src, dst, n1, n2, lo, hi):  # pragma: no cover - compiled
 
 
 @kernel
-def slice_(offs, wts, lat, out, lo, hi):  # pragma: no cover - compiled
-    """out[i] = sum_r wts[i, r] * lat[offs[i, r]] for the pixels lo..hi."""
-    c = lat.shape[1]
-    acc = np.empty(c, dtype=out.dtype)
-    for i in range(lo, hi):
-        for k in range(c):
-            acc[k] = 0
-        for r in range(offs.shape[1]):
-            w = wts[i, r]
-            v = offs[i, r]
-            for k in range(c):
-                acc[k] += w * lat[v, k]
-        for k in range(c):
-            out[i, k] = acc[k]
-
-
-@kernel
-def slice_add(base, offs, wts, lat, out, lo, hi):  # pragma: no cover - compiled
-    """out[i] = base[i] + sum_r wts[i, r] * lat[offs[i, r]] for the pixels lo..hi (out may be
-    base; lat may have more (padding) columns than out)."""
+def slice_(offs, wts, lat, out, lo, hi, base):  # pragma: no cover - compiled
+    """out[i] = base[i] + sum_r wts[i, r] * lat[offs[i, r]] for the pixels lo..hi; a base of
+    no rows adds nothing (out may be base; lat may have more (padding) columns than out)."""
     c = out.shape[1]
     cp = lat.shape[1]
+    add = base.shape[0] > 0
     acc = np.empty(cp, dtype=out.dtype)
     for i in range(lo, hi):
         for k in range(cp):
@@ -91,5 +75,9 @@ def slice_add(base, offs, wts, lat, out, lo, hi):  # pragma: no cover - compiled
             v = offs[i, r]
             for k in range(cp):
                 acc[k] += w * lat[v, k]
-        for k in range(c):
-            out[i, k] = base[i, k] + acc[k]
+        if add:
+            for k in range(c):
+                out[i, k] = base[i, k] + acc[k]
+        else:
+            for k in range(c):
+                out[i, k] = acc[k]

@@ -83,7 +83,10 @@ class NumpyLattice:
         wts = self.wts
         threads.run(
             filter_kernels.slice_,
-            [(self.offs, wts, lat, out, lo, hi) for lo, hi in threads.ranges(self.num_points, nt)],
+            [
+                (self.offs, wts, lat, out, lo, hi, out[:0])
+                for lo, hi in threads.ranges(self.num_points, nt)
+            ],
         )
         return out
 

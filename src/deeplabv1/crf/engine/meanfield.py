@@ -254,12 +254,12 @@ def _subtract_message(base: np.ndarray, plan: _Plan, sliced: np.ndarray, nt: int
     if plan.term.potts:  # base + slice with the negated weights, in one pass
         neg = -plan.wts
         threads.run(
-            filter_kernels.slice_add,
-            [(base, lat.offs, neg, sliced, base, lo, hi) for lo, hi in parts],
+            filter_kernels.slice_,
+            [(lat.offs, neg, sliced, base, lo, hi, base) for lo, hi in parts],
         )
         return
     f = np.empty((base.shape[0], sliced.shape[1]), np.float32)
-    threads.run(filter_kernels.slice_, [(lat.offs, plan.wts, sliced, f, lo, hi)
+    threads.run(filter_kernels.slice_, [(lat.offs, plan.wts, sliced, f, lo, hi, f[:0])
                                         for lo, hi in parts])  # fmt: skip
     base[:, :c] -= _compat(f[:, :c], plan.term)
 
