@@ -244,7 +244,8 @@ def test_documented_crf_names_resolve():
     for module, imported in re.findall(r"from (deeplabv1\.crf[\w.]*) import ([\w, ]+)", text):
         names |= {f"{module}.{n.strip().split(' as ')[0]}" for n in imported.split(",")}
     names |= {f"deeplabv1.crf.{old}" for old in ("layer", "learned", "lattice", "meanfield",
-                                                  "dense", "unary", "numpy_meanfield")}  # fmt: skip
+                                                  "dense", "unary", "numpy_meanfield",
+                                                  "numpy_lattice")}  # fmt: skip
     assert len(names) > 20
     for name in sorted(names):
         assert _resolve(name.rstrip(".")) is not None, name

@@ -64,6 +64,9 @@ _MOVED = {
     "dense": "torch.dense",
     "scaled_filter": "torch.scaled_filter",
     "numpy_meanfield": "engine.meanfield",
+    # its thread functions (available, set_num_threads, ...), which callers such as the batch
+    # mode's workers use; the lattice itself is now engine.lattice / engine.cache
+    "numpy_lattice": "engine.threads",
 }
 
 __all__ = sorted(_LAZY)

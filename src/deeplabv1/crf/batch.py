@@ -22,7 +22,7 @@ def _init_worker() -> None:
     """One thread per worker, for whichever engine runs (torch only if already needed)."""
     import warnings
 
-    from deeplabv1.crf.engine import threads as numpy_lattice
+    from deeplabv1.crf import numpy_lattice
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     if numpy_lattice.available():
