@@ -52,15 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DeepLabError as exc:
-        print(f"deeplabv1 {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except ModuleNotFoundError as exc:  # an optional dependency (the CRF needs none of them)
         extra = EXTRAS.get((exc.name or "").partition(".")[0])
         if extra is None:
             raise
         print(f"deeplabv1 {args.command}: needs {exc.name}, which is not installed: "
               f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
+        return 2
+    except DeepLabError as exc:
+        print(f"deeplabv1 {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"deeplabv1 {args.command}: interrupted", file=sys.stderr)
