@@ -14,10 +14,6 @@ import sys
 from deeplabv1 import __version__
 from deeplabv1.errors import DeepLabError
 
-# optional dependency (top-level module) -> the extra that installs it
-EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "onnx",
-          "onnxruntime": "onnx", "tensorboard": "tensorboard"}  # fmt: skip
-
 # sub-command module, in the order `deeplabv1 --help` lists them
 COMMAND_MODULES = (
     "info",
@@ -45,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"deeplabv1.cli.{name}").add_parser(sub)
     return parser
+
+
+# optional dependency (top-level module) -> the extra that installs it
+EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "onnx",
+          "onnxruntime": "onnx", "tensorboard": "tensorboard"}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
