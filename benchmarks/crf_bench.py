@@ -1,21 +1,35 @@
-"""Dense-CRF speed and memory: ours (deeplabv1.crf) against pydensecrf2 in the same run.
+"""Dense-CRF speed, start-up and memory: ours (deeplabv1.crf) against pydensecrf2, one run.
 
-Reference case (issue 3): a real VOC image (2007_000346, 500x375 RGB), 21 labels, 10 mean-field
+Reference case: a real VOC image (2007_000346, 500x375 RGB), 21 labels, 10 mean-field
 iterations, DeepLab-LargeFOV parameters (Gaussian sxy 3 compat 3; bilateral sxy 121 srgb 5
-compat 4), "after" normalisation, scores = noisy one-hot ground truth. Both run through the
-same pydensecrf API (ours via the drop-in), each in its own subprocess so that peak RSS
-(resource.getrusage) is its own; setup (constructor + unary + both pairwise terms, i.e. the
-lattices) and inference are timed separately, median of --repeats after one warm-up
-(first_call_s). A separate process of each runs the CRF once on a tiny 16x12 image: its RSS
-(rss_after_runtime_mib; ours: numpy + numba with its runtime and cached kernels loaded) and
-time (runtime_init_s) are the runtime's baseline; peak_rss_over_runtime_mib = peak_rss_mib -
-that baseline is the memory of the CRF itself. Each repeat uses a new image (one colour bit
-toggled), so ours rebuilds the bilateral lattice every time while the position-only lattice
-stays cached (the realistic batch case); total_s_cold is ours with the lattice cache cleared
-before every repeat. Also: 1x / 2x / 4x pixels (the image tiled), 2 versus 21 labels, and with
---device cuda the batch throughput of ``deeplab_crf`` (images / s). Prints one JSON object.
+compat 4), "after" normalisation, both through the same pydensecrf API (ours via the drop-in).
+Two kinds of unary: ``network`` (what a segmentation network gives: confident logits at
+stride 8, bilinearly upsampled, smooth errors) and ``random`` (the one-hot ground truth plus
+independent per-pixel noise).
 
-    .venv/bin/python benchmarks/crf_bench.py [--repeats 5] [--device cuda] [--no-scaling]
+- speed: both implementations in one worker process, alternating (ours, pydensecrf2) per
+  repeat, each repeat on a new image (one colour bit toggled: ours rebuilds the bilateral
+  lattice; the position-only lattice of the image size stays cached, the batch case); setup
+  (constructor + unary + both terms, i.e. the lattices) and inference timed separately;
+  ``speedup`` is the median over repeats of pydensecrf2's time over ours in the same pair.
+  Ours with 1 and with 2 threads (pydensecrf2 has one), both unary kinds; with
+  ``--scaling`` also 2x and 4x the pixels and 2 labels.
+- start-up: fresh processes. ``import_s``: importing the drop-in (pydensecrf2: its module);
+  ``cold_first_call_s``: import + the first reference CRF with an empty kernel cache (numba
+  compiles the kernels; NUMBA_CACHE_DIR points at a new folder); ``warm_first_call_s``: the
+  first reference CRF of a process when the kernels are cached (``_without_scipy``: as in an
+  installation without scipy, ``pip install deeplabv1``); ``..._overhead_s``: the first
+  call's time minus the second's in the same process (lattice cache cleared: what a process
+  pays once, i.e. numba's import, loading the kernels, first touches of memory; ``_cpu_s``:
+  the same in CPU time of all threads, less sensitive to a busy machine); median of 3 (1
+  cold).
+- memory: peak RSS of a process that runs the reference case only, per implementation
+  (ours asserts that torch was never imported).
+
+Labels are compared with pydensecrf2's in every run. Prints one JSON object with the
+targets and whether each is met.
+
+    .venv/bin/python benchmarks/crf_bench.py [--repeats 9] [--scaling] [--device cuda]
 """
 
 from __future__ import annotations
@@ -28,16 +42,20 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc_samples"
 SAMPLE = "2007_000346"
 LARGEFOV = dict(w1=4.0, sa=121.0, sb=5.0, w2=3.0, sg=3.0)
+TARGETS = {"speedup_2_threads": 3.0, "speedup_1_thread": 2.5, "cold_first_call_s": 10.0,
+           "warm_first_call_s": 0.3, "import_s": 0.3}  # fmt: skip
 
 
-def make_case(tiles: tuple[int, int], num_labels: int, data: Path):
-    """(rgb (H, W, 3) uint8, scores (L, H, W) float32): the 500x375 sample tiled."""
+def make_case(tiles: tuple[int, int], num_labels: int, data: Path, kind: str = "random"):
+    """(rgb (H, W, 3) uint8, scores (L, H, W) float32): the 500x375 sample tiled, with
+    ``network``-like or ``random`` scores (see the module docstring)."""
     import numpy as np
     from PIL import Image
 
@@ -46,7 +64,17 @@ def make_case(tiles: tuple[int, int], num_labels: int, data: Path):
     lab = lab.astype(np.int64) % num_labels
     rng = np.random.default_rng(0)
     onehot = np.eye(num_labels, dtype=np.float32)[lab].transpose(2, 0, 1)
-    scores = 3.0 * onehot + rng.normal(scale=1.5, size=onehot.shape).astype(np.float32)
+    if kind == "random":
+        scores = 3.0 * onehot + rng.normal(scale=1.5, size=onehot.shape).astype(np.float32)
+    else:  # stride-8 logits: 8 x the pooled one-hot plus noise, bilinearly upsampled
+        h8, w8 = -(-375 // 8), -(-500 // 8)
+        pad = np.zeros((num_labels, h8 * 8, w8 * 8), np.float32)
+        pad[:, :375, :500] = onehot
+        low = 8.0 * pad.reshape(num_labels, h8, 8, w8, 8).mean((2, 4))
+        low += rng.normal(scale=1.0, size=low.shape).astype(np.float32)
+        scores = np.stack([np.asarray(Image.fromarray(ch, mode="F").resize((500, 375),
+                                                                           Image.BILINEAR))
+                           for ch in low]).astype(np.float32)  # fmt: skip
     ty, tx = tiles
     return np.ascontiguousarray(np.tile(rgb, (ty, tx, 1))), np.tile(scores, (1, ty, tx))
 
@@ -69,141 +97,142 @@ def crf_once(dcrf, img, unary):
     return t1 - t0, time.perf_counter() - t1, q
 
 
-def worker(impl: str, tiles, num_labels: int, repeats: int, data: Path, threads: int = 0) -> dict:
-    """Time one implementation in this process; returns timings, peak RSS and labels hash."""
+def speed_worker(tiles, num_labels: int, kind: str, repeats: int, data: Path, threads: int):
+    """Ours and pydensecrf2 alternating in this process: timings, speedups, label agreement."""
+    import numpy as np
+
+    from deeplabv1.crf import densecrf as ours
+    from deeplabv1.crf import set_num_threads
+
+    try:
+        import pydensecrf.densecrf as theirs
+    except ImportError:
+        theirs = None
+    set_num_threads(threads)
+    rgb, scores = make_case(tiles, num_labels, data, kind)
+    unary = np.ascontiguousarray(-scores.reshape(num_labels, -1))
+
+    def run(module, k: int):
+        img = rgb.copy()
+        img[0, 0, 0] ^= k & 1  # a new image: the bilateral lattice is rebuilt
+        return crf_once(module, img, unary)
+
+    for module in (ours, theirs):  # warm-up: kernels loaded, first-touch of the size
+        if module is not None:
+            run(module, 0)
+    rows = {"ours": [], "pydensecrf": []}
+    same, max_dq = [], 0.0
+    for k in range(1, repeats + 1):
+        a = run(ours, k)
+        rows["ours"].append(a[:2])
+        if theirs is not None:
+            b = run(theirs, k)
+            rows["pydensecrf"].append(b[:2])
+            same.append(float((a[2].argmax(0) == b[2].argmax(0)).mean()))
+            max_dq = max(max_dq, float(np.abs(a[2] - b[2]).max()))
+    out = {"pixels": rgb.shape[0] * rgb.shape[1], "labels": num_labels, "unary": kind,
+           "threads": threads, "torch_imported": "torch" in sys.modules}  # fmt: skip
+    for side, times in rows.items():
+        if times:
+            out[side] = {"setup_s": statistics.median(t[0] for t in times),
+                         "inference_s": statistics.median(t[1] for t in times),
+                         "total_s": statistics.median(t[0] + t[1] for t in times),
+                         "total_s_all": [round(t[0] + t[1], 4) for t in times]}  # fmt: skip
+    if rows["pydensecrf"]:
+        ratios = [sum(b) / sum(a) for a, b in zip(rows["ours"], rows["pydensecrf"])]
+        out.update(speedup=statistics.median(ratios), speedup_min=min(ratios),
+                   speedup_max=max(ratios), same_labels_fraction=min(same),
+                   max_abs_dq=max_dq)  # fmt: skip
+    return out
+
+
+def memory_worker(impl: str, data: Path) -> dict:
+    """Peak RSS of a process that imports one implementation and runs the reference case."""
     import numpy as np
 
     if impl == "pydensecrf":
         import pydensecrf.densecrf as dcrf
     else:
         from deeplabv1.crf import densecrf as dcrf
-        from deeplabv1.crf import get_num_threads, set_num_threads
-
-        if threads > 0:
-            set_num_threads(threads)
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if tiles == (0, 0):  # the runtime baseline: the CRF once on a tiny image, nothing else
-        tiny = np.random.default_rng(0)
-        t0 = time.perf_counter()
-        crf_once(dcrf, tiny.integers(0, 256, (12, 16, 3), dtype=np.uint8),
-                 tiny.normal(size=(num_labels, 12 * 16)).astype(np.float32))  # fmt: skip
-        return {"runtime_init_s": time.perf_counter() - t0,
-                "rss_after_runtime_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                / 1024}  # fmt: skip
-    rgb, scores = make_case(tiles, num_labels, data)
-    h, w, _ = rgb.shape
-    unary = np.ascontiguousarray(-scores.reshape(num_labels, -1))
-
-    def run(k: int):
-        # Repeat k toggles the lowest bit of one colour value, so that ours never reuses the
-        # previous bilateral lattice (a new image in a real run); the position-only
-        # Gaussian lattice is the same for every image of this size and stays cached.
-        img = rgb.copy()
-        img[0, 0, 0] ^= k & 1
-        return crf_once(dcrf, img, unary)
-
-    first = run(0)  # warm-up: the first call at this size
-    setup, infer, q = [], [], None
-    for k in range(1, repeats + 1):
-        a, b, q = run(k)
-        setup.append(a)
-        infer.append(b)
-    cold = {}
-    if impl != "pydensecrf":  # ours with no lattice cached at all (the first image of a run)
-        from deeplabv1.crf.numpy_lattice import clear_cache
-
-        runs = []
-        for k in range(repeats):
-            clear_cache()
-            runs.append(run(k)[:2])
-        cold = {"setup_s_cold": statistics.median(r[0] for r in runs),
-                "total_s_cold": statistics.median(r[0] + r[1] for r in runs)}  # fmt: skip
-    total = [a + b for a, b in zip(setup, infer)]
-    torch_imported = "torch" in sys.modules
-    if impl != "pydensecrf":  # the drop-in's CPU engine runs on numpy + numba alone
-        assert not torch_imported, "the drop-in imported torch"
-    labels = q.argmax(0).astype(np.uint8)
-    np.save(os.environ["CRF_BENCH_LABELS"], labels)
-    return {
-        "pixels": h * w,
-        "size": [w, h],
-        "labels": num_labels,
-        "first_call_s": first[0] + first[1],
-        "setup_s": statistics.median(setup),
-        "inference_s": statistics.median(infer),
-        "total_s": statistics.median(total),
-        "total_s_all": [round(t, 4) for t in total],
-        **cold,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_after_imports_mib": rss_imports,
-        "peak_rss_over_imports_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        - rss_imports,
-        "threads": 1 if impl == "pydensecrf" else get_num_threads(),
-        "torch_imported": torch_imported,
-    }
+    rgb, scores = make_case((1, 1), 21, data, "network")
+    crf_once(dcrf, rgb, np.ascontiguousarray(-scores.reshape(21, -1)))
+    if impl != "pydensecrf":
+        assert "torch" not in sys.modules, "the drop-in imported torch"
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_after_imports_mib": rss_imports}  # fmt: skip
 
 
-def warm_numba_cache() -> None:
-    """Compile (or load) ours' numba kernels in a throwaway process: a first compilation in a
-    fresh environment then never inflates a measured process's peak memory or first call."""
-    code = (
-        "import numpy as np\n"
-        "from deeplabv1.crf import densecrf as dcrf, set_num_threads\n"
-        "rng = np.random.default_rng(0)\n"
-        "img = rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)\n"
-        "for t in (1, 2):  # single-threaded twins and parallel kernels\n"
-        "    set_num_threads(t)\n"
-        "    d = dcrf.DenseCRF2D(20, 15, 21)\n"
-        "    d.setUnaryEnergy(rng.random((21, 300), dtype=np.float32))\n"
-        "    d.addPairwiseGaussian(sxy=3, compat=3, normalization=dcrf.NORMALIZE_AFTER)\n"
-        "    d.addPairwiseBilateral(sxy=50, srgb=5, rgbim=img, compat=4,\n"
-        "                           normalization=dcrf.NORMALIZE_AFTER)\n"
-        "    d.inference(2)\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+def startup_worker(impl: str, data: Path, no_scipy: bool = False) -> dict:
+    """Import time and the first reference CRF of this (fresh) process; ``no_scipy``: as
+    where scipy is not installed (``pip install deeplabv1``; numba imports scipy.linalg on
+    its first use when it is there)."""
+    if no_scipy:
+        sys.modules["scipy"] = None  # import scipy raises ImportError, as when absent
+    t0 = time.perf_counter()
+    if impl == "pydensecrf":
+        import pydensecrf.densecrf as dcrf
+    else:
+        from deeplabv1.crf import densecrf as dcrf
+    t1 = time.perf_counter()
+    import numpy as np
+
+    rgb, scores = make_case((1, 1), 21, data, "network")
+    unary = np.ascontiguousarray(-scores.reshape(21, -1))
+    t2, c2 = time.perf_counter(), time.process_time()
+    crf_once(dcrf, rgb, unary)
+    c3 = time.process_time()
+    if impl != "pydensecrf":  # the second call builds both lattices again, as the first
+        from deeplabv1.crf.engine.cache import clear_cache
+
+        clear_cache()
+    t3, c4 = time.perf_counter(), time.process_time()
+    crf_once(dcrf, rgb, unary)
+    return {"import_s": t1 - t0, "first_call_s": t3 - t2,
+            "second_call_s": time.perf_counter() - t3,
+            "overhead_cpu_s": (c3 - c2) - (time.process_time() - c4)}  # fmt: skip
 
 
-def run_worker(impl, tiles, num_labels, repeats, data, tmp: Path, threads=0) -> dict | None:
-    """Run ``worker`` in a fresh interpreter; None when the implementation is unavailable."""
-    labels_path = tmp / f"{impl}_{tiles[0]}x{tiles[1]}_{num_labels}.npy"
-    cmd = [sys.executable, __file__, "--worker", impl, "--tiles", f"{tiles[0]}x{tiles[1]}",
-           "--labels", str(num_labels), "--repeats", str(repeats), "--data", str(data),
-           "--threads", str(threads)]  # fmt: skip
-    env = dict(os.environ, CRF_BENCH_LABELS=str(labels_path), PYTHONWARNINGS="ignore")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _subprocess(args: list[str], env: dict | None = None) -> dict | None:
+    """This script with ``args`` in a fresh interpreter; its JSON (None: pydensecrf missing)."""
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})  # fmt: skip
     if out.returncode != 0:
         if "No module named 'pydensecrf'" in out.stderr:
             return None
-        raise RuntimeError(f"{impl} worker failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    if tiles != (0, 0):
-        result["labels_file"] = str(labels_path)
-        base = run_worker(impl, (0, 0), num_labels, repeats, data, tmp, threads)
-        result.update(base, peak_rss_over_runtime_mib=result["peak_rss_mib"]
-                      - base["rss_after_runtime_mib"])  # fmt: skip
-    return result
+        raise RuntimeError(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(ours: dict, theirs: dict | None) -> dict:
-    """Speed / memory ratios and label agreement of one case."""
-    import numpy as np
-
-    entry = {"ours": ours}
-    if theirs is not None:
-        a, b = np.load(ours["labels_file"]), np.load(theirs["labels_file"])
-        entry.update(
-            pydensecrf=theirs,
-            speedup=theirs["total_s"] / ours["total_s"],
-            time_ratio_ours_over_pydensecrf=ours["total_s"] / theirs["total_s"],
-            time_ratio_cold_ours_over_pydensecrf=ours.get("total_s_cold", ours["total_s"])
-            / theirs["total_s"],
-            memory_ratio_ours_over_pydensecrf=ours["peak_rss_mib"] / theirs["peak_rss_mib"],
-            same_labels_fraction=float((a == b).mean()),
-        )
-    for side in ("ours", "pydensecrf"):
-        if side in entry:
-            entry[side].pop("labels_file", None)
-    return entry
+def startup(data: Path) -> dict:
+    """Cold and warm first calls and import times, each in fresh processes."""
+    ours = ["--worker", "startup", "--impl", "ours", "--data", str(data)]
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"NUMBA_CACHE_DIR": cache}
+        cold = _subprocess(ours, env)
+        warm = [_subprocess(ours, env) for _ in range(3)]
+        bare = [_subprocess([*ours, "--no-scipy"], env) for _ in range(3)]
+    theirs = [_subprocess(["--worker", "startup", "--impl", "pydensecrf", "--data", str(data)])
+              for _ in range(3)]  # fmt: skip
+    out = {"ours": {"cold_first_call_s": cold["import_s"] + cold["first_call_s"],
+                    "warm_first_call_s": statistics.median(w["first_call_s"] for w in warm),
+                    "import_s": statistics.median(w["import_s"] for w in warm),
+                    "warm_first_call_s_without_scipy": statistics.median(
+                        w["first_call_s"] for w in bare),
+                    "warm_first_call_overhead_s": statistics.median(
+                        w["first_call_s"] - w["second_call_s"] for w in warm),
+                    "warm_first_call_overhead_cpu_s": statistics.median(
+                        w["overhead_cpu_s"] for w in warm)}}  # fmt: skip
+    if theirs[0] is not None:
+        out["pydensecrf"] = {
+            "first_call_s": statistics.median(t["first_call_s"] for t in theirs),
+            "first_call_overhead_s": statistics.median(
+                t["first_call_s"] - t["second_call_s"] for t in theirs
+            ),
+            "first_call_overhead_cpu_s": statistics.median(t["overhead_cpu_s"] for t in theirs),
+            "import_s": statistics.median(t["import_s"] for t in theirs),
+        }
+    return out
 
 
 def cuda_throughput(batch: int, repeats: int, data: Path) -> dict:
@@ -230,48 +259,60 @@ def cuda_throughput(batch: int, repeats: int, data: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--batch", type=int, default=16, help="CUDA batch size")
-    ap.add_argument("--no-scaling", action="store_true", help="only the reference case")
+    ap.add_argument("--scaling", action="store_true", help="also 2x / 4x pixels and 2 labels")
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="threads of ours (crf.set_num_threads; 0: numba default)")  # fmt: skip
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--tiles", default="1x1", help=argparse.SUPPRESS)
     ap.add_argument("--labels", type=int, default=21, help=argparse.SUPPRESS)
+    ap.add_argument("--unary", default="network", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--no-scipy", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         ty, tx = (int(v) for v in args.tiles.split("x"))
-        print(
-            json.dumps(
-                worker(args.worker, (ty, tx), args.labels, args.repeats, args.data, args.threads)
-            )
-        )
+        result = {
+            "speed": lambda: speed_worker((ty, tx), args.labels, args.unary, args.repeats,
+                                          args.data, args.threads),
+            "memory": lambda: memory_worker(args.impl, args.data),
+            "startup": lambda: startup_worker(args.impl, args.data, args.no_scipy),
+        }[args.worker]()  # fmt: skip
+        print(json.dumps(result))
         return
-    import tempfile
-
     result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version(),
-                          "loadavg_1min": os.getloadavg()[0]}}  # fmt: skip
-    warm_numba_cache()
-    cases = [((1, 1), 21)]
-    if not args.no_scaling:
-        cases += [((1, 2), 21), ((2, 2), 21), ((1, 1), 2)]
-    with tempfile.TemporaryDirectory() as tmp:
-        for tiles, labels in cases:
-            ours = run_worker(
-                "ours", tiles, labels, args.repeats, args.data, Path(tmp), args.threads
-            )
-            theirs = run_worker("pydensecrf", tiles, labels, args.repeats, args.data, Path(tmp))
-            key = (
-                "reference"
-                if (tiles, labels) == ((1, 1), 21)
-                else f"x{tiles[0] * tiles[1]}px_{labels}labels"
-            )
-            result[key] = compare(ours, theirs)
+                          "loadavg_1min_start": os.getloadavg()[0]}}  # fmt: skip
+    result["startup"] = startup(args.data)  # first: the kernels compile in it
+    cases = [((1, 1), 21, kind, t) for kind in ("network", "random") for t in (1, 2)]
+    if args.scaling:
+        cases += [((1, 2), 21, "network", 2), ((2, 2), 21, "network", 2), ((1, 1), 2, "network", 2)]
+    speed = {}
+    for tiles, labels, kind, threads in cases:
+        key = f"{tiles[0] * tiles[1]}x_{labels}labels_{kind}_{threads}threads"
+        speed[key] = _subprocess(["--worker", "speed", "--tiles", f"{tiles[0]}x{tiles[1]}",
+                                  "--labels", str(labels), "--unary", kind, "--threads",
+                                  str(threads), "--repeats", str(args.repeats),
+                                  "--data", str(args.data)])  # fmt: skip
+    result["speed"] = speed
+    result["memory"] = {impl: _subprocess(["--worker", "memory", "--impl", impl,
+                                           "--data", str(args.data)])
+                        for impl in ("ours", "pydensecrf")}  # fmt: skip
+    ref = {t: [v for k, v in speed.items() if k.startswith("1x_21labels") and
+               k.endswith(f"_{t}threads")] for t in (1, 2)}  # fmt: skip
+    measured = {
+        "speedup_2_threads": min((v.get("speedup", 0.0) for v in ref[2]), default=0.0),
+        "speedup_1_thread": min((v.get("speedup", 0.0) for v in ref[1]), default=0.0),
+        **result["startup"]["ours"],
+    }
+    result["targets"] = {k: {"target": TARGETS[k], "measured": round(measured[k], 3),
+                             "met": measured[k] >= TARGETS[k] if k.startswith("speedup")
+                             else measured[k] <= TARGETS[k]} for k in TARGETS}  # fmt: skip
     if args.device == "cuda":
         result["cuda"] = cuda_throughput(args.batch, args.repeats, args.data)
+    result["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
 
 

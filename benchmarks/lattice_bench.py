@@ -58,8 +58,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from PIL import Image
 
-    from deeplabv1.crf import lattice_numba
-    from deeplabv1.crf.lattice import PermutohedralLattice, clear_cache
+    from deeplabv1.crf.engine import jit
+    from deeplabv1.crf.torch.lattice import PermutohedralLattice, clear_cache
 
     rss_after_import = _rss_mib()
     base = np.asarray(Image.open(args.image).convert("RGB"))
@@ -90,7 +90,7 @@ def main() -> None:
             {
                 "image": str(args.image.name),
                 "threads": torch.get_num_threads(),
-                "numba_kernels": lattice_numba.available(),
+                "numba_kernels": jit.available(),
                 "torch": torch.__version__,
                 "repeats": args.repeats,
                 "peak_rss_mib": round(_rss_mib(), 1),

@@ -107,7 +107,7 @@ def test_lattice_agrees_with_exact_inference_on_real_images(voc_samples):
 
 
 def test_cached_exact_filter_is_the_dense_filter():
-    from deeplabv1.crf.dense import DenseFilter
+    from deeplabv1.crf.torch.dense import DenseFilter
 
     f = torch.rand(1, 50, 5) * 3
     v = torch.rand(1, 50, 4)
@@ -140,7 +140,7 @@ def _torch_path(scores, rgb, params, iters=10, probabilities=False):
     """The torch route of the convention (deeplab_crf before the torch-free engine): torch
     unary, PairwiseTerms from deeplab_terms, meanfield.mean_field."""
     from deeplabv1.crf import deeplab_terms, mean_field
-    from deeplabv1.crf.unary import unary_from_probabilities
+    from deeplabv1.crf.torch.unary import unary_from_probabilities
 
     s = torch.from_numpy(scores).reshape(-1, scores.shape[-3], rgb.shape[-3] * rgb.shape[-2])
     unary = unary_from_probabilities(s) if probabilities else -s
@@ -175,8 +175,8 @@ def test_numpy_engine_equals_torch_path_bitwise(voc_samples):
 
 
 def test_numpy_engine_checks_and_falls_back(monkeypatch):
-    from deeplabv1.crf import numpy_lattice
     from deeplabv1.crf.deeplab import deeplab_crf_np
+    from deeplabv1.crf.engine import threads as engine_threads
 
     rng = np.random.default_rng(4)
     scores = rng.normal(size=(3, 6, 7)).astype(np.float32)
@@ -193,7 +193,7 @@ def test_numpy_engine_checks_and_falls_back(monkeypatch):
         deeplab_crf_np(scores, rgb, iters=-1)
     fast = deeplab_crf_np(scores, rgb, "deeplab", 3)
     # without numba (DEEPLABV1_CRF_NUMBA=0 or not installed): the torch path, same answer type
-    monkeypatch.setattr(numpy_lattice, "available", lambda: False)
+    monkeypatch.setattr(engine_threads, "available", lambda: False)
     slow = deeplab_crf_np(scores, rgb, "deeplab", 3)
     assert type(slow) is np.ndarray and slow.shape == (3, 6, 7)
     np.testing.assert_allclose(slow, fast, atol=1e-5, rtol=0)
@@ -208,7 +208,47 @@ def test_every_public_crf_name_resolves_and_the_numpy_ones_need_no_torch():
     for name in crf.__all__:
         assert getattr(crf, name) is not None, name
     code = ("import sys; from deeplabv1.crf import deeplab_crf_np, deeplab_features, "
-            "set_num_threads, get_params; from deeplabv1.crf import densecrf; "
-            "print('torch' in sys.modules)")  # fmt: skip
+            "set_num_threads, get_params; from deeplabv1.crf import densecrf, utils, eigen; "
+            "import deeplabv1.crf.pydensecrf.densecrf; print('torch' in sys.modules, "
+            "'numba' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"  # numba loads with the first CRF
+
+
+def _resolve(dotted: str):
+    """The object a dotted name names: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_documented_crf_names_resolve():
+    """Every deeplabv1.crf name the README and the CRF docs mention (dotted paths and
+    ``from deeplabv1.crf... import`` lines) imports, earlier module paths included."""
+    import re
+
+    from conftest import REPO
+
+    text = "".join((REPO / f).read_text() for f in ("README.md", "docs/crf.md",
+                                                     "docs/crf_lattice.md"))  # fmt: skip
+    names = set(re.findall(r"deeplabv1\.crf(?:\.\w+)+", text))
+    for module, imported in re.findall(r"from (deeplabv1\.crf[\w.]*) import ([\w, ]+)", text):
+        names |= {f"{module}.{n.strip().split(' as ')[0]}" for n in imported.split(",")}
+    names |= {f"deeplabv1.crf.{old}" for old in ("layer", "learned", "lattice", "meanfield",
+                                                  "dense", "unary", "numpy_meanfield",
+                                                  "numpy_lattice")}  # fmt: skip
+    assert len(names) > 20
+    for name in sorted(names):
+        assert _resolve(name.rstrip(".")) is not None, name
+    old = _resolve("deeplabv1.crf.layer")  # an earlier path: the same module object
+    assert old is _resolve("deeplabv1.crf.torch.layer")
+    assert old.CRFLayer is _resolve("deeplabv1.crf.CRFLayer")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deeplabv1.crf.dense import DenseFilter
+from deeplabv1.crf.torch.dense import DenseFilter
 
 
 def _kernel_matrix(f: torch.Tensor) -> torch.Tensor:

@@ -1,18 +1,20 @@
-"""The fused mean-field kernel of crf/lattice_numba.py against a float64 numpy reference, on
+"""The fused mean-field kernel (crf/engine/fused.py) against a float64 numpy reference, on
 random lattice tables (any vertex count: the written-out 3- and 6-vertex slices and the
-generic loop), any padded label width (a multiple of 8 or the label count itself), one and
-two workers."""
+generic loop), any padded label width (a multiple of 8 or the label count itself), the
+pixels in one range or split between two threads."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deeplabv1.crf import lattice_numba
+from deeplabv1.crf.engine import fused, jit
+from deeplabv1.crf.engine import threads as engine_threads
+from deeplabv1.crf.engine.meanfield import PAD
 
 _NO_OUT = np.zeros((0, 1, 1), np.float32)  # fused_step's qt: no label-major output
 
-pytestmark = pytest.mark.skipif(not lattice_numba.available(), reason="numba not installed")
+pytestmark = pytest.mark.skipif(not jit.available(), reason="numba not installed")
 
 
 def _term(rng, p: int, m: int, nv: int):
@@ -42,7 +44,7 @@ def _reference(unary, terms, lats, cp):
     return q, splats
 
 
-def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True):
+def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True, kernel=None):
     """fused_step on the tables; returns q and the per-term splat sums over the workers."""
     p, _ = unary.shape
     q = np.zeros((p, cp), np.float32)
@@ -56,11 +58,23 @@ def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True
     call = []
     for (offs, wts, bary, acc), lat in zip(args, lats):
         call += [offs, wts if slices else wts[:, :0], lat, bary if splat else bary[:, :0], acc]
-    kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
-    if threads > 1:
-        lattice_numba.set_threads(threads)
-    kernel(unary, q, *call, store, _NO_OUT)
+    _fused(unary, q, call, store, _NO_OUT, threads, kernel)
     return q, [a.sum(0) for a in accs]
+
+
+def _fused(unary, q, call, store, qt, nt: int, kernel=None) -> None:
+    """The fused kernel (the engine's choice: the wide one for a multiple of 8 columns) over
+    the pixels split into nt ranges, range t with the buffers acc[t]."""
+    if kernel is None:
+        kernel = fused.fused_step_wide if q.shape[1] % 8 == 0 else fused.fused_step
+    c, cp = unary.shape[1], q.shape[1]
+    padded = np.full((unary.shape[0], cp), PAD, np.float32)  # the engine's layout
+    padded[:, :c] = unary
+    jobs = []
+    for t, (lo, hi) in enumerate(engine_threads.ranges(unary.shape[0], nt)):
+        args = [a[t] if k % 5 == 4 else a for k, a in enumerate(call)]
+        jobs.append((padded, q, *args, store, qt, c, lo, hi))
+    engine_threads.run(kernel, jobs)
 
 
 def _case(seed: int, p: int, c: int, cp: int, nvs, m: int = 40):
@@ -87,6 +101,19 @@ def test_fused_step_matches_reference(nvs, c, cp, threads) -> None:
     for got, want, nv in zip(splats, ref_splats, nvs):
         if nv:  # a term without vertices splats nothing (its buffers are not even zeroed)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nvs", [(6, 3), (3, 6), (2, 4), (5, 0)])
+@pytest.mark.parametrize(("c", "cp"), [(21, 24), (8, 8), (3, 8), (9, 16), (30, 32)])
+def test_wide_kernel_equals_scalar_kernel(nvs, c, cp) -> None:
+    """The 8-lane kernel (vector slices, softmax and splats) gives the scalar kernel's bits."""
+    unary, terms, lats = _case(cp + c, 301, c, cp, nvs)
+    for threads in (1, 2):
+        q, splats = _run(unary, terms, lats, cp, threads, kernel=fused.fused_step)
+        qw, splats_w = _run(unary, terms, lats, cp, threads, kernel=fused.fused_step_wide)
+        assert np.array_equal(q, qw)
+        for a, b in zip(splats, splats_w):
+            assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("nvs", [(6, 3), (2, 4)])
@@ -131,8 +158,7 @@ def test_fused_step_label_major_output(c, cp, batch, threads) -> None:
     for (offs, wts, bary), lat in zip(terms, lats):
         accs.append(np.zeros((threads, lat.shape[0], cp), np.float32))
         call += [offs, wts, lat, bary, accs[-1]]
-    kernel = lattice_numba.fused_step if threads > 1 else lattice_numba.fused_step_serial
-    kernel(unary, q, *call, False, qt)
+    _fused(unary, q, call, False, qt, threads)
     assert np.array_equal(qt, want[:, :c].reshape(batch, n, c).transpose(0, 2, 1))
     assert np.all(q == 0)
     for got, ref in zip(accs, want_splats):
@@ -150,7 +176,7 @@ def test_fused_step_float64_tables() -> None:
     call = []
     for (offs, wts, bary), lat, acc in zip(terms64, lats, accs):
         call += [offs, wts, lat.astype(np.float64), bary, acc]
-    lattice_numba.fused_step_serial(unary, q, *call, True, _NO_OUT)
+    _fused(unary, q, call, True, _NO_OUT, 1)
     np.testing.assert_allclose(q, want, rtol=0, atol=1e-6)
     for got, ref in zip(accs, want_splats):
         np.testing.assert_allclose(got.sum(0), ref, rtol=1e-5, atol=1e-5)

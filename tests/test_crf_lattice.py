@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import requires_cuda
 
-from deeplabv1.crf import lattice_index
-from deeplabv1.crf.dense import DenseFilter
-from deeplabv1.crf.lattice import PermutohedralLattice
+from deeplabv1.crf.torch import tables as lattice_index
+from deeplabv1.crf.torch.dense import DenseFilter
+from deeplabv1.crf.torch.lattice import PermutohedralLattice
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 

@@ -10,12 +10,12 @@ from conftest import requires_cuda
 from torch.func import functional_call
 
 from deeplabv1.crf import PairwiseTerm, bilateral_features, deeplab_crf, gaussian_features
-from deeplabv1.crf.dense import DenseFilter
-from deeplabv1.crf.layer import CRFLayer
-from deeplabv1.crf.learned import LearnedCRFParams, crf_params_from_checkpoint
-from deeplabv1.crf.meanfield import mean_field
 from deeplabv1.crf.params import CRFParams
-from deeplabv1.crf.scaled_filter import ExactLinearFilter, ScaledFilter
+from deeplabv1.crf.torch.dense import DenseFilter
+from deeplabv1.crf.torch.layer import CRFLayer
+from deeplabv1.crf.torch.learned import LearnedCRFParams, crf_params_from_checkpoint
+from deeplabv1.crf.torch.meanfield import mean_field
+from deeplabv1.crf.torch.scaled_filter import ExactLinearFilter, ScaledFilter
 
 # Small stds so that tiny images have kernels that are neither ~0 nor ~1 everywhere.
 SMALL = CRFParams(w1=4, sa=15, sb=20, w2=3, sg=2)

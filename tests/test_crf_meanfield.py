@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import requires_cuda
 
-from deeplabv1.crf.features import bilateral_features, gaussian_features
-from deeplabv1.crf.meanfield import PairwiseTerm, mean_field
+from deeplabv1.crf.torch.features import bilateral_features, gaussian_features
+from deeplabv1.crf.torch.meanfield import PairwiseTerm, mean_field
 
 
 def np_mean_field(unary, feats_list, compats, modes, iters):
@@ -167,7 +167,11 @@ def test_cuda_matches_cpu():
 
 
 def test_unary_helpers():
-    from deeplabv1.crf.unary import unary_from_labels, unary_from_logits, unary_from_probabilities
+    from deeplabv1.crf.torch.unary import (
+        unary_from_labels,
+        unary_from_logits,
+        unary_from_probabilities,
+    )
 
     labels = torch.tensor([[0, 2, 255]])
     u = unary_from_labels(labels, 3, gt_prob=0.6, ignore_index=255)

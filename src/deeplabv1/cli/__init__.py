@@ -101,11 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# optional dependency (top-level module) -> the extra that installs it
+EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "onnx",
+          "onnxruntime": "onnx", "tensorboard": "tensorboard"}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:  # an optional dependency (the CRF needs none of them)
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"deeplabv1 {args.command}: needs {exc.name}, which is not installed: "
+              f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
+        return 2
     except DeepLabError as exc:
         print(f"deeplabv1 {args.command}: error: {exc}", file=sys.stderr)
         return 2

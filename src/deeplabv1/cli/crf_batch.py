@@ -45,11 +45,11 @@ def _init_worker() -> None:
     """One thread per worker, for whichever engine runs (torch only if already needed)."""
     import warnings
 
-    from deeplabv1.crf import numpy_lattice
+    from deeplabv1.crf.engine import threads
 
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-    if numpy_lattice.available():
-        numpy_lattice.set_num_threads(1)
+    if threads.available():
+        threads.set_num_threads(1)
     else:  # the torch fallback (deeplab_crf_np imports torch on its first image anyway)
         import torch
 

@@ -7,7 +7,7 @@ per-pixel "after" normalisation of the 2011 code that DeepLab used.
 The convention lives once, on numpy arrays (``deeplab_features``, ``_unary_np``, the checks);
 two engines run it:
 
-- the torch-free CPU engine (numpy_lattice / numpy_meanfield, numba kernels):
+- the torch-free CPU engine (``deeplabv1.crf.engine``, numba kernels):
   :func:`deeplab_crf_np` (numpy in, numpy out, never imports torch) and :func:`deeplab_crf`
   for CPU tensors (it wraps the same call with ``torch.from_numpy``);
 - torch's ``mean_field`` over :func:`deeplab_terms`: CUDA, ``method="dense"`` or a custom
@@ -21,7 +21,10 @@ import sys
 
 import numpy as np
 
-from deeplabv1.crf import numpy_lattice, numpy_meanfield
+from deeplabv1.crf import require_torch
+from deeplabv1.crf.engine import cache as engine_cache
+from deeplabv1.crf.engine import meanfield as engine_mf
+from deeplabv1.crf.engine import threads as engine_threads
 from deeplabv1.crf.features import bilateral_features_np, gaussian_features_np
 from deeplabv1.crf.params import CRFParams, get_params
 
@@ -89,53 +92,62 @@ def deeplab_features(images, params: CRFParams) -> list[np.ndarray]:
 
 
 def _unary_np(scores: np.ndarray, probabilities: bool) -> np.ndarray:
-    """Pixel-major energies (B*H*W, C) float32 from scores (B, C, H, W): -scores, or
-    -log(clip(p)); written straight in the engine's layout (no label-major copy)."""
+    """Pixel-major energies (B*H*W, padded C) float32 from scores (B, C, H, W): -scores, or
+    -log(clip(p)); written straight in the engine's layout (engine_mf.unary_buffer)."""
     b, c, h, w = scores.shape
     flat = scores.reshape(b, c, h * w)
     if probabilities and ((flat < 0).any() or (flat > 1 + 1e-3).any()):
         raise ValueError("probabilities: values outside [0, 1]")
-    unary = np.empty((b, h * w, c), np.float32)
+    buf = engine_mf.unary_buffer(b * h * w, c)
+    unary = buf[:, :c].reshape(b, h * w, c)
     if probabilities:
         np.clip(flat.transpose(0, 2, 1), np.float32(PROB_CLIP), np.float32(1.0), out=unary)
         np.log(unary, out=unary)
     np.negative(unary if probabilities else flat.transpose(0, 2, 1), out=unary)
     if not np.isfinite(unary).all():
         raise ValueError("unary: contains NaN or infinite energies")
-    return unary.reshape(b * h * w, c)
+    return buf
+
+
+def _compats(params: CRFParams):
+    """The two terms' compatibilities: Potts weights, or for parameters learned end to end
+    (LearnedCRFParams) the matrices w1 * mu and w2 * mu."""
+    if hasattr(params, "compat"):
+        mu = np.asarray(params.compat, np.float32)
+        return np.float32(params.w1) * mu, np.float32(params.w2) * mu
+    return params.w1, params.w2
 
 
 def _engine_terms(images: np.ndarray, params: CRFParams, normalization: str, threads: int):
-    """NumpyTerms of the two Potts terms, or None when a lattice's codes need > 62 bits."""
+    """NumpyTerms of the two terms, or None when a lattice's codes need > 62 bits."""
     n = images.shape[1] * images.shape[2]
     terms = []
-    for feats, weight in zip(deeplab_features(images, params), (params.w1, params.w2)):
-        lat = numpy_lattice.cached_lattice(feats, n, threads, copy=False)  # feats: ours
+    for feats, compat in zip(deeplab_features(images, params), _compats(params)):
+        lat = engine_cache.cached_lattice(feats, n, threads, copy=False)  # feats: ours
         if lat is None:
             return None
         lat.normalizer(threads)  # computed once per lattice, on these threads
-        terms.append(numpy_meanfield.prepare_term(lat, weight, normalization))
+        terms.append(engine_mf.prepare_term(lat, compat, normalization))
     return terms
 
 
 def _run_engine(scores4, images, params, iters, normalization, probabilities, threads):
     """Marginals (B, C, H, W) float32 by the torch-free engine, or None where it cannot run
-    (numba absent or disabled, learned compatibilities, lattice codes beyond 62 bits)."""
-    if hasattr(params, "term_compats") or not numpy_lattice.available():
+    (numba absent or disabled, lattice codes beyond 62 bits)."""
+    if not engine_threads.available():
         return None
     if normalization not in ("symmetric", "after", "before", "none"):
         raise ValueError(f"normalization: unknown mode {normalization!r}")
     if int(iters) < 0:
         raise ValueError(f"iters: must be >= 0, got {iters}")
     unary = _unary_np(scores4, probabilities)
-    threads = numpy_lattice.use_threads(threads)
+    threads = engine_threads.use_threads(threads)
     terms = _engine_terms(images, params, normalization, threads)
     if terms is None:
         return None
     b, c, h, w = scores4.shape
-    q = numpy_meanfield.iterate(
-        unary, terms, int(iters), threads, np.empty((b, c, h * w), np.float32)
-    )
+    out = np.empty((b, c, h * w), np.float32)
+    q = engine_mf.iterate(unary, terms, int(iters), threads, out, num_labels=c)
     return q.reshape(scores4.shape)
 
 
@@ -167,7 +179,7 @@ def deeplab_crf_np(
     scores4 = scores if scores.ndim == 4 else scores[None]
     q = _run_engine(scores4, images, params, iters, normalization, probabilities, threads)
     if q is None:
-        import torch
+        torch = require_torch("deeplab_crf")
 
         with torch.no_grad():
             q = deeplab_crf(scores4, images, params, iters, normalization, "cpu",
@@ -178,9 +190,9 @@ def deeplab_crf_np(
 def deeplab_terms(images, params: CRFParams, normalization: str = "after", device=None):
     """The two Potts PairwiseTerms (bilateral, Gaussian) for (B, H, W, 3) uint8 RGB images
     (on ``device``; default: the images' device, CPU for arrays)."""
-    import torch
+    torch = require_torch("deeplab_crf")
 
-    from deeplabv1.crf.meanfield import PairwiseTerm
+    from deeplabv1.crf.torch.meanfield import PairwiseTerm
 
     if device is None:
         device = images.device if isinstance(images, torch.Tensor) else "cpu"
@@ -219,7 +231,7 @@ def deeplab_crf(
     wanted) it runs :func:`deeplab_crf_np`'s engine on ``torch.get_num_threads()`` threads;
     for numpy in and out without torch, call :func:`deeplab_crf_np`.
     """
-    import torch
+    torch = require_torch("deeplab_crf")
 
     params = get_params(params)
     if isinstance(scores, np.ndarray):
@@ -245,8 +257,8 @@ def deeplab_crf(
                         torch.get_num_threads())  # fmt: skip
         if q is not None:
             return torch.from_numpy(q).reshape(shape)
-    from deeplabv1.crf.meanfield import mean_field
-    from deeplabv1.crf.unary import unary_from_probabilities
+    from deeplabv1.crf.torch.meanfield import mean_field
+    from deeplabv1.crf.torch.unary import unary_from_probabilities
 
     b, c, h, w = scores4.shape
     flat = scores4.to(device=device, dtype=torch.float32).reshape(b, c, h * w)

@@ -31,7 +31,7 @@ def resolve_crf_params(cfg: EvalConfig, arch: str | None, checkpoint_crf=None):
         if cfg.crf_params is not None:
             params = get_params(cfg.crf_params)
         elif isinstance(checkpoint_crf, dict):  # crf-search values or learned end to end
-            from deeplabv1.crf.learned import crf_params_from_checkpoint
+            from deeplabv1.crf.torch.learned import crf_params_from_checkpoint
 
             params = crf_params_from_checkpoint(checkpoint_crf)
         elif isinstance(checkpoint_crf, str):

@@ -127,10 +127,10 @@ class Segmenter:
 
         CRF parameters: ``crf_params`` if given, else the checkpoint's ``crf`` entry (a variant
         name, a dict of CRFParams fields, e.g. from ``crf-search``, or a CRF learned end to end:
-        ``deeplabv1.crf.learned``), else the arch's values.
+        ``deeplabv1.crf.torch.learned``), else the arch's values.
         """
         from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
-        from deeplabv1.crf.learned import crf_params_from_checkpoint
+        from deeplabv1.crf.torch.learned import crf_params_from_checkpoint
 
         ckpt = load_checkpoint(path)
         saved = ckpt.get("crf")

@@ -1,7 +1,7 @@
 """Stage 2 of ``deeplabv1 train --crf end-to-end``: the network and the CRF trained jointly.
 
 Stage 1 is the paper's training (``loop.train``). Then, as CRF-as-RNN (Zheng et al. 2015), the
-mean-field CRF becomes the last layer (``deeplabv1.crf.layer.CRFLayer``): per crop, the fc8
+mean-field CRF becomes the last layer (``deeplabv1.crf.torch.layer.CRFLayer``): per crop, the fc8
 scores are zoomed x8 to full resolution (align-corners bilinear, the test procedure's zoom), the
 layer runs ``crf_train_iters`` (5) mean-field updates on them with the crop's RGB image, and
 the softmax cross-entropy against the full-resolution labels (255 ignored) trains the network
@@ -167,7 +167,7 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     """
     from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
     from deeplabv1.config import config_to_dict
-    from deeplabv1.crf.layer import CRFLayer
+    from deeplabv1.crf.torch.layer import CRFLayer
     from deeplabv1.train.build import build_dataset
     from deeplabv1.train.config import replace
     from deeplabv1.train.distributed import resolve_device

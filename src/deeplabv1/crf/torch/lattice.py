@@ -8,7 +8,7 @@ in O(N (d+1) C) per call, following Kraehenbuehl's dense-CRF code (SPEC section 
 with barycentric weights, blur with [1/2, 1, 1/2] along each of the d+1 lattice axes (missing
 neighbours count as 0), slice with the same weights times alpha = 1/(1 + 2^-d). The lattice
 is built once (``lattice_tables``) and reused for every call. On the CPU with numba installed
-the filter runs the kernels of lattice_numba.py (scatter splat into per-thread buffers, blur,
+the filter runs the kernels of kernels.py (scatter splat into per-thread buffers, blur,
 slice); otherwise (CUDA, no numba, DEEPLABV1_CRF_NUMBA=0) splat and slice are CSR sparse
 matrices (MKL / cuSPARSE) and the blur gathers neighbour rows. Lattices are cached by their
 features (``CACHE_SIZE`` = 2, see ``_cached``): the position-only lattice of an image size is
@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import torch
 
-from deeplabv1.crf import lattice_numba, numpy_lattice
-from deeplabv1.crf.dense import check_features, check_values
-from deeplabv1.crf.lattice_index import LatticeTables, lattice_tables
-from deeplabv1.crf.numpy_lattice import MAX_FEATURE as _MAX_FEATURE
-from deeplabv1.crf.numpy_lattice import NumpyLattice
+from deeplabv1.crf.engine import cache as engine_cache
+from deeplabv1.crf.engine import jit
+from deeplabv1.crf.engine.build import MAX_FEATURE as _MAX_FEATURE
+from deeplabv1.crf.engine.lattice import NumpyLattice
+from deeplabv1.crf.torch.dense import check_features, check_values
+from deeplabv1.crf.torch.tables import LatticeTables, lattice_tables
 
 __all__ = ["PermutohedralLattice", "clear_cache"]
-
 
 
 class PermutohedralLattice:
@@ -42,7 +42,7 @@ class PermutohedralLattice:
     gradchecks); values are cast to the lattice dtype. Works on any device (CPU, CUDA).
     """
 
-    def __init__(self, features: torch.Tensor) -> None:
+    def __init__(self, features: torch.Tensor, *, phantoms: bool = False) -> None:
         check_features(features)
         if float(features.abs().max()) > _MAX_FEATURE:
             raise ValueError(
@@ -53,7 +53,7 @@ class PermutohedralLattice:
         self.batch, self.num_points, self.dim = features.shape
         self.dtype = features.dtype
         self.device = features.device
-        entry = _cached(features)
+        entry = _cached(features, phantoms)
         self.tables: LatticeTables = entry.tables
         self.num_lattice = self.tables.num_lattice
         self._entry = entry  # shared by lattices over equal features (see _cached)
@@ -79,10 +79,10 @@ class PermutohedralLattice:
 
     def uses_numba(self) -> bool:
         """True when filtering runs the numba kernels (CPU, numba available)."""
-        return self.device.type == "cpu" and lattice_numba.available()
+        return self.device.type == "cpu" and jit.available()
 
     def numba_tables(self) -> NumpyLattice:
-        """The tables as a numpy_lattice.NumpyLattice (views, built once) for the numba kernels."""
+        """The tables as an engine NumpyLattice (views, built once) for the numba kernels."""
         if self._entry.numba is None:
             t = self.tables
             offs = t.slice.col_indices()
@@ -122,7 +122,7 @@ class PermutohedralLattice:
     def _filter_numba(self, values: torch.Tensor, reverse: bool) -> torch.Tensor:
         """The same filter by the numba kernels (numpy_lattice: splat, d+1 blurs, slice)."""
         flat = values.reshape(self.tables.num_points, values.shape[-1]).contiguous().numpy()
-        out = self.numba_tables().filter(flat, reverse, threads=torch.get_num_threads())
+        out = self.numba_tables().filter(flat, reverse, torch.get_num_threads())
         return torch.from_numpy(out).view(self.batch, self.num_points, -1)
 
     def _workspace(self, c: int) -> tuple[torch.Tensor, ...]:
@@ -143,8 +143,9 @@ class PermutohedralLattice:
 class _Entry:
     """A built lattice and what is derived from it, shared through the cache."""
 
-    def __init__(self, features: torch.Tensor | None, tables: LatticeTables) -> None:
+    def __init__(self, features: torch.Tensor | None, tables: LatticeTables, phantoms: bool):
         self.features = features
+        self.phantoms = phantoms
         self.tables = tables
         self.normalizer: torch.Tensor | None = None
         self.numba: NumpyLattice | None = None
@@ -157,19 +158,19 @@ CACHE_SIZE = 2
 _CACHE: list[_Entry] = []
 
 
-def _cached(features: torch.Tensor) -> _Entry:
+def _cached(features: torch.Tensor, phantoms: bool) -> _Entry:
     """The cache entry of features (B, N, d), building the lattice on a miss."""
     features = features.detach()
     for k, e in enumerate(_CACHE):
         f = e.features
-        if (f.shape == features.shape and f.dtype == features.dtype
+        if (f.shape == features.shape and f.dtype == features.dtype and e.phantoms == phantoms
                 and f.device == features.device and torch.equal(f, features)):  # fmt: skip
             _CACHE.insert(0, _CACHE.pop(k))
             return e
     if CACHE_SIZE > 0 and len(_CACHE) >= CACHE_SIZE:
         _CACHE.pop()  # evict before building: the peak memory then holds one lattice less
     with torch.no_grad():
-        entry = _Entry(features.clone(), lattice_tables(features))
+        entry = _Entry(features.clone(), lattice_tables(features, phantoms), phantoms)
     if CACHE_SIZE > 0:
         _CACHE.insert(0, entry)
     return entry
@@ -178,7 +179,7 @@ def _cached(features: torch.Tensor) -> _Entry:
 def clear_cache() -> None:
     """Forget the cached lattices, the torch-free engine's too (they are rebuilt on demand)."""
     _CACHE.clear()
-    numpy_lattice.clear_cache()
+    engine_cache.clear_cache()
 
 
 class _LatticeFilter(torch.autograd.Function):

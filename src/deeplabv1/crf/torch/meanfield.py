@@ -28,7 +28,7 @@ from numbers import Number
 
 import torch
 
-from deeplabv1.crf.terms import PreparedTerm, as_unary, prepare_terms
+from deeplabv1.crf.torch.terms import PreparedTerm, as_unary, prepare_terms
 
 __all__ = [
     "NORMALIZATIONS",
@@ -165,34 +165,36 @@ def mean_field_prepared(unary: torch.Tensor, prepared, iters: int = 10) -> torch
 
 
 def _numba_eligible(unary: torch.Tensor, terms) -> bool:
-    """The fused numba loop handles CPU float32 Potts terms on permutohedral lattices."""
-    from deeplabv1.crf import lattice_numba
-    from deeplabv1.crf.lattice import PermutohedralLattice
+    """The engine's fused numba loop handles CPU float32 terms on permutohedral lattices
+    (Potts, diagonal and matrix compatibilities)."""
+    from deeplabv1.crf.engine import jit
+    from deeplabv1.crf.torch.lattice import PermutohedralLattice
 
     return (
         unary.device.type == "cpu"
         and unary.dtype == torch.float32
         and len(terms) > 0
-        and lattice_numba.available()
+        and jit.available()
         and all(
-            isinstance(t.filter, PermutohedralLattice)
-            and t.filter.dtype == torch.float32
-            and t.matrix is None
-            and t.vector is None
+            isinstance(t.filter, PermutohedralLattice) and t.filter.dtype == torch.float32
             for t in terms
         )
     )
 
 
 def _iterate_numba(unary: torch.Tensor, terms, iters: int) -> torch.Tensor:
-    """Mean field for Potts lattice terms by the torch-free engine (numpy_meanfield, fused
-    numba kernels) on views of the tensors; unary (B, L, N) -> Q (B, L, N)."""
-    from deeplabv1.crf import numpy_meanfield
+    """Mean field by the torch-free engine (engine/meanfield.py, fused numba kernels) on views
+    of the tensors; unary (B, L, N) -> Q (B, L, N)."""
+    from deeplabv1.crf.engine import meanfield as engine_mf
 
-    def vector(t: torch.Tensor | None):
-        return None if t is None else t.reshape(-1).numpy()
+    def array(t: torch.Tensor | None, flat: bool = True):
+        if t is None:
+            return None
+        t = t.detach().cpu()
+        return (t.reshape(-1) if flat else t).contiguous().numpy()
 
-    nterms = [numpy_meanfield.NumpyTerm(t.filter.numba_tables(), vector(t.pre),
-                                        vector(t.post), t.weight) for t in terms]  # fmt: skip
-    q = numpy_meanfield.mean_field(unary.numpy(), nterms, iters, torch.get_num_threads())
+    nterms = [engine_mf.NumpyTerm(t.filter.numba_tables(), array(t.pre), array(t.post), t.weight,
+                                  array(t.vector), array(t.matrix, flat=False))
+              for t in terms]  # fmt: skip
+    q = engine_mf.mean_field(unary.numpy(), nterms, iters, torch.get_num_threads())
     return torch.from_numpy(q)

@@ -19,11 +19,12 @@ row-wise sorts and scatters. SPEC section 4a, step by step:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from deeplabv1.crf import numpy_lattice
-from deeplabv1.crf.lattice_numba import available
-from deeplabv1.crf.numpy_lattice import Radix, scale_factors
+from deeplabv1.crf.engine import build as engine_build
+from deeplabv1.crf.engine.build import Radix, scale_factors
+from deeplabv1.crf.engine.jit import available
 
 __all__ = ["embed", "Radix", "make_radix", "vertex_codes", "neighbour_deltas"]
 
@@ -35,23 +36,22 @@ def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     0..d per point) and bary (d+1, P) barycentric weights in remainder order (sum 1).
     """
     d, p = features_t.shape
-    scale = scale_factors(d)
     if features_t.dtype == torch.float32 and features_t.device.type == "cpu" and available():
-        return _embed_numba(features_t, scale)
-    # Elevation, summed in the same order as the reference code.
+        arrays = engine_build.embed(features_t.contiguous().numpy(), torch.get_num_threads())
+        return tuple(torch.from_numpy(a) for a in arrays)
+    # Elevation as pydensecrf's SSE code: each product rounded before the subtraction.
+    wide = np.float64 if features_t.dtype == torch.float64 else np.float32
+    scale = torch.from_numpy(scale_factors(d, wide)).to(features_t)
     elevated = features_t.new_empty(d + 1, p)
     sm = torch.zeros_like(features_t[0])
     for j in range(d, 0, -1):
         cf = features_t[j - 1] * scale[j - 1]
-        torch.sub(sm, cf, alpha=j, out=elevated[j])
+        torch.sub(sm, cf * j, out=elevated[j])
         sm = sm + cf
     elevated[0] = sm
-    # Nearest remainder-0 point coordinate-wise; a tie goes down, as in the reference code.
-    v = elevated * (1.0 / (d + 1))
-    up = torch.ceil(v)
-    down = torch.floor(v)
-    take_up = up * (d + 1) - elevated < elevated - down * (d + 1)
-    q0f = torch.where(take_up, up, down)
+    # Nearest remainder-0 point: e * float(1/(d+1)) rounded half to even (SSE rounding).
+    inv = torch.tensor(1.0, dtype=features_t.dtype) / (d + 1)
+    q0f = torch.round(elevated * inv.to(features_t.device))
     resid = elevated - q0f * (d + 1)
     # rank[i] = #{j > i: resid_j > resid_i} + #{j < i: resid_j >= resid_i} (ties by index).
     rank = torch.zeros(d + 1, p, dtype=torch.int64, device=features_t.device)
@@ -69,26 +69,18 @@ def embed(features_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     q0 += low - high
     # Barycentric weights: b[d - rank_i] += t_i, b[d - rank_i + 1] -= t_i, b[0] += 1 + b[d+1].
     # With s[k] = t of the coordinate whose d - rank is k: b[k] = s[k] - s[k-1], b[0] wraps.
-    t = (elevated - q0.to(elevated.dtype) * (d + 1)) * (1.0 / (d + 1))
+    t = (elevated - q0.to(elevated.dtype) * (d + 1)) * inv.to(features_t.device)
     s = torch.empty_like(t).scatter_(0, d - rank, t)
     bary = torch.empty_like(t)
     torch.sub(s[1:], s[:-1], out=bary[1:])
-    bary[0] = s[0] - s[d] + 1.0
+    bary[0] = s[0] + (1.0 - s[d])
     return q0, rank, bary
-
-
-def _embed_numba(features_t: torch.Tensor, scale: list[float]):
-    """``embed`` by the numba kernel (numpy_lattice.embed): the same float32 arithmetic, one
-    pass, no temporaries (measured at 500x375, d=5: 19.6 -> 3 ms on one thread)."""
-    del scale  # numpy_lattice.embed uses the same scale_factors
-    arrays = numpy_lattice.embed(features_t.contiguous().numpy(), torch.get_num_threads())
-    return tuple(torch.from_numpy(a) for a in arrays)
 
 
 def make_radix(q0: torch.Tensor, batch_size: int, max_bits: int = 62) -> Radix | None:
     """The packing for these simplices, or None when the codes would not fit in max_bits."""
     d = q0.shape[0] - 1
-    return numpy_lattice.radix_from_bounds(
+    return engine_build.radix_from_bounds(
         q0[:d].amin(1).tolist(), q0[:d].amax(1).tolist(), d, batch_size, max_bits
     )
 
@@ -119,5 +111,5 @@ def vertex_codes(
 
 def neighbour_deltas(radix: Radix) -> torch.Tensor:
     """(d+1 axes, 2, d+1 remainders) code offsets of the two blur neighbours along each axis
-    (numpy_lattice.neighbour_deltas as a tensor)."""
-    return torch.from_numpy(numpy_lattice.neighbour_deltas(radix))
+    (engine_build.neighbour_deltas as a tensor)."""
+    return torch.from_numpy(engine_build.neighbour_deltas(radix))

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from deeplabv1.crf.features import as_rgb_batch, bilateral_features
-from deeplabv1.crf.learned import LearnedCRFParams, crf_params_from_checkpoint
-from deeplabv1.crf.meanfield import NORMALIZATIONS, mean_field_step, pairwise_message
 from deeplabv1.crf.params import get_params
-from deeplabv1.crf.terms import PreparedTerm
+from deeplabv1.crf.torch.features import as_rgb_batch, bilateral_features
+from deeplabv1.crf.torch.learned import LearnedCRFParams, crf_params_from_checkpoint
+from deeplabv1.crf.torch.meanfield import NORMALIZATIONS, mean_field_step, pairwise_message
+from deeplabv1.crf.torch.terms import PreparedTerm
 
 __all__ = ["CRFLayer"]
 
@@ -157,15 +157,15 @@ class CRFLayer(nn.Module):
     def _filter(self, raw: torch.Tensor, scale: torch.Tensor):
         features = raw * scale
         if self.method == "dense":
-            from deeplabv1.crf.dense import DenseFilter
+            from deeplabv1.crf.torch.dense import DenseFilter
 
             return DenseFilter(features)  # exact autograd, also w.r.t. the scales
-        from deeplabv1.crf.lattice import PermutohedralLattice
+        from deeplabv1.crf.torch.lattice import PermutohedralLattice
 
         lattice = PermutohedralLattice(features.detach())
         if not scale.requires_grad:
             return lattice
-        from deeplabv1.crf.scaled_filter import ScaledFilter
+        from deeplabv1.crf.torch.scaled_filter import ScaledFilter
 
         return ScaledFilter(raw, scale, lattice)
 

@@ -6,12 +6,12 @@ rows of the splat matrix (lattice points x pixels, CSR) and, scattered back, the
 lattice point offsets that form the slice matrix (pixels x lattice points, CSR). Blur
 neighbours are found by binary search of their codes among the sorted unique codes.
 
-On the CPU with numba (``_tables_numba``) an open-addressing hash table replaces the sort:
-vertices are numbered in order of first occurrence (pixel-major), which is exactly the sort
-path's numbering after its renumbering by first pixel, so every table is identical
-(tests/test_crf_numba.py); the splat CSR, which only the torch filter path uses, is then
-built on first use (``LatticeTables.splat_csr``). The sort path serves CUDA and numba-less
-installs.
+On the CPU with numba the engine's open-addressing hash table (``engine.build.build_tables``)
+replaces the sort: vertices are numbered in order of first occurrence (pixel-major), which is
+exactly the sort path's numbering after its renumbering by first pixel, so every table is
+identical (tests/test_crf_numba.py); the splat CSR, which only the torch filter path uses, is
+then built on first use (``LatticeTables.splat_csr``). The sort path serves CUDA and
+numba-less installs.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from deeplabv1.crf import lattice_numba, numpy_lattice
-from deeplabv1.crf.lattice_build import Radix, embed, make_radix, neighbour_deltas, vertex_codes
+from deeplabv1.crf.engine import build as engine_build
+from deeplabv1.crf.engine import build_kernels, jit
+from deeplabv1.crf.torch.build import Radix, embed, make_radix, neighbour_deltas, vertex_codes
 
 __all__ = ["LatticeTables", "lattice_tables"]
 
@@ -58,23 +59,57 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, val: torch.Tensor, size: tuple[i
         return torch.sparse_csr_tensor(crow, col, val, size=size, check_invariants=False)
 
 
-def lattice_tables(features: torch.Tensor) -> LatticeTables:
-    """Build the lattice of features (B, N, d); points of different images never share a vertex."""
+def lattice_tables(features: torch.Tensor, phantoms: bool = False) -> LatticeTables:
+    """Build the lattice of features (B, N, d); points of different images never share a vertex.
+
+    With ``phantoms`` each image is followed by pydensecrf's phantom zero points
+    (``engine.build.phantom_points``), whose vertices are hashed but which have no rows in the
+    tables (the pydensecrf drop-in)."""
     b, n, d = features.shape
     p = b * n
     dev = features.device
+    pad = engine_build.phantom_points(n) if phantoms else 0
+    padded = n + pad
+    if pad:
+        features = torch.cat([features, features.new_zeros(b, pad, d)], 1)
     # Temporaries are dropped as soon as they are used (``del``): the build's peak memory is
     # that of the few int64 (P (d+1),) arrays alive at once.
-    q0, rank, bary = embed(features.reshape(p, d).t().contiguous())
-    batch = torch.arange(b, device=dev).repeat_interleave(n) if b > 1 else None
+    q0, rank, bary = embed(features.reshape(b * padded, d).t().contiguous())
     radix = make_radix(q0, b, MAX_CODE_BITS)
+    if radix is not None and dev.type == "cpu" and jit.available():
+        ids, nbrs = engine_build.build_tables(
+            q0.numpy(), rank.numpy(), radix, padded, num_threads=torch.get_num_threads()
+        )
+        offsets, neighbours, splat = torch.from_numpy(ids), torch.from_numpy(nbrs), None
+    else:
+        batch = torch.arange(b, device=dev).repeat_interleave(padded) if b > 1 else None
+        offsets, neighbours = _tables_sorted(q0, rank, batch, radix)
+        splat = True  # built below from the real points' rows
+    del q0, rank
+    m = neighbours.shape[2]
+    offsets = offsets.view(b, padded, d + 1)[:, :n].reshape(p, d + 1)
+    bary_pm = bary.t().reshape(b, padded, d + 1)[:, :n].reshape(p, d + 1).contiguous()
+    del bary
+    k = p * (d + 1)
+    index = torch.int32 if k < 1 << 31 else torch.int64
+    alpha = engine_build.slice_alpha(d)
+    slice_crow = torch.arange(0, k + 1, d + 1, dtype=index, device=dev)
+    flat = offsets.reshape(-1).to(index)
+    slice_ = _csr(slice_crow, flat, bary_pm.view(-1) * alpha, (p, m))
+    if splat is not None:
+        splat = _splat_sorted(flat, bary_pm, m)
+    return LatticeTables(p, m, splat, slice_, neighbours, bary_pm)
+
+
+def _tables_sorted(q0, rank, batch, radix: Radix | None):
+    """Vertex ids (P, d+1) and neighbours (d+1, 2, M) by one sort of the vertex codes, lattice
+    points numbered by first occurrence (pixel-major), as the hash-table build numbers them."""
+    d = q0.shape[0] - 1
+    dev = q0.device
     if radix is not None:
-        if dev.type == "cpu" and lattice_numba.available():
-            return _tables_numba(q0, rank, bary, radix, n)
         codes = vertex_codes(q0, rank, batch, radix)
-        if radix.b_stride * b < 1 << 31:
+        if radix.b_stride * (1 if batch is None else batch.numel()) < 1 << 31:
             codes = codes.to(torch.int32)  # sorts about twice as fast
-        del q0, rank
     else:
         codes = _dense_ids(q0, rank, batch)
     # Pixel-major flat index pixel * (d+1) + r; the stable sort keeps pixels ascending
@@ -92,59 +127,29 @@ def lattice_tables(features: torch.Tensor) -> LatticeTables:
         nb = _neighbours(sorted_codes[starts].long(), radix)
     else:
         nb = _neighbours_by_rows(q0, rank, batch, group, perm, m)
-        del q0, rank
     del sorted_codes
     # Renumber lattice points by their first pixel: splat and slice then walk the pixels and
     # the lattice points in nearly the same order (measured: about 2x faster splat on CPU).
     order = torch.argsort(perm[starts])
     new_id = torch.empty_like(order).scatter_(0, order, torch.arange(m, device=dev))
-    counts = torch.diff(starts, append=starts.new_tensor([k]))
-    crow = torch.zeros(m + 1, dtype=torch.int64, device=dev)
-    torch.cumsum(counts[order], 0, out=crow[1:])
-    del counts, order
-    new_group = new_id[group]
-    pos = torch.arange(k, device=dev)
-    pos -= starts[group]
-    del group
-    pos += crow[new_group]
-    bary_pm = bary.t().reshape(-1)  # pixel-major, like perm
-    del bary
-    col = torch.empty_like(perm).scatter_(0, pos, torch.div(perm, d + 1, rounding_mode="floor"))
-    val = torch.empty_like(bary_pm).scatter_(0, pos, bary_pm[perm])
-    del pos
-    splat = _csr(crow, col, val, (m, p))
-    del crow, col, val
-    offsets = torch.empty_like(perm).scatter_(0, perm, new_group)  # pixel-major (P, d+1)
-    del perm, new_group
-    alpha = 1.0 / (1.0 + 2.0 ** (-d))
-    slice_crow = torch.arange(0, k + 1, d + 1, device=dev)
-    slice_ = _csr(slice_crow, offsets, bary_pm * alpha, (p, m))
-    del slice_crow, offsets
+    del order, starts
+    offsets = torch.empty_like(perm).scatter_(0, perm, new_id[group])  # pixel-major
+    del perm, group
     # Relabel to the new numbering (m, the missing marker, stays m).
     relabel = torch.cat([new_id, new_id.new_tensor([m])])
     neighbours = torch.empty_like(nb).index_copy_(2, new_id, relabel[nb])
-    return LatticeTables(p, m, splat, slice_, neighbours, bary_pm.view(p, d + 1))
+    return offsets.view(-1, d + 1), neighbours
 
 
-def _tables_numba(q0, rank, bary, radix: Radix, n: int) -> LatticeTables:
-    """The same tables by the numba build of numpy_lattice (``build_tables``): an
-    open-addressing hash table numbers the vertex codes by first occurrence (pixel-major),
-    which is the sort path's numbering, so splat, slice and neighbours are identical; the
-    arrays are wrapped without copies."""
-    d = radix.d
-    p = q0.shape[1]
-    k = p * (d + 1)
-    ids, nbrs = numpy_lattice.build_tables(q0.numpy(), rank.numpy(), radix, n)
-    del q0, rank
-    bary_pm = bary.t().contiguous()  # (P, d+1) pixel-major
-    del bary
-    index = torch.int32 if k < 1 << 31 else torch.int64
-    alpha = numpy_lattice.slice_alpha(d)
-    slice_crow = torch.arange(0, k + 1, d + 1, dtype=index)
-    m = nbrs.shape[2]
-    ids_t = torch.from_numpy(ids).view(-1).to(index)
-    slice_ = _csr(slice_crow, ids_t, bary_pm.view(-1) * alpha, (p, m))
-    return LatticeTables(p, m, None, slice_, torch.from_numpy(nbrs), bary_pm)
+def _splat_sorted(flat: torch.Tensor, bary: torch.Tensor, m: int) -> torch.Tensor:
+    """Splat CSR (M, P) from the pixel-major vertex ids (P (d+1),) and weights (P, d+1) by a
+    stable sort: the pixels of each lattice point ascending (as ``_splat_numba``)."""
+    p, nv = bary.shape
+    order = torch.sort(flat, stable=True).indices
+    crow = torch.zeros(m + 1, dtype=flat.dtype, device=flat.device)
+    torch.cumsum(torch.bincount(flat, minlength=m), 0, out=crow[1:])
+    col = torch.div(order, nv, rounding_mode="floor").to(flat.dtype)
+    return _csr(crow, col, bary.reshape(-1)[order], (m, p))
 
 
 def _splat_numba(ids: torch.Tensor, bary: torch.Tensor, m: int) -> torch.Tensor:
@@ -155,9 +160,7 @@ def _splat_numba(ids: torch.Tensor, bary: torch.Tensor, m: int) -> torch.Tensor:
     crow = torch.empty(m + 1, dtype=ids.dtype)
     col = torch.empty(p * nv, dtype=ids.dtype)
     val = torch.empty(p * nv, dtype=bary.dtype)
-    lattice_numba.lattice_csr(
-        ids.numpy(), bary.numpy(), m, crow.numpy(), col.numpy(), val.numpy()
-    )
+    build_kernels.lattice_csr(ids.numpy(), bary.numpy(), m, crow.numpy(), col.numpy(), val.numpy())
     return _csr(crow, col, val, (m, p))
 
 

@@ -54,17 +54,18 @@ def as_unary(unary) -> torch.Tensor:
     return unary
 
 
-def make_filter(features: torch.Tensor, method):
+def make_filter(features: torch.Tensor, method, phantoms: bool = False):
     """The Gaussian filter over (B, N, d) float32 features: "lattice", "dense" (exact), or
-    any callable features -> object with ``.apply(values (B, N, C)) -> (B, N, C)``."""
+    any callable features -> object with ``.apply(values (B, N, C)) -> (B, N, C)``;
+    ``phantoms``: the lattice with pydensecrf's phantom vertices (the drop-in)."""
     if callable(method):
         return method(features)
     if method == "lattice":
-        from deeplabv1.crf.lattice import PermutohedralLattice
+        from deeplabv1.crf.torch.lattice import PermutohedralLattice
 
-        return PermutohedralLattice(features)
+        return PermutohedralLattice(features, phantoms=phantoms)
     if method == "dense":
-        from deeplabv1.crf.dense import DenseFilter
+        from deeplabv1.crf.torch.dense import DenseFilter
 
         return DenseFilter(features)
     raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
@@ -92,8 +93,10 @@ def _compat(
     )
 
 
-def prepare_terms(terms, batch: int, num_labels: int, num_points: int, *, device, method: str):
-    """PreparedTerms for PairwiseTerm-likes (features, compat, normalization) on ``device``."""
+def prepare_terms(terms, batch: int, num_labels: int, num_points: int, *, device, method: str,
+                  phantoms: bool = False):  # fmt: skip
+    """PreparedTerms for PairwiseTerm-likes (features, compat, normalization) on ``device``
+    (``phantoms``: lattices with pydensecrf's phantom vertices, for the drop-in)."""
     prepared = []
     for k, term in enumerate(terms):
         feats = term.features
@@ -107,23 +110,23 @@ def prepare_terms(terms, batch: int, num_labels: int, num_points: int, *, device
                 f"(B={batch}, N={num_points})"
             )
         feats = feats.to(device=device, dtype=torch.float32).contiguous()
-        filt = make_filter(feats, method)
+        filt = make_filter(feats, method, phantoms)
         weight, vector, matrix = _compat(term.compat, num_labels, device)
         pre = post = None
         mode = term.normalization
         if mode != "none":
             if hasattr(filt, "normalizer"):  # the lattice computes K 1 once and caches it
-                norm = filt.normalizer() + 1e-20
+                norm = filt.normalizer()
             else:
-                norm = filt.apply(torch.ones(batch, num_points, 1, device=device)) + 1e-20
-            if mode == "symmetric":
-                pre = post = norm.rsqrt()
-            elif mode == "after":
-                post = norm.reciprocal()
-            elif mode == "before":
-                pre = norm.reciprocal()
-            else:
+                norm = filt.apply(torch.ones(batch, num_points, 1, device=device))
+            if mode not in ("symmetric", "after", "before"):
                 raise ValueError(f"term {k}: unknown normalization {mode!r}")
+            # in float64, rounded once, as pydensecrf and the CPU engine compute them
+            wide = norm.to(torch.float64) if norm.device.type != "mps" else norm
+            factor = 1.0 / ((wide + 1e-20).sqrt() if mode == "symmetric" else wide + 1e-20)
+            factor = factor.to(norm.dtype)
+            pre = factor if mode != "after" else None
+            post = factor if mode != "before" else None
         if post is not None and vector is None and matrix is None:
             post = post * weight  # Potts: fold the weight in (a new tensor: pre may alias post)
         prepared.append(PreparedTerm(filt, pre, post, weight, vector, matrix))

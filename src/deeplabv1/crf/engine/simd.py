@@ -1,0 +1,332 @@
+"""8-lane vector operations for the engine's kernels, written as LLVM IR (numba intrinsics).
+
+LLVM vectorises numba's label loops 64 floats wide (16 lanes x 4), so rows of 24 labels (21
+padded to a multiple of 8) ran scalar; these operations load, combine and store one row of 8
+labels as a single vector. Each is the same per-lane arithmetic as the scalar loop it
+replaces (a multiply, then an add: no fused multiply-add), so the bits do not change. The
+prefetch hints ask for a row that a later pixel will read or write.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from deeplabv1.crf.engine.jit import numba
+
+__all__ = [
+    "EXP",
+    "LOW",
+    "axpy8",
+    "blur8",
+    "prefetch_read",
+    "prefetch_write",
+    "slice8_3",
+    "slice8_6",
+    "softmax8",
+]
+
+# The softmax's exp (fused.py's scalar code and softmax8 alike): exp(x) = p(r) 2^n for
+# float32 -87 <= x <= 0, Cody-Waite reduction r = x - n ln2 with n = floor(x log2(e) + 1/2),
+# and a degree-7 Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7).
+EXP = {
+    "min_x": np.float32(-87.0),
+    "log2e": np.float32(1.4426950408889634),
+    "half": np.float32(0.5),
+    "ln2_hi": np.float32(0.693359375),
+    "ln2_lo": np.float32(-2.1219444e-4),
+    "coef": tuple(np.float32(1.0 / math.factorial(k)) for k in range(7, 1, -1)),  # 1/7!..1/2!
+    "bias": np.int32(127 << 23),
+}
+LOW = np.float32(-1e30)  # logit of the padding labels
+
+if numba is not None:
+    from llvmlite import ir
+    from numba import types as nbtypes
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def _vec8(context, dtype):
+        return ir.VectorType(context.get_data_type(dtype), 8)
+
+    def _lanes8(context, builder, aryty, ary, off):
+        """Pointer to the 8 elements at flat element ``off`` of a C-contiguous array."""
+        data = context.make_array(aryty)(context, builder, ary).data
+        return builder.bitcast(builder.gep(data, [off]), _vec8(context, aryty.dtype).as_pointer())
+
+    def _splat8(context, builder, value, fromty, dtype):
+        """An 8-lane vector of ``value`` cast to dtype."""
+        vec = _vec8(context, dtype)
+        v = context.cast(builder, value, fromty, dtype)
+        zero = ir.Constant(ir.IntType(32), 0)
+        v = builder.insert_element(ir.Constant(vec, ir.Undefined), v, zero)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), mask)
+
+    def _convert8(context, builder, vec, fromty, toty):
+        """An 8-lane float vector converted between float32 and float64."""
+        if fromty == toty:
+            return vec
+        to = _vec8(context, toty)
+        if toty.bitwidth > fromty.bitwidth:
+            return builder.fpext(vec, to)
+        return builder.fptrunc(vec, to)
+
+    def _rows_ok(dst, src) -> bool:
+        """Two C-contiguous float arrays (what the 8-lane row ops take; the float32 kernels
+        also compile for float64 tables, converting rows)."""
+        return (
+            isinstance(dst, nbtypes.Array)
+            and isinstance(src, nbtypes.Array)
+            and dst.layout == "C"
+            and src.layout == "C"
+            and isinstance(dst.dtype, nbtypes.Float)
+            and isinstance(src.dtype, nbtypes.Float)
+        )
+
+    @intrinsic
+    def axpy8(typingctx, dst, doff, src, soff, w):  # pragma: no cover - compiled
+        """dst.flat[doff:doff+8] = (dst... + w * src.flat[soff:soff+8]) as one 8-lane vector
+        operation (float32 C arrays; the caller keeps the offsets in bounds). LLVM vectorises
+        numba's label loops 64 wide (16 lanes x 4), so rows of 24 labels ran scalar; these
+        rows are explicit vectors. Same per-lane mul then add (no fma): same bits."""
+        if not (_rows_ok(dst, src) and isinstance(doff, nbtypes.Integer)
+                and isinstance(soff, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            d, do, sv, so, wv = args
+            do = context.cast(builder, do, sig.args[1], nbtypes.intp)
+            so = context.cast(builder, so, sig.args[3], nbtypes.intp)
+            dp = _lanes8(context, builder, sig.args[0], d, do)
+            sp = _lanes8(context, builder, sig.args[2], sv, so)
+            dt = sig.args[0].dtype
+            wvec = _splat8(context, builder, wv, sig.args[4], dt)
+            row = _convert8(context, builder, builder.load(sp, align=4), sig.args[2].dtype, dt)
+            prod = builder.fmul(wvec, row)
+            builder.store(builder.fadd(builder.load(dp, align=4), prod), dp, align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, doff, src, soff, w), codegen
+
+    def _slice8_gen(nv: int):
+        @intrinsic
+        def slice8(typingctx, dst, doff, src, offs, wts, p, k0):  # pragma: no cover
+            """dst.flat[doff:+8] = sum_r wts[p, r] * src[offs[p, r], k0:k0+8] over nv
+            vertices, summed in registers in vertex order (8-lane vectors; the caller keeps
+            the offsets in bounds)."""
+            if not (_rows_ok(dst, src) and isinstance(offs, nbtypes.Array)
+                    and isinstance(offs.dtype, nbtypes.Integer) and offs.ndim == 2
+                    and isinstance(wts, nbtypes.Array) and wts.ndim == 2
+                    and isinstance(wts.dtype, nbtypes.Float)):  # fmt: skip
+                return None
+
+            def codegen(context, builder, sig, args):
+                d, do, sv, ov, wv, pv, kv = args
+                ity = nbtypes.intp
+                do = context.cast(builder, do, sig.args[1], ity)
+                pv = context.cast(builder, pv, sig.args[5], ity)
+                kv = context.cast(builder, kv, sig.args[6], ity)
+                sarr = context.make_array(sig.args[2])(context, builder, sv)
+                cp = cgutils.unpack_tuple(builder, sarr.shape)[1]
+                oarr = context.make_array(sig.args[3])(context, builder, ov)
+                warr = context.make_array(sig.args[4])(context, builder, wv)
+                total = None
+                for r in range(nv):
+                    idx = [pv, context.get_constant(ity, r)]
+                    o = cgutils.get_item_pointer(context, builder, sig.args[3], oarr, idx)
+                    w = cgutils.get_item_pointer(context, builder, sig.args[4], warr, idx)
+                    o = context.cast(builder, builder.load(o), sig.args[3].dtype, ity)
+                    wvec = _splat8(context, builder, builder.load(w), sig.args[4].dtype,
+                                   sig.args[2].dtype)  # fmt: skip
+                    off = builder.add(builder.mul(o, cp), kv)
+                    term = builder.fmul(
+                        wvec, builder.load(_lanes8(context, builder, sig.args[2], sv, off), align=4)
+                    )
+                    total = term if total is None else builder.fadd(total, term)
+                total = _convert8(context, builder, total, sig.args[2].dtype, sig.args[0].dtype)
+                builder.store(total, _lanes8(context, builder, sig.args[0], d, do), align=4)
+                return context.get_dummy_value()
+
+            return nbtypes.void(dst, doff, src, offs, wts, p, k0), codegen
+
+        return slice8
+
+    slice8_3 = _slice8_gen(3)
+    slice8_6 = _slice8_gen(6)
+
+    @intrinsic
+    def blur8(typingctx, dst, doff, src, moff, aoff, boff):  # pragma: no cover - compiled
+        """dst.flat[doff:+8] = src[moff:+8] + 0.5 * (src[aoff:+8] + src[boff:+8]) on 8 lanes
+        (flat offsets of C arrays of one float dtype; blur's row update, same bits)."""
+        if not (_rows_ok(dst, src) and dst.dtype == src.dtype):
+            return None
+
+        def codegen(context, builder, sig, args):
+            d, do, sv, mo, ao, bo = args
+            ity = nbtypes.intp
+            rows = []
+            for val, ty in ((mo, sig.args[3]), (ao, sig.args[4]), (bo, sig.args[5])):
+                off = context.cast(builder, val, ty, ity)
+                rows.append(builder.load(_lanes8(context, builder, sig.args[2], sv, off), align=4))
+            dt = sig.args[0].dtype
+            half = _splat8(context, builder, context.get_constant(dt, 0.5), dt, dt)
+            out = builder.fadd(rows[0], builder.fmul(half, builder.fadd(rows[1], rows[2])))
+            do = context.cast(builder, do, sig.args[1], ity)
+            builder.store(out, _lanes8(context, builder, sig.args[0], d, do), align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, doff, src, moff, aoff, boff), codegen
+
+    def _prefetch_gen(write: int):
+        @intrinsic
+        def prefetch(typingctx, arr, off):  # pragma: no cover - compiled
+            """A hint to bring the cache line of flat element ``off`` of a C-contiguous array
+            in (``write``: for writing); no effect on results."""
+            if not (isinstance(arr, nbtypes.Array) and isinstance(off, nbtypes.Integer)):
+                return None
+
+            def codegen(context, builder, sig, args):
+                ary, o = args
+                o = context.cast(builder, o, sig.args[1], nbtypes.intp)
+                data = context.make_array(sig.args[0])(context, builder, ary).data
+                i8p = ir.IntType(8).as_pointer()
+                ptr = builder.bitcast(builder.gep(data, [o]), i8p)
+                i32 = ir.IntType(32)
+                fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+                fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+                flags = [ir.Constant(i32, write), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+                builder.call(fn, [ptr, *flags])
+                return context.get_dummy_value()
+
+            return nbtypes.void(arr, off), codegen
+
+        return prefetch
+
+    prefetch_read = _prefetch_gen(0)
+    prefetch_write = _prefetch_gen(1)
+
+    def _const8(value, ty):
+        return ir.Constant(ir.VectorType(ty, 8), [value] * 8)
+
+    def _exp8(builder, v):
+        """EXP's polynomial on an 8-lane float32 vector, operation for operation as the
+        scalar code (multiplies and adds, no fused multiply-add): the same bits."""
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        lo = _const8(float(EXP["min_x"]), f32)
+        v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
+        t = builder.fadd(builder.fmul(v, _const8(float(EXP["log2e"]), f32)),
+                         _const8(float(EXP["half"]), f32))  # fmt: skip
+        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
+                                               "llvm.floor.v8f32")  # fmt: skip
+        n = builder.call(floor, [t])
+        r = builder.fsub(builder.fsub(v, builder.fmul(n, _const8(float(EXP["ln2_hi"]), f32))),
+                         builder.fmul(n, _const8(float(EXP["ln2_lo"]), f32)))  # fmt: skip
+        coef = [float(c) for c in EXP["coef"]] + [1.0, 1.0]
+        p = _const8(coef[0], f32)
+        for c in coef[1:]:
+            p = builder.fadd(builder.fmul(p, r), _const8(c, f32))
+        i32 = ir.IntType(32)
+        bits = builder.add(builder.shl(builder.fptosi(n, ir.VectorType(i32, 8)), _const8(23, i32)),
+                           _const8(int(EXP["bias"]), i32))  # fmt: skip
+        return builder.fmul(p, builder.bitcast(bits, vec))
+
+    @intrinsic
+    def softmax8(typingctx, x, y, unary, p, c):  # pragma: no cover - compiled
+        """x[:] = softmax((x - unary[p]) + y) over the first c of x's Cp lanes (Cp a multiple
+        of 8; lanes c.. get 0), in 8-lane vectors: float32 C arrays x, y (Cp,), unary (P, C).
+        The same operations in the same order as fused.py's scalar softmax (lane-wise partial
+        max and sum over the vectors, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7))): the same
+        bits."""
+        if not (_rows_ok(x, y) and _rows_ok(x, unary) and x.dtype == nbtypes.float32
+                and unary.ndim == 2 and isinstance(p, nbtypes.Integer)
+                and isinstance(c, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            xa, ya, ua, pv, cv = args
+            ity = nbtypes.intp
+            f32, i32 = ir.FloatType(), ir.IntType(32)
+            vec = ir.VectorType(f32, 8)
+            xarr = context.make_array(sig.args[0])(context, builder, xa)
+            cp = cgutils.unpack_tuple(builder, xarr.shape)[0]
+            uarr = context.make_array(sig.args[2])(context, builder, ua)
+            ucols = cgutils.unpack_tuple(builder, uarr.shape)[1]
+            pv = context.cast(builder, pv, sig.args[3], ity)
+            cv = builder.trunc(context.cast(builder, cv, sig.args[4], ity), i32)
+            urow = builder.mul(pv, ucols)
+            lanes = ir.Constant(ir.VectorType(i32, 8), list(range(8)))
+            mask_ty = ir.VectorType(ir.IntType(1), 8)
+            mask_fn = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(vec, [vec.as_pointer(), i32, mask_ty, vec]),
+                "llvm.masked.load.v8f32.p0",
+            )
+            nvec = builder.udiv(cp, ir.Constant(cp.type, 8))
+            acc = cgutils.alloca_once(builder, vec)
+
+            def splat_i32(value):
+                first = builder.insert_element(ir.Constant(ir.VectorType(i32, 8), ir.Undefined),
+                                               value, ir.Constant(i32, 0))  # fmt: skip
+                zeros = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+                return builder.shuffle_vector(first, first, zeros)
+
+            limit = splat_i32(cv)
+
+            def lane_mask(k0):
+                """Lanes k0.. that hold labels (< c)."""
+                base = splat_i32(builder.trunc(k0, i32))
+                return builder.icmp_signed("<", builder.add(base, lanes), limit)
+
+            # logits, padding lanes LOW; running lane-wise max
+            with cgutils.for_range(builder, nvec) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
+                xp = _lanes8(context, builder, sig.args[0], xa, k0)
+                yp = _lanes8(context, builder, sig.args[1], ya, k0)
+                up = _lanes8(context, builder, sig.args[2], ua, builder.add(urow, k0))
+                mask = lane_mask(k0)
+                u = builder.call(mask_fn, [up, ir.Constant(i32, 4), mask,
+                                           ir.Constant(vec, [0.0] * 8)])  # fmt: skip
+                v = builder.fadd(builder.fsub(builder.load(xp, align=4), u),
+                                 builder.load(yp, align=4))  # fmt: skip
+                v = builder.select(mask, v, _const8(float(LOW), f32))
+                builder.store(v, xp, align=4)
+                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
+                old = builder.load(acc)
+                larger = builder.select(builder.fcmp_ordered(">", old, v), old, v)
+                builder.store(builder.select(first, v, larger), acc)
+            part = builder.load(acc)
+            mx = builder.extract_element(part, ir.Constant(i32, 0))
+            for j in range(1, 8):
+                lane = builder.extract_element(part, ir.Constant(i32, j))
+                mx = builder.select(builder.fcmp_ordered(">", mx, lane), mx, lane)
+            mxv = _splat8(context, builder, mx, nbtypes.float32, nbtypes.float32)
+            # exp, padding lanes 0; running lane-wise sum
+            with cgutils.for_range(builder, nvec) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
+                xp = _lanes8(context, builder, sig.args[0], xa, k0)
+                e = _exp8(builder, builder.fsub(builder.load(xp, align=4), mxv))
+                e = builder.select(lane_mask(k0), e, _const8(0.0, f32))
+                builder.store(e, xp, align=4)
+                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
+                builder.store(builder.select(first, e, builder.fadd(builder.load(acc), e)), acc)
+            part = builder.load(acc)
+            lane = [builder.extract_element(part, ir.Constant(i32, j)) for j in range(8)]
+            s = builder.fadd(builder.fadd(builder.fadd(lane[0], lane[1]),
+                                          builder.fadd(lane[2], lane[3])),
+                             builder.fadd(builder.fadd(lane[4], lane[5]),
+                                          builder.fadd(lane[6], lane[7])))  # fmt: skip
+            inv = builder.fdiv(ir.Constant(f32, 1.0), s)
+            invv = _splat8(context, builder, inv, nbtypes.float32, nbtypes.float32)
+            with cgutils.for_range(builder, nvec) as loop:
+                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
+                xp = _lanes8(context, builder, sig.args[0], xa, k0)
+                builder.store(builder.fmul(builder.load(xp, align=4), invv), xp, align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(x, y, unary, p, c), codegen
+
+else:  # pragma: no cover - the kernels are never called without numba
+    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = softmax8 = None

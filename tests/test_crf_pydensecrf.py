@@ -1,0 +1,507 @@
+"""The drop-in against the real pydensecrf (pydensecrf2), input by input.
+
+The rule: where pydensecrf returns a well-defined result, the drop-in returns the same one
+(a PydensecrfWarning where the input is unusual); where pydensecrf crashes, segfaults or
+returns NaN, the drop-in raises a ValueError. Each case runs the real pydensecrf when it is
+installed (``pip install pydensecrf2``, part of the ``test`` extra) and always checks the
+drop-in against an independent expectation; inputs that crash pydensecrf are not run there.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from deeplabv1.crf import densecrf as dcrf
+from deeplabv1.crf import eigen, utils
+from deeplabv1.crf.pydensecrf.checks import PydensecrfWarning
+
+H, W, L = 6, 7, 3
+
+
+def _real():
+    """pydensecrf's densecrf and utils modules (the test skips without them)."""
+    pd = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 not installed")
+    import pydensecrf.utils as pu
+
+    return pd, pu
+
+
+def _case(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    u = rng.normal(size=(L, H * W)).astype(np.float32)
+    return img, u
+
+
+def _crf(module, u, add):
+    """A DenseCRF2D of ``module`` with unary u and the terms ``add(d)`` adds; Q after 5."""
+    d = module.DenseCRF2D(W, H, u.shape[0])
+    d.setUnaryEnergy(u)
+    add(d)
+    return np.array(d.inference(5))
+
+
+def _quiet(fn, *args, **kwargs):
+    """fn's result and the PydensecrfWarnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    return out, [w for w in caught if issubclass(w.category, PydensecrfWarning)]
+
+
+def test_module_names_match_pydensecrf():
+    for name in ("DenseCRF", "DenseCRF2D", "Unary", "ConstUnary", "LogisticUnary", "KernelType",
+                 "NormalizationType", "DIAG_KERNEL", "NORMALIZE_SYMMETRIC", "eigen"):  # fmt: skip
+        assert hasattr(dcrf, name), name
+    assert dcrf.eigen is eigen
+    for name in ("unary_from_softmax", "softmax_to_unary", "unary_from_labels", "compute_unary",
+                 "create_pairwise_gaussian", "create_pairwise_bilateral"):  # fmt: skip
+        assert hasattr(utils, name), name
+    try:
+        pd, pu = _real()
+    except pytest.skip.Exception:
+        return
+    public = {n for n in dir(pd) if not n.startswith("_")} - {"Number"}  # its own import
+    assert public <= set(dir(dcrf)), public - set(dir(dcrf))
+    public = {n for n in dir(pu) if not n.startswith("_") and callable(getattr(pu, n))}
+    public -= {"Number", "warning"}  # pydensecrf's own imports
+    assert public <= set(dir(utils)), public - set(dir(utils))
+
+
+def test_eigen_conversions_are_as_strict_as_pydensecrf():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=3).astype(np.float32)
+    m = rng.normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(np.array(eigen.vectorXf(v)), v)
+    np.testing.assert_array_equal(np.array(eigen.matrixXf(m)), m)
+    assert np.array(eigen.MatrixXf()).shape == (0, 0)
+    assert np.array(eigen.VectorXf()).shape == (0,)
+    for bad, exc in [(m[None], ValueError), (m.astype(np.float64), ValueError),
+                     (np.asfortranarray(m), ValueError), (None, TypeError),
+                     (m.tolist(), TypeError)]:  # fmt: skip
+        with pytest.raises(exc):
+            eigen.matrixXf(bad)
+    with pytest.raises(ValueError):
+        eigen.vectorXf(m)
+
+
+def test_deprecated_unary_helpers():
+    labels = np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    u, caught = _quiet(utils.compute_unary, labels, 3, GT_PROB=0.8)
+    assert caught and "deprecated" in str(caught[0].message)
+    m, p, n = 1 / 3, 0.8, 0.1  # unknown (label 0), positive, negative probabilities
+    want = -np.log([[m, p, n, n, n, n, p, m], [m, n, p, n, n, p, n, m], [m, n, n, p, p, n, n, m]])
+    np.testing.assert_allclose(u, want, rtol=1e-6)
+    sm = np.array([[0.2, 0.5, 0.0], [0.8, 0.5, 1.0]])
+    s, caught = _quiet(utils.softmax_to_unary, sm, GT_PROB=0.5)
+    assert caught
+    np.testing.assert_allclose(s, -np.log(0.5 * sm + 0.25), rtol=1e-6)
+    s1, _ = _quiet(utils.softmax_to_unary, sm)  # GT_PROB=1: no scale, no clip: -log 0 = inf
+    assert np.isposinf(s1[0, 2]) and s1.dtype == np.float32
+    try:
+        _, pu = _real()
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_array_equal(u, pu.compute_unary(labels, 3, GT_PROB=0.8))
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(s1, pu.softmax_to_unary(sm))
+    np.testing.assert_array_equal(s, pu.softmax_to_unary(sm, GT_PROB=0.5))
+
+
+def _with_inf(u):
+    v = u.copy()
+    v[0, :10] = np.inf  # label 0 impossible on ten pixels: -log(0) of a saturated softmax
+    v[2, 20] = np.inf
+    return v
+
+
+def test_plus_inf_unary_is_probability_zero():
+    img, u = _case(1)
+    v = _with_inf(u)
+
+    def add(d):
+        d.addPairwiseGaussian(sxy=2, compat=3)
+        d.addPairwiseBilateral(sxy=5, srgb=20, rgbim=img, compat=4)
+
+    q = _crf(dcrf, v, add)
+    assert np.isfinite(q).all() and np.abs(q.sum(0) - 1).max() < 1e-5
+    assert q[0, :10].max() < 1e-30 and q[2, 20] < 1e-30
+    big = np.where(np.isinf(v), np.float32(1e4), v)  # a huge finite energy: the same Q
+    np.testing.assert_allclose(q, _crf(dcrf, big, add), rtol=0, atol=1e-6)
+    try:
+        pd, _ = _real()
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_allclose(q, _crf(pd, v, add), rtol=0, atol=2e-5)
+
+
+def test_inf_unary_that_gives_nan_is_an_error():
+    _, u = _case(2)
+    d = dcrf.DenseCRF2D(W, H, L)
+    every = u.copy()
+    every[:, 4] = np.inf
+    for bad, match in [(every, "every label of pixel 4"), (-_with_inf(u), "-inf"),
+                       (np.where(np.arange(H * W) == 3, np.nan, u), "NaN")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            d.setUnaryEnergy(bad)
+    d.setUnaryEnergy(_with_inf(u))
+    with pytest.raises(ValueError, match="klDivergence"):
+        d.klDivergence(d.inference(1))
+
+
+def test_negative_standard_deviations_flip_the_features():
+    img, u = _case(3)
+
+    def add(sign):
+        def run(d):
+            d.addPairwiseGaussian(sxy=(sign * 2, 3), compat=3)
+            d.addPairwiseBilateral(sxy=sign * 10, srgb=(13, sign * 7, 20), rgbim=img, compat=4)
+
+        return run
+
+    q, caught = _quiet(_crf, dcrf, u, add(-1))
+    assert len(caught) == 3 and "negative" in str(caught[0].message)  # sxy, sxy, srgb
+    # the same CRF through explicitly negated features
+    ys, xs = np.mgrid[0:H, 0:W]
+    pos = np.stack([xs.ravel(), ys.ravel()]).astype(np.float32)
+    gauss = pos / np.float32([[-2], [3]])
+    bil = np.concatenate([pos / np.float32(-10),
+                          img.reshape(-1, 3).T / np.float32([[13], [-7], [20]])])  # fmt: skip
+
+    def explicit(d):
+        d.addPairwiseEnergy(gauss, compat=3)
+        d.addPairwiseEnergy(bil, compat=4)
+
+    np.testing.assert_array_equal(q, _crf(dcrf, u, explicit))
+    feats, caught = _quiet(utils.create_pairwise_bilateral, (-10, -10), (-13, -13, -13), img, 2)
+    assert caught
+    mesh = np.indices((H, W), dtype=np.float32)
+    want = np.concatenate([mesh / np.float32(-10), np.moveaxis(img, 2, 0) / np.float32(-13)])
+    np.testing.assert_array_equal(feats, want.reshape(5, -1))
+    for zero in (0, (3, 0)):
+        with pytest.raises(ValueError, match="non-zero"):
+            dcrf.DenseCRF2D(W, H, L).addPairwiseGaussian(sxy=zero, compat=3)
+    try:
+        pd, pu = _real()
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_allclose(q, _crf(pd, u, add(-1)), rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(feats, pu.create_pairwise_bilateral((-10, -10), (-13,) * 3,
+                                                                      img, 2))  # fmt: skip
+
+
+def test_fewer_or_more_scales_than_pydensecrf_expects():
+    img, u = _case(4)
+    four = np.concatenate([img, img[..., :1]], 2)  # 4 channels
+    feats, caught = _quiet(utils.create_pairwise_bilateral, (2, 3), (5,), four, 2)
+    assert caught and "not scaled" in str(caught[0].message)
+    mesh = np.indices((H, W), dtype=np.float32) / np.float32([2, 3])[:, None, None]
+    chans = np.moveaxis(four, 2, 0).astype(np.float32)
+    chans[0] /= np.float32(5)  # the others stay raw, as in pydensecrf
+    np.testing.assert_array_equal(feats, np.concatenate([mesh, chans]).reshape(6, -1))
+    axes, caught = _quiet(utils.create_pairwise_bilateral, (2,), 4, img, 2)
+    assert caught and np.array_equal(axes[1], np.tile(np.arange(W, dtype=np.float32), H))
+    with pytest.raises(ValueError, match="2 axes"):  # pydensecrf: (1, 2N), no use as features
+        utils.create_pairwise_gaussian(sdims=(3,), shape=(H, W))
+    with pytest.raises(ValueError, match="3 channels"):  # pydensecrf: IndexError
+        utils.create_pairwise_bilateral((2, 3), (5, 5, 5, 5), img, 2)
+
+    def extra(d):  # pydensecrf uses the first two / three values
+        d.addPairwiseGaussian(sxy=(2, 3, 9), compat=3)
+        d.addPairwiseBilateral(sxy=4, srgb=(5, 6, 7, 8), rgbim=img, compat=4)
+
+    def exact(d):
+        d.addPairwiseGaussian(sxy=(2, 3), compat=3)
+        d.addPairwiseBilateral(sxy=4, srgb=(5, 6, 7), rgbim=img, compat=4)
+
+    q, caught = _quiet(_crf, dcrf, u, extra)
+    assert len(caught) == 2
+    np.testing.assert_array_equal(q, _crf(dcrf, u, exact))
+    for short in ((2,), [3]):
+        with pytest.raises(ValueError, match="2 numbers"):  # pydensecrf: IndexError
+            dcrf.DenseCRF2D(W, H, L).addPairwiseGaussian(sxy=short, compat=3)
+    try:
+        pd, pu = _real()
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_array_equal(feats, pu.create_pairwise_bilateral((2, 3), (5,), four, 2))
+    np.testing.assert_array_equal(axes, pu.create_pairwise_bilateral((2,), 4, img, 2))
+    np.testing.assert_allclose(q, _crf(pd, u, extra), rtol=0, atol=2e-5)
+    bad = pu.create_pairwise_gaussian(sdims=(3,), shape=(H, W))
+    assert bad.shape == (1, 2 * H * W)  # pydensecrf's result is not this grid's features
+    with pytest.raises(ValueError):
+        pd.DenseCRF2D(W, H, L).addPairwiseEnergy(bad, compat=3)
+
+
+def test_unary_helpers_accept_what_pydensecrf_accepts():
+    one, _ = _quiet(utils.unary_from_softmax, np.array([0.2, 0.8]))  # one pixel
+    np.testing.assert_allclose(one, -np.log([[0.2], [0.8]]), rtol=1e-6)
+    sm = np.array([[-0.1, 0.5], [1.1, 0.5]])
+    clipped, caught = _quiet(utils.unary_from_softmax, sm)
+    assert caught
+    np.testing.assert_allclose(clipped, -np.log([[1e-5, 0.5], [1.0, 0.5]]), rtol=1e-6)
+    for bad in (np.array([[np.nan, 0.5], [0.5, 0.5]]), sm):  # NaN; -log(-0.1) without clip
+        with pytest.raises(ValueError, match="NaN"):
+            _quiet(utils.unary_from_softmax, bad, clip=None)
+    labels = np.array([0, 1, -1, 2])
+    neg, caught = _quiet(utils.unary_from_labels, labels, 3, 0.7, zero_unsure=False)
+    assert caught
+    np.testing.assert_array_equal(neg[:, 2], neg[:, 3])  # -1: the last label
+    bool_img = np.zeros((H, W), bool)
+    bool_img[2:4, 1:5] = True
+    feats = utils.create_pairwise_bilateral((2, 2), 0.5, bool_img)
+    np.testing.assert_array_equal(feats[2], bool_img.ravel() * np.float32(2))
+    try:
+        _, pu = _real()
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_array_equal(one, pu.unary_from_softmax(np.array([0.2, 0.8])))
+    np.testing.assert_array_equal(clipped, pu.unary_from_softmax(sm))
+    np.testing.assert_array_equal(neg, pu.unary_from_labels(labels, 3, 0.7, zero_unsure=False))
+    np.testing.assert_array_equal(feats, pu.create_pairwise_bilateral((2, 2), 0.5, bool_img))
+    for zero_unsure in (True, False):
+        lab = np.random.default_rng(5).integers(0, 3, (H, W))
+        np.testing.assert_array_equal(utils.unary_from_labels(lab, 3, 0.6, zero_unsure),
+                                      pu.unary_from_labels(lab, 3, 0.6, zero_unsure))  # fmt: skip
+
+
+def test_unusual_arguments_give_pydensecrf_results():
+    img, u = _case(6)
+    cases = {
+        "negative iterations": (lambda d: d.inference(-1), lambda d: d.inference(0)),
+        "normalization 7": (
+            lambda d: (d.addPairwiseGaussian(sxy=3, compat=3, normalization=7), d.inference(3)),
+            lambda d: (d.addPairwiseGaussian(sxy=3, compat=3, normalization=0), d.inference(3)),
+        ),
+        "kernel 7": (
+            lambda d: (d.addPairwiseGaussian(sxy=3, compat=3, kernel=7), d.inference(3)),
+            lambda d: (d.addPairwiseGaussian(sxy=3, compat=3), d.inference(3)),
+        ),
+        "compat True": (
+            lambda d: (d.addPairwiseBilateral(sxy=3, srgb=9, rgbim=img, compat=True),
+                       d.inference(3)),
+            lambda d: (d.addPairwiseBilateral(sxy=3, srgb=9, rgbim=img, compat=1.0),
+                       d.inference(3)),
+        ),
+    }  # fmt: skip
+    try:
+        pd = _real()[0]
+    except pytest.skip.Exception:
+        pd = None
+    for name, (odd, plain) in cases.items():
+        d = dcrf.DenseCRF2D(W, H, L)
+        d.setUnaryEnergy(u)
+        got, caught = _quiet(odd, d)
+        assert caught, name
+        d = dcrf.DenseCRF2D(W, H, L)
+        d.setUnaryEnergy(u)
+        want = plain(d)
+        np.testing.assert_array_equal(
+            np.array(got[-1] if isinstance(got, tuple) else got),
+            np.array(want[-1] if isinstance(want, tuple) else want),
+        )
+        if pd is not None:
+            d = pd.DenseCRF2D(W, H, L)
+            d.setUnaryEnergy(u)
+            theirs = odd(d)
+            theirs = np.array(theirs[-1] if isinstance(theirs, tuple) else theirs)
+            np.testing.assert_allclose(np.array(got[-1] if isinstance(got, tuple) else got),
+                                       theirs, rtol=0, atol=2e-6, err_msg=name)  # fmt: skip
+    _, caught = _quiet(dcrf.DenseCRF2D, W, H, L, 5, foo=3)  # pydensecrf swallows extras
+    assert caught
+
+
+def test_no_unary_and_logistic_unaries():
+    _, u = _case(7)
+    d = dcrf.DenseCRF2D(W, H, L)
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    q, t1, t2 = d.startInference()
+    assert np.all(q == 0) and isinstance(t1, eigen.MatrixXf)
+    assert d.klDivergence(q) == 0.0
+    d.stepInference(q, t1, t2)
+    np.testing.assert_allclose(q, 1 / L, rtol=1e-6)
+    np.testing.assert_allclose(d.inference(2), 1 / L, rtol=1e-6)
+    f = np.random.default_rng(7).normal(size=(H * W, H * W)).astype(np.float32) / 10
+    logistic = dcrf.DenseCRF2D(W, H, L)
+    logistic.setUnaryEnergy(u, f)
+    plain = dcrf.DenseCRF2D(W, H, L)
+    plain.setUnaryEnergy(u @ f)
+    np.testing.assert_array_equal(logistic.inference(0), plain.inference(0))
+    k = np.random.default_rng(8).normal(size=(L, 4)).astype(np.float32)
+    g = np.random.default_rng(9).normal(size=(4, H * W)).astype(np.float32)
+    logistic.setUnary(dcrf.LogisticUnary(k, g))
+    plain.setUnary(dcrf.ConstUnary(k @ g))
+    np.testing.assert_array_equal(logistic.inference(1), plain.inference(1))
+    plain.setUnary(dcrf.Unary())  # pydensecrf's empty unary: none at all
+    np.testing.assert_allclose(plain.inference(0), 1 / L, rtol=1e-6)
+    for bad in (lambda c: c.setUnaryEnergy(u, u),  # pydensecrf reads out of bounds
+                lambda c: c.setUnary(dcrf.ConstUnary(np.ones((L, H * W + 1), np.float32))),
+                lambda c: c.setUnary(dcrf.LogisticUnary(k, g[:3]))):  # fmt: skip
+        with pytest.raises(ValueError, match="shape"):
+            bad(dcrf.DenseCRF2D(W, H, L))
+    empty = dcrf.DenseCRF(0, L)
+    empty.addPairwiseEnergy(np.zeros((2, 0), np.float32), compat=3)
+    assert empty.inference(3).shape == (L, 0)
+    with pytest.raises(ValueError, match="nlabels"):  # pydensecrf: segmentation fault
+        dcrf.DenseCRF(5, 0)
+    try:
+        pd, _ = _real()
+    except pytest.skip.Exception:
+        return
+    theirs = pd.DenseCRF2D(W, H, L)
+    theirs.addPairwiseGaussian(sxy=3, compat=3)
+    tq, _, _ = theirs.startInference()
+    assert np.all(np.array(tq) == 0) and theirs.klDivergence(tq) == 0.0
+    theirs.setUnaryEnergy(u, f)
+    np.testing.assert_allclose(np.array(theirs.inference(0)), logistic_q0(u @ f), atol=1e-6)
+    assert np.array(pd.DenseCRF(0, L).inference(3)).shape == (L, 0)
+
+
+def logistic_q0(energy):
+    e = np.exp(-(energy - energy.min(0)))
+    return e / e.sum(0)
+
+
+@pytest.mark.parametrize("sxy", [0.5, 1.0, 1.5, 3.0])
+def test_small_sxy_builds_pydensecrfs_lattice(voc_samples, sxy):
+    """The embedding rounds as pydensecrf's SSE code does (float32 scale factors, products
+    rounded before the subtraction, ties to even): with standard deviations of a pixel the
+    residuals of many points nearly tie and any other rounding puts some of them in another
+    simplex (up to 0.16 in Q before)."""
+    pd, _ = _real()
+    rgb = np.ascontiguousarray(voc_samples[3][1][100:200, 150:280])
+    h, w, _ = rgb.shape
+    u = (np.random.default_rng(0).normal(size=(5, h * w)) * 2).astype(np.float32)
+    out = []
+    for module in (dcrf, pd):
+        d = module.DenseCRF2D(w, h, 5)
+        d.setUnaryEnergy(u)
+        d.addPairwiseGaussian(sxy=sxy, compat=3)
+        d.addPairwiseBilateral(sxy=sxy, srgb=3, rgbim=rgb, compat=5)
+        out.append(np.array(d.inference(5)))
+    assert np.abs(out[0] - out[1]).max() < 5e-5  # float32 rounding (measured 2.8e-5)
+
+
+@pytest.mark.parametrize("labels", [2, 5, 21])
+@pytest.mark.parametrize("norm", [0, 1, 2, 3])
+def test_random_crfs_equal_pydensecrf(labels, norm):
+    """Potts, diagonal and matrix compatibilities, every normalisation, the generic and the
+    2-D API together: pydensecrf's marginals."""
+    pd, pu = _real()
+    rng = np.random.default_rng(labels + 10 * norm)
+    h, w = 30, 41
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    u = (rng.normal(size=(labels, h * w)) * 2).astype(np.float32)
+    diag = rng.normal(size=labels).astype(np.float32)
+    mat = rng.normal(size=(labels, labels)).astype(np.float32)
+    feats = pu.create_pairwise_bilateral((7, 9), (20, 30, 40), img, 2)
+    out = []
+    for module in (dcrf, pd):
+        d = module.DenseCRF2D(w, h, labels)
+        d.setUnaryEnergy(u)
+        d.addPairwiseGaussian(sxy=3, compat=3, normalization=norm)
+        d.addPairwiseBilateral(sxy=15, srgb=13, rgbim=img, compat=diag, normalization=norm)
+        d.addPairwiseEnergy(feats, compat=mat, normalization=norm)
+        out.append(np.array(d.inference(5)))
+    np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-4)
+    assert (out[0].argmax(0) == out[1].argmax(0)).mean() >= 0.999
+
+
+def _ring_case():
+    """pydensecrf's own test case: a 10 x 10 two-label unary (a ring and a centre square)
+    and a bright square image."""
+    ring = np.zeros((10, 10), np.float32)
+    ring[:, [0, -1]] = ring[[0, -1], :] = 1
+    centre = np.zeros((10, 10), np.float32)
+    centre[4:7, 4:7] = 1
+    prob = np.stack([ring.ravel(), centre.ravel()])
+    prob = (prob + 1) / (prob.sum(0) + 2)
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[2:8, 2:8] = 255
+    return -np.log(prob), img
+
+
+def test_pydensecrf_test_suite_cases():
+    """The cases of pydensecrf's tests/ and pydensecrf/tests/ with the drop-in: the 2-D and
+    the generic API agree; a wrongly sized unary raises at setUnaryEnergy (its issue 29); a
+    float64 compatibility works (pydensecrf raises: a deliberate difference)."""
+    u, img = _ring_case()
+    a = dcrf.DenseCRF2D(10, 10, 2)
+    a.setUnaryEnergy(u)
+    a.addPairwiseBilateral(sxy=2, srgb=2, rgbim=img, compat=3)
+    b = dcrf.DenseCRF(100, 2)
+    b.setUnaryEnergy(u)
+    b.addPairwiseEnergy(utils.create_pairwise_bilateral(sdims=(2, 2), schan=2, img=img, chdim=2),
+                        compat=3)  # fmt: skip
+    qa, qb = a.inference(10), b.inference(10)
+    np.testing.assert_array_equal(qa.argmax(0), qb.argmax(0))
+    big = dcrf.DenseCRF(69 * 51 * 72, 5)
+    with pytest.raises(ValueError, match="Bad shape"):
+        big.setUnaryEnergy(utils.unary_from_softmax(np.full((5, 68, 50), 0.2, np.float32)))
+    c = dcrf.DenseCRF2D(10, 10, 2)
+    c.setUnaryEnergy(np.ones((2, 100), np.float32))
+    c.addPairwiseBilateral(sxy=(3, 3), srgb=(3, 3, 3), rgbim=np.zeros((10, 10, 3), np.uint8),
+                           compat=np.array([1.0, 2.0]))  # fmt: skip
+    assert np.isfinite(c.inference(2)).all()
+    try:
+        pd, _ = _real()
+    except pytest.skip.Exception:
+        return
+    theirs = pd.DenseCRF2D(10, 10, 2)
+    theirs.setUnaryEnergy(u)
+    theirs.addPairwiseBilateral(sxy=2, srgb=2, rgbim=img, compat=3)
+    np.testing.assert_allclose(qa, np.array(theirs.inference(10)), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError):  # pydensecrf's own test: float64 compat is rejected
+        pd.DenseCRF2D(10, 10, 2).addPairwiseBilateral(
+            sxy=(3, 3),
+            srgb=(3, 3, 3),
+            rgbim=np.zeros((10, 10, 3), np.uint8),
+            compat=np.array([1.0, 2.0]),
+        )
+
+
+def test_non_rgb_example_and_kl_loop():
+    """pydensecrf's non-RGB example (a one-channel image as bilateral features through the
+    utils, stepwise inference with klDivergence; its issue 26 with four channels) on a small
+    grid: the same marginals and KL values as pydensecrf."""
+    h, w = 40, 48
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = np.exp(-((yy - h / 2) ** 2 + (xx - w / 2) ** 2) / (2 * (h / 4) * (w / 4)))
+    fg = 0.5 + 0.2 * ((blob - blob.min()) / (blob.max() - blob.min()) - 0.5)
+    probs = np.stack([fg, 1 - fg])
+    runs = []
+    for channels in (1, 4):
+        img = np.zeros((h, w, channels), np.uint8)
+        img[h // 3 : 2 * h // 3, w // 4 : 3 * w // 4] = 1
+        feats = utils.create_pairwise_bilateral(sdims=(10, 10), schan=0.01, img=img, chdim=2)
+        runs.append((channels, feats))
+    try:
+        pd, _ = _real()
+    except pytest.skip.Exception:
+        pd = None
+    for channels, feats in runs:
+        out = []
+        for module in (dcrf, pd) if pd is not None else (dcrf,):
+            d = module.DenseCRF2D(w, h, 2)
+            d.setUnaryEnergy(utils.unary_from_softmax(probs))
+            d.addPairwiseEnergy(feats, compat=10)
+            q, t1, t2 = d.startInference()
+            kls = []
+            for _ in range(5):
+                d.stepInference(q, t1, t2)
+                kls.append(d.klDivergence(q) / (h * w))
+            out.append((np.array(q), kls, np.array(d.inference(20))))
+        q, kls, q20 = out[0]
+        assert np.all(np.diff(kls) <= 1e-6), channels  # mean field lowers the KL divergence
+        inside = q20.argmax(0).reshape(h, w)[
+            h // 3 + 2 : 2 * h // 3 - 2, w // 4 + 2 : 3 * w // 4 - 2
+        ]
+        assert (inside == 0).all()  # the square of the image is foreground
+        if pd is not None:
+            tq, tkls, tq20 = out[1]
+            np.testing.assert_allclose(q, tq, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(kls, tkls, rtol=1e-4)
+            np.testing.assert_allclose(q20, tq20, rtol=0, atol=1e-5)
