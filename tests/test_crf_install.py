@@ -1,6 +1,6 @@
 """The CRF without torch: ``pip install deeplabv1`` into a fresh venv (the package's own
-dependencies only) runs the pydensecrf drop-in, ``deeplab_crf_np`` and ``deeplabv1 crf``;
-what needs torch says which extra installs it, in one line.
+dependencies only) runs the pydensecrf drop-in, ``deeplab_crf_np``, ``deeplabv1 crf`` and
+``deeplabv1 crf-search`` on folders; what needs torch says which extra installs it, in one line.
 
 The venv reuses pip's cache (the wheels ``make venv`` downloaded); the numba kernels compile
 once in it. About half a minute.
@@ -100,6 +100,14 @@ def test_the_crf_command_runs_and_torch_commands_name_the_extra(crf_venv, tmp_pa
                   "--workers", "1"], tmp_path)  # fmt: skip
     assert batch.returncode == 0, batch.stderr[-3000:]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "a.png")), labels)
+    (tmp_path / "labels").mkdir()
+    for stem in ("a", "b"):
+        Image.fromarray(rng.integers(0, 3, (20, 30), dtype=np.uint8)).save(
+            tmp_path / "labels" / f"{stem}.png")  # fmt: skip
+    search = _run([cli, "crf-search", "--image-dir", "imgs", "--scores-dir", "npys",
+                   "--label-dir", "labels", "-o", "search"], tmp_path)  # fmt: skip
+    assert search.returncode == 0, search.stderr[-3000:]
+    assert "best: --w1" in search.stdout and (tmp_path / "search" / "best.json").is_file()
     needs = _run([cli, "crf", "--image", "imgs/a.png", "--scores", "npys/a.npy", "-o", "c.png"],
                  tmp_path, {"DEEPLABV1_CRF_NUMBA": "0"})  # the torch path  # fmt: skip
     assert needs.returncode == 2
