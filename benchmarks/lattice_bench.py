@@ -2,7 +2,7 @@
 
 Builds are cold (the lattice cache is cleared before each). Apply runs the numba kernels on
 the CPU when numba is installed (DEEPLABV1_CRF_NUMBA=0: the torch path).
-Reference image: the 500x375 VOC sample 2007_000346 (../shared/data), tiled to 2x and 4x
+Reference image: the 500x375 VOC sample 2007_000346 (the sample images folder), tiled to 2x and 4x
 the pixels. Kernels as DeepLab-LargeFOV: Gaussian d=2 (positions / 3) and bilateral d=5
 (positions / 121, RGB / 5). Times are medians (and minima) of --repeats runs in ms.
 

@@ -2,7 +2,7 @@
 
 No VOC-trained weights exist in this project's environment (none can be downloaded), so the
 figure is honest about what it shows: a reduced-width DeepLab-LargeFOV trained FROM SCRATCH on
-the seven images of ../shared/data/voc_samples only (overfit on purpose), saved with
+seven VOC sample images with their masks only (overfit on purpose), saved with
 ``save_checkpoint`` and then run through the real ``Segmenter`` (network, then network + dense
 CRF) and drawn with ``side_by_side``. It shows the pipeline and what the CRF does to the
 stride-8 boundaries, not the accuracy of a VOC-trained model.

@@ -1,6 +1,6 @@
 """ImageNet VGG16 -> DeepLab initialisation, as pure ``state_dict -> state_dict`` functions.
 
-Two steps (SPEC section 2), usable separately:
+Two steps, usable separately:
 
 1. ``vgg16_from_torchvision``: torchvision's layout (``features.N.*``, ``classifier.N.*``) ->
    Caffe layer names (``conv1_1`` .. ``conv5_3``, ``fc6``, ``fc7``), fc6 reshaped to a
@@ -45,7 +45,7 @@ TORCHVISION_IGNORED = ("classifier.6.weight", "classifier.6.bias")  # ImageNet's
 TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 
-# fc6 taps kept by spatial decimation of VGG's 7x7 fc6, per target kernel size (SPEC section 2)
+# fc6 taps kept by spatial decimation of VGG's 7x7 fc6, per target kernel size
 FC6_TAPS = {7: (0, 1, 2, 3, 4, 5, 6), 4: (0, 2, 4, 6), 3: (0, 3, 6)}
 FC8_STD = 0.01
 

@@ -1,4 +1,4 @@
-"""The DeepLab convention for the dense CRF as one call (SPEC section 4).
+"""The DeepLab convention for the dense CRF as one call.
 
 Unary = the negated upsampled score map, colour features from the original RGB image,
 a bilateral term (w1, sa, sb) plus a Gaussian term (w2, sg), both Potts, 10 iterations and the

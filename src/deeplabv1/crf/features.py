@@ -1,7 +1,7 @@
 """Per-pixel feature spaces of the dense CRF's Gaussian kernels.
 
 A kernel k(f_i, f_j) = exp(-|f_i - f_j|^2 / 2) acts on features that are already divided by
-their standard deviations (SPEC 4a). Pixels are numbered y * W + x with x the column, and the
+their standard deviations. Pixels are numbered y * W + x with x the column, and the
 features come in Kraehenbuehl's order: (x / sx, y / sy) for the position-only ("Gaussian")
 kernel and (x / sx, y / sy, R / sr, G / sg, B / sb) with raw 0-255 colours for the bilateral one.
 """

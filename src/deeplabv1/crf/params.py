@@ -1,4 +1,4 @@
-"""The DeepLab CRF parameters per network variant (SPEC section 4).
+"""The DeepLab CRF parameters per network variant (the paper's cross-validated values).
 
 Energy weights and standard deviations of the two Potts terms:
 w1 / sa / sb for the bilateral (appearance) kernel and w2 / sg for the Gaussian (smoothness)

@@ -1,6 +1,6 @@
 """PASCAL VOC 2012 layout: finding the dataset root, its image lists and label folders.
 
-Accepted roots (SPEC section 7): ``VOCdevkit/VOC2012`` itself, ``VOCdevkit``, or a folder holding
+Accepted roots: ``VOCdevkit/VOC2012`` itself, ``VOCdevkit``, or a folder holding
 ``VOCdevkit`` (as the VOC tar extracts). A root is recognised by its ``JPEGImages`` folder.
 """
 

@@ -18,7 +18,7 @@ def _f(default, help_text: str):
 
 @dataclass
 class EvalConfig:
-    """One evaluation run over a split (SPEC 3 test procedure)."""
+    """One evaluation run over a split (the paper's test procedure)."""
 
     weights: str | None = _f(None, "checkpoint (.pt) of the network (not needed with --scores)")
     data: str | None = _f(None, "dataset: a plain images/ + masks/ folder or a VOC2012 root")
@@ -85,7 +85,7 @@ class EvalConfig:
 
 @dataclass
 class CRFSearchConfig(ScoreSettings):
-    """Coarse-to-fine search of w1, sa, sb on saved score maps (SPEC 4), or on any model's
+    """Coarse-to-fine search of w1, sa, sb on saved score maps, or on any model's
     scores: ``image_dir`` + ``scores_dir`` + ``label_dir`` folders paired by file stem, read as
     ``deeplabv1 crf`` reads them (``ScoreSettings``: probabilities, channels_last, upsample).
 

@@ -1,4 +1,4 @@
-"""Coarse-to-fine cross-validation of the CRF parameters w1, sa, sb on saved score maps (SPEC 4).
+"""Coarse-to-fine cross-validation of w1, sa, sb on saved score maps (the paper's method).
 
 Round 0 evaluates the coarse grid (``CRFSearchConfig``: the paper's ranges by default). Each
 refinement round halves the three steps and evaluates best + k * new_step, k = -2..2, per

@@ -6,7 +6,7 @@ Modules are registered flat under their Caffe layer names, so the state-dict key
 ``conv1_1.weight`` ... ``fc8.bias`` (+ the MSc branch layers) and converted weights map 1:1.
 
 Assumptions about the variants the authors did not release (documented in docs/models.md):
-DeepLab-7x7 and DeepLab-4x4 default to the 3x3-pool trunk (SPEC: the likelier one); pass
+DeepLab-7x7 and DeepLab-4x4 default to the 3x3-pool trunk (the likelier reading of the paper); pass
 ``trunk="2x2"`` for the other reading. fc6 always uses "same" padding ``(k_eff - 1) // 2``
 (k_eff = dilation * (kernel - 1) + 1), which reproduces the released pads (6 for 4x4 dilation 4,
 12 for 3x3 dilation 12).

@@ -1,6 +1,6 @@
 """The VGG16 trunk of DeepLab V1, built from a cfg list as in torchvision's ``make_layers``.
 
-Two trunks exist (SPEC section 1):
+Two trunks exist:
 
 - ``"2x2"``: the released DeepLab trunk. pool1-3 max 2x2 stride 2 pad 1; pool4 max 2x2 stride 1
   with pad 0 in the released *train* prototxt and pad 1 in the *test* prototxt (``pool4_pad``).

@@ -65,7 +65,7 @@ class TrainConfig:
         "(targets label[o + 8i]; None = as released: 1 for deeplab's 306 crop, 0 otherwise)")
     mirror: bool = _f(True, "random horizontal mirror")
     workers: int = _f(2, "DataLoader worker processes (0 = load in the main process)")
-    # optimisation (SPEC section 3)
+    # optimisation (the paper's recipe)
     batch_size: int = _f(20, "images per iteration over all GPUs (paper 20; LargeFOV release 30)")
     iter_size: int = _f(1, "gradient accumulation steps per iteration (Caffe iter_size)")
     max_iter: int = _f(6000, "training iterations")
@@ -118,7 +118,7 @@ class TrainConfig:
                                   "with it the joint stage lost accuracy on the demo data)")
 
     def resolved_crop_size(self) -> int:
-        """The crop size: as set, or 306 for DeepLab and 321 for the others (SPEC 3)."""
+        """The crop size: as set, or 306 for DeepLab and 321 for the others."""
         if self.crop_size is not None:
             return self.crop_size
         return 306 if self.arch == "deeplab" else 321

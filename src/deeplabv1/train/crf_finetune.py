@@ -145,7 +145,7 @@ def _resume_state(cfg, out_dir: Path, stage1) -> tuple[Path, dict] | None:
 
 
 def _freeze_like_stage1(model, cfg, arch: str) -> list[str]:
-    """MSc networks: the trunk stays frozen as in stage 1 (SPEC 1: only the branches train)."""
+    """MSc networks: the trunk stays frozen as in stage 1 (only the branches train)."""
     from deeplabv1.train.build import freeze_for_msc
     from deeplabv1.train.config import replace
 

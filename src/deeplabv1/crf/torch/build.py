@@ -2,7 +2,7 @@
 
 Everything is vectorised over points in coordinate-major layout ((d+1, P) tensors, one short
 loop over the d+1 coordinates), which is several times faster than (P, d+1) layouts for
-row-wise sorts and scatters. SPEC section 4a, step by step:
+row-wise sorts and scatters. Step by step:
 
 1. ``embed``: elevate each feature vector onto the plane sum(x) = 0 of Z^{d+1}, find the
    nearest remainder-0 point rem0 = (d+1) q0, rank the residuals, fix the sum, and compute

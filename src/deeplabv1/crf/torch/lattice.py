@@ -4,7 +4,7 @@
 
     out[b, i] ~= sum_j exp(-|f[b, i] - f[b, j]|^2 / 2) * values[b, j]
 
-in O(N (d+1) C) per call, following Kraehenbuehl's dense-CRF code (SPEC section 4a): splat
+in O(N (d+1) C) per call, following Kraehenbuehl's dense-CRF code: splat
 with barycentric weights, blur with [1/2, 1, 1/2] along each of the d+1 lattice axes (missing
 neighbours count as 0), slice with the same weights times alpha = 1/(1 + 2^-d). The lattice
 is built once (``lattice_tables``) and reused for every call. On the CPU with numba installed

@@ -1,4 +1,4 @@
-"""Mean-field inference for the fully connected CRF (Kraehenbuehl & Koltun 2011, SPEC 4a).
+"""Mean-field inference for the fully connected CRF (Kraehenbuehl & Koltun 2011).
 
 Unary energies U (B, L, N); Q = softmax(-U); then ``iters`` times
 
