@@ -51,6 +51,20 @@ def test_no_internal_language(path):
     assert _findings(path.name, path.read_text()) == []
 
 
+SOURCE_PATTERNS = [r"\bSPEC\b", r"(?i)\bissues? ?#?\d+", r"\.\./shared|\bshared/data\b",
+                   r"\bP\d\b"]  # fmt: skip
+
+
+def test_no_internal_references_in_the_package():
+    """Docstrings and comments (read by users in their editor and by help()) too."""
+    found = []
+    for path in sorted((REPO / "src" / "deeplabv1").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if any(re.search(pattern, line) for pattern in SOURCE_PATTERNS):
+                found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()[:100]}")
+    assert found == []
+
+
 def test_no_internal_language_in_help():
     found = []
 
