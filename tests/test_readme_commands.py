@@ -117,6 +117,9 @@ def write_inputs(work: Path) -> dict[str, str]:
         _jpeg(work / "imgs" / f"{name}.jpg", rng)
         (work / "npys").mkdir(exist_ok=True)
         np.save(work / "npys" / f"{name}.npy", rng.normal(size=(21, 40, 48)).astype(np.float32))
+        (work / "labels").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 21, (40, 48), dtype=np.uint8)).save(
+            work / "labels" / f"{name}.png")  # fmt: skip
         _jpeg(work / "photos" / f"{name}.jpg", rng, size=(56, 44))
     names = ["background", "cat", "dog", "heron", "fish"]
     make_synthetic_folder(work / "mydata", 10, size=(48, 40), seed=4, classes=names)
