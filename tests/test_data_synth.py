@@ -19,7 +19,8 @@ from deeplabv1.errors import DeepLabError
 
 
 def files(root: Path) -> dict[str, bytes]:
-    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    """The dataset's files (not deeplabv1's records of what it wrote: inodes and times)."""
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".deeplabv1-outputs")
     return {str(p.relative_to(root)): p.read_bytes() for p in paths}
 
 
@@ -156,3 +157,4 @@ def test_check_names_every_problem(tmp_path: Path) -> None:
         for v, n in zip(*np.unique(lab, return_counts=True)):
             expected[int(v)] = expected.get(int(v), 0) + int(n)
     assert ok.ok and dict(ok.pixel_counts) == expected
+

@@ -49,7 +49,7 @@ def run(args) -> int:
         folders.pop("--label-dir")
     rank = env_rank()
     with group_run_directory(cfg.out, rank=rank, input_folders=folders, overwrite=cfg.overwrite,
-                             flag="-o") as out:  # fmt: skip
+                             flag="-o", command="crf-search") as out:  # fmt: skip
         check_outputs(out / n for n in ("config.yaml", "points.jsonl", "best.json", "search.md"))
         search = run_crf_search(cfg)
     if rank != 0:  # under torchrun, rank 0 reports for all

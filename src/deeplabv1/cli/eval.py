@@ -47,7 +47,7 @@ def run(args) -> int:
             if folder is not None:
                 stack.enter_context(group_run_directory(
                     folder, rank=rank, inputs=[cfg.weights], input_folders={"--scores": cfg.scores},
-                    overwrite=cfg.overwrite, flag=flag))  # fmt: skip
+                    overwrite=cfg.overwrite, flag=flag, command="eval"))  # fmt: skip
         out = Path(cfg.out)
         check_outputs(out / n for n in ("config.yaml", "results.json", "results.md", "trimap.png"))
         run_eval(cfg)
