@@ -233,3 +233,31 @@ def test_a_file_changed_since_deeplabv1_wrote_it_is_no_longer_ours(tmp_path):
     assert_one_line_error(proc.stderr, "crf", str(single), "not written by deeplabv1")
     assert single.read_bytes() == b"the user's own file"
 
+
+@pytest.mark.parametrize("layout", ["folder", "voc"])
+def test_eval_never_writes_into_the_datasets_folders(tmp_path, capsys, layout):
+    from deeplabv1.cli import main
+    from deeplabv1.data.synth import make_synthetic_folder, make_synthetic_voc
+
+    data = tmp_path / "data"
+    if layout == "folder":
+        make_synthetic_folder(data, 3, size=(32, 32))
+        inside = [data, data / "images", data / "masks"]
+        split = ["--val-fraction", "0.4"]
+    else:
+        make_synthetic_voc(data, 3, size=(32, 32))
+        inside = [data, data / "JPEGImages", data / "SegmentationClass",
+                  data / "ImageSets" / "Segmentation"]  # fmt: skip
+        split = ["--split", "val"]
+    before = sorted(p for p in data.rglob("*"))
+    weights = tiny_checkpoint(tmp_path / "m.pt", num_classes=6)
+    base = ["eval", "--weights", str(weights), "--data", str(data), *split, "--test-size", "33",
+            "--device", "cpu", "--progress", "false"]  # fmt: skip
+    for folder in inside:
+        for flags in (["-o", str(folder)],
+                      ["-o", str(tmp_path / "e"), "--save-scores", str(folder)]):  # fmt: skip
+            assert main([*base, *flags, "--overwrite"]) == 2, flags
+            assert_one_line_error(capsys.readouterr().err, "eval", str(folder), "--data")
+    assert sorted(p for p in data.rglob("*")) == before
+    # an output folder beside the dataset is fine
+    assert main([*base, "-o", str(tmp_path / "e"), "--save-scores", str(tmp_path / "s")]) == 0

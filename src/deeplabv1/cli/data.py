@@ -139,7 +139,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = _resolve(SynthConfig, args)
     start = time.perf_counter()
-    with run_directory(cfg.out, overwrite=cfg.overwrite, flag="--out", command="data synth"):
+    with run_directory(cfg.out, overwrite=cfg.overwrite, flag="--out", command="data synth",
+                       new_or_own=True):  # fmt: skip
         root = make_synthetic_voc(Path(cfg.out), cfg.num, size=cfg.size, seed=cfg.seed,
                                   num_classes=cfg.num_classes, val_fraction=cfg.val_fraction,
                                   void_width=cfg.void_width)  # fmt: skip
