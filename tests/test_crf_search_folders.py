@@ -157,8 +157,11 @@ def test_search_finds_the_known_optimum_and_gain(folders, tmp_path, capsys, one_
     assert f"{points[best] - unary:+.2f} points" in (out / "search.md").read_text()
     assert f"{points[best] - unary:+.2f} over the scores' arg-max" in stdout
     # interrupted and resumed: only the missing points run; without --resume: refused
+    from deeplabv1.io import atomic_write_text, output_rules
+
     lines = (out / "points.jsonl").read_text().splitlines()
-    (out / "points.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    with output_rules(command="crf-search"):  # what an interrupted search leaves: its own file
+        atomic_write_text(out / "points.jsonl", "\n".join(lines[:5]) + "\n")
     assert main(_argv(root, "full", out, "--resume")) == 0
     assert _records(out) == got
     assert main(_argv(root, "full", out)) == 2

@@ -63,7 +63,7 @@ def test_download_from_local_folder_then_prepare(tmp_path: Path) -> None:
     assert out == {"voc2012": root / "VOCdevkit" / "VOC2012",
                    "sbd": root / "benchmark_RELEASE" / "dataset"}
     assert (root / "VOCtrainval_11-May-2012.tar").is_file()
-    assert not list(root.glob("*.part")) and not list(root.glob(".extract-*"))
+    assert not list(root.glob("*.part")) and not list(root.glob(".extract.*"))
     res = prepare_aug(out["voc2012"], out["sbd"])
     lists = out["voc2012"] / "ImageSets" / "Segmentation"
     assert read_ids(lists / "train_aug.txt") == ["2008_000001", "2008_000003"]

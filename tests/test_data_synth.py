@@ -19,7 +19,8 @@ from deeplabv1.errors import DeepLabError
 
 
 def files(root: Path) -> dict[str, bytes]:
-    paths = sorted(p for p in root.rglob("*") if p.is_file())
+    """The dataset's files (not deeplabv1's records of what it wrote: inodes and times)."""
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name != ".deeplabv1-outputs")
     return {str(p.relative_to(root)): p.read_bytes() for p in paths}
 
 
@@ -156,3 +157,34 @@ def test_check_names_every_problem(tmp_path: Path) -> None:
         for v, n in zip(*np.unique(lab, return_counts=True)):
             expected[int(v)] = expected.get(int(v), 0) + int(n)
     assert ok.ok and dict(ok.pixel_counts) == expected
+
+
+def test_cli_synth_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys) -> None:
+    from deeplabv1.data.layout import detect_layout
+    from deeplabv1.data.synth import make_synthetic_folder
+
+    mine = make_synthetic_folder(tmp_path / "mine", 3, size=(32, 32))  # the user's own dataset
+    before = files(mine)
+    for extra in ([], ["--overwrite"]):
+        assert main(["data", "synth", "--out", str(mine), "--num", "2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(mine) in err and "did not write" in err, err
+        assert files(mine) == before and detect_layout(mine) == ("folder", mine)
+    # a folder synth wrote may be written again; an empty one is fine
+    out = tmp_path / "synth"
+    out.mkdir()
+    for _ in range(2):
+        assert main(["data", "synth", "--out", str(out), "--num", "2", "--size", "16", "16"]) == 0
+    assert detect_layout(out) == ("voc", out)
+
+
+def test_a_folder_with_both_layouts_is_an_error(tmp_path: Path, capsys) -> None:
+    from deeplabv1.data.layout import detect_layout
+    from deeplabv1.data.synth import make_synthetic_folder
+
+    root = make_synthetic_voc(tmp_path / "both", 2, size=(32, 32))
+    make_synthetic_folder(root, 2, size=(32, 32))  # images/ + masks/ beside JPEGImages/
+    with pytest.raises(DeepLabError, match="both a plain dataset"):
+        detect_layout(root)
+    assert main(["data", "check", "--root", str(root), "--split", "val"]) == 2
+    assert "both a plain dataset" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def test_download_never_deletes_an_existing_folder(tmp_path, capsys):
             assert (root / "keepme" / "important.txt").read_text() == "precious"
             assert (root / "other").is_symlink()
             assert not (root / "VOCdevkit").exists()  # nothing half-moved
-            assert not list(root.glob(".extract-*"))
+            assert not list(root.glob(".extract.*"))
 
 
 def test_files_of_other_contents_need_overwrite(tmp_path, capsys):

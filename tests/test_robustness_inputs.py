@@ -196,3 +196,51 @@ def test_deeplab_crf_device_errors_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             deeplab_crf(scores, image, device="cuda")
+
+
+class _Payload:
+    """Pickled as a call of os.system: what a malicious checkpoint holds."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("case", ["pickle code", "yaml", "empty", "cut short"])
+def test_a_bad_or_malicious_checkpoint_is_one_line(tmp_path, capsys, case):
+    weights = tmp_path / "evil.pt"
+    marker = tmp_path / "ran"
+    if case == "pickle code":
+        torch.save({"model": _Payload(marker), "arch": "deeplab-largefov"}, weights)
+    elif case == "yaml":
+        weights.write_text("arch: deeplab-largefov\nnum_classes: 3\n")
+    elif case == "empty":
+        weights.write_bytes(b"")
+    else:
+        weights.write_bytes(tiny_checkpoint(tmp_path / "m.pt").read_bytes()[:5000])
+    image, _ = image_and_scores(tmp_path, "a")
+    predict = ["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]
+    export = ["export", "--weights", str(weights), "--onnx", str(tmp_path / "m.onnx")]
+    for argv in (predict, export):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        line = assert_one_line_error(err, argv[0], str(weights), "not a deeplabv1 checkpoint")
+        assert "weights_only" not in err and len(line) < 300, line
+    assert not marker.exists()  # nothing of the pickle ran
+
+
+def test_train_init_weight_mismatch_names_the_file(tmp_path, capsys):
+    from deeplabv1.data.synth import make_synthetic_voc
+
+    root = make_synthetic_voc(tmp_path / "d", 2, size=(32, 32), num_classes=3)
+    init = tiny_checkpoint(tmp_path / "init.pt")  # width 1/16
+    argv = ["train", "--data-root", str(root), "--split", "train", "--width", "0.125",
+            "--init", str(init), "--max-iter", "1", "--batch-size", "1", "--crop-size", "33",
+            "--workers", "0", "--progress", "false",
+            "--out-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "train", str(init), "conv1_1.weight", "width")

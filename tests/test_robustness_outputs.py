@@ -1,10 +1,16 @@
 """Nothing lost through careless output paths, end to end through the command line: outputs
-never replace an input (same path, symbolic or hard link), existing files are replaced only when
-deeplabv1 wrote them (or with --overwrite), read-only and full disks give one clear line."""
+never replace an input (same path, symbolic or hard link) nor a dataset's folders, existing files
+are replaced only when deeplabv1 wrote them and they are unchanged since (or with --overwrite),
+never another command's, a run never deletes another's temporaries, read-only and full disks
+give one clear line."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -149,3 +155,109 @@ def test_eval_output_folder_may_not_be_the_scores_folder(tmp_path, capsys):
     assert main(["eval", "--scores", str(scores), "--data", str(tmp_path), "-o", str(scores)]) == 2
     assert_one_line_error(capsys.readouterr().err, "eval", "-o", "--scores folder")
     assert sorted(p.name for p in scores.iterdir()) == ["meta.json"]
+
+
+def _host_tag() -> str:
+    """The host part of a temporary's name (.<name>.<pid>-<host tag>-<random>.tmp)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporaries_are_those_of_dead_writers_of_this_host_only(tmp_path):
+    from deeplabv1.io import remove_stale_temporaries
+
+    host, dead = _host_tag(), _dead_pid()
+    live = tmp_path / f".a.png.{os.getpid()}-{host}-abcdefgh.tmp"  # this process still runs
+    stale = tmp_path / f".b.png.{dead}-{host}-abcdefgh.tmp"
+    elsewhere = tmp_path / f".c.png.{dead}-{'0' * 8 if host != '0' * 8 else '1' * 8}-abcdefgh.tmp"
+    user = [tmp_path / ".d.png.a1b2c3d4.tmp", tmp_path / "e.tmp"]  # named like temporaries
+    inner = tmp_path / "run" / f".f.png.{dead}-{host}-abcdefgh.tmp"  # a subfolder: not searched
+    inner.parent.mkdir()
+    for path in (live, stale, elsewhere, *user, inner):
+        path.write_text("x")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert all(p.exists() for p in (live, elsewhere, *user, inner))
+
+
+def test_a_run_in_a_parent_folder_leaves_a_live_run_in_a_subfolder_alone(tmp_path):
+    from deeplabv1.rundir import RunLock
+
+    par = tmp_path / "par"
+    synth = ("data", "synth", "--out", par, "--num", "1", "--size", "16", "16", "--overwrite")
+    assert cli(*synth).returncode == 0
+    host, dead = _host_tag(), _dead_pid()
+    inner = par / "run"
+    inner.mkdir()
+    # another run holds par/run and is writing a checkpoint; files of a dead writer there belong
+    # to that run's folder too (its own start cleans them); a user file named like a temporary
+    theirs = [inner / f".checkpoint_000032.pt.{os.getpid()}-{host}-abcdefgh.tmp",
+              inner / f".checkpoint_000031.pt.{dead}-{host}-abcdefgh.tmp",
+              inner / ".checkpoint_000030.pt.a1b2c3d4.tmp"]  # fmt: skip
+    stale = par / f".classes.txt.{dead}-{host}-abcdefgh.tmp"  # in synth's own folder: cleaned
+    with RunLock(inner):
+        for path in (*theirs, stale):
+            path.write_text("in flight")
+        proc = cli(*synth)
+        assert proc.returncode == 0, proc.stderr
+        assert all(path.read_text() == "in flight" for path in theirs)
+    assert not stale.exists()
+
+
+def test_a_file_changed_since_deeplabv1_wrote_it_is_no_longer_ours(tmp_path):
+    weights = tiny_checkpoint(tmp_path / "m.pt")
+    photos = tmp_path / "photos"
+    image, _ = image_and_scores(photos, "a")
+    out = tmp_path / "o"
+    assert cli("predict", photos, "--weights", weights, "-o", out).returncode == 0
+    labels = out / "a_net.png"
+    assert labels.is_file()
+    Image.open(image).save(labels)  # the user puts a file of their own where predict wrote
+    mine = labels.read_bytes()
+    proc = cli("predict", photos, "--weights", weights, "-o", out)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "predict", str(labels), "not written by deeplabv1",
+                          "--overwrite")  # fmt: skip
+    assert labels.read_bytes() == mine
+    # the same with a single output file (crf -o)
+    image, scores = image_and_scores(tmp_path, "b")
+    single = tmp_path / "b_crf.png"
+    assert cli("crf", "--image", image, "--scores", scores, "-o", single).returncode == 0
+    single.write_bytes(b"the user's own file")
+    proc = cli("crf", "--image", image, "--scores", scores, "-o", single)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "crf", str(single), "not written by deeplabv1")
+    assert single.read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize("layout", ["folder", "voc"])
+def test_eval_never_writes_into_the_datasets_folders(tmp_path, capsys, layout):
+    from deeplabv1.cli import main
+    from deeplabv1.data.synth import make_synthetic_folder, make_synthetic_voc
+
+    data = tmp_path / "data"
+    if layout == "folder":
+        make_synthetic_folder(data, 3, size=(32, 32))
+        inside = [data, data / "images", data / "masks"]
+        split = ["--val-fraction", "0.4"]
+    else:
+        make_synthetic_voc(data, 3, size=(32, 32))
+        inside = [data, data / "JPEGImages", data / "SegmentationClass",
+                  data / "ImageSets" / "Segmentation"]  # fmt: skip
+        split = ["--split", "val"]
+    before = sorted(p for p in data.rglob("*"))
+    weights = tiny_checkpoint(tmp_path / "m.pt", num_classes=6)
+    base = ["eval", "--weights", str(weights), "--data", str(data), *split, "--test-size", "33",
+            "--device", "cpu", "--progress", "false"]  # fmt: skip
+    for folder in inside:
+        for flags in (["-o", str(folder)],
+                      ["-o", str(tmp_path / "e"), "--save-scores", str(folder)]):  # fmt: skip
+            assert main([*base, *flags, "--overwrite"]) == 2, flags
+            assert_one_line_error(capsys.readouterr().err, "eval", str(folder), "--data")
+    assert sorted(p for p in data.rglob("*")) == before
+    # an output folder beside the dataset is fine
+    assert main([*base, "-o", str(tmp_path / "e"), "--save-scores", str(tmp_path / "s")]) == 0

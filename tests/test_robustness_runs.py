@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from robustness_tools import CLI, assert_one_line_error, cli, on_small_disk
@@ -68,29 +69,36 @@ def test_second_train_into_the_same_out_dir_is_refused(synth_root, tmp_path):
     assert stdout.strip().endswith("final.pt")
     for name in ("final.pt", "checkpoint_000003.pt"):  # only the first run's files
         assert load_checkpoint(out / name)["config"]["seed"] == 1
-    # the lock ends with its run: now the second run may use the folder
-    again = cli(*_train_args(synth_root, out, seed=2, max_iter=2, checkpoint_every=0))
-    assert again.returncode == 0
+    # the lock ends with its run; the folder now holds a finished run: a fresh run replaces it
+    # only when told to (--overwrite), and then none of the earlier run's checkpoints remain
+    again = cli(*_train_args(synth_root, out, seed=2, max_iter=2, checkpoint_every=0,
+                             overwrite="true"))  # fmt: skip
+    assert again.returncode == 0, again.stderr
     assert load_checkpoint(out / "final.pt")["config"]["seed"] == 2
+    assert not (out / "checkpoint_000003.pt").exists()
 
 
 def test_killed_run_lock_and_temporaries_are_taken_over(synth_root, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    # a run that holds the folder and is killed (kill -9) in the middle of a checkpoint write
     holder = subprocess.Popen([sys.executable, "-c",
                                "import sys, time; from deeplabv1.rundir import RunLock; "
-                               f"RunLock({str(out)!r}).acquire(); print('held', flush=True); "
-                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdout.readline().strip() == "held"
+                               "from deeplabv1.io import atomic_path; "
+                               f"RunLock({str(out)!r}).acquire(); "
+                               f"w = atomic_path({str(out / 'checkpoint_000002.pt')!r}); "
+                               "print(w.__enter__(), flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    stale = Path(holder.stdout.readline().strip())
+    assert stale.parent == out and stale.is_file()
     refused = cli(*_train_args(synth_root, out, max_iter=1, checkpoint_every=0))
     assert refused.returncode == 2 and f"pid {holder.pid}" in refused.stderr
-    holder.kill()  # kill -9: the lock file stays behind, naming a dead process
+    assert stale.is_file()  # its writer still runs
+    holder.kill()  # kill -9: the lock file and the temporary stay behind, naming a dead process
     holder.wait()
     assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
-    # what a kill during a checkpoint write leaves (atomic_path's temporary name), and user files
-    stale = out / ".checkpoint_000002.pt.a1b2c3d4.tmp"
-    stale.write_bytes(b"")
-    kept = [out / "notes.tmp", out / ".keep.tmp"]
+    # user files, some named like temporaries (of older versions, or made up)
+    kept = [out / "notes.tmp", out / ".keep.tmp", out / ".checkpoint_000002.pt.a1b2c3d4.tmp"]
     for path in kept:
         path.write_text("mine")
     proc = cli(*_train_args(synth_root, out, max_iter=2, checkpoint_every=1))
@@ -115,3 +123,46 @@ def test_train_on_a_full_disk_names_the_file_and_keeps_the_earlier_checkpoint(sy
                           "the disk is full")  # fmt: skip
     assert abs(files["run/checkpoint_000001.pt"] - size) < 1024  # the earlier one, complete
     assert not [name for name in files if name.endswith(".tmp")]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """The run's files (not the lock, which names the last process to take the folder)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME}
+
+
+def test_a_finished_run_is_kept_from_fresh_runs_and_other_commands(synth_root, tmp_path):
+    run = tmp_path / "run"
+    first = cli(*_train_args(synth_root, run, seed=1, max_iter=2, checkpoint_every=1))
+    assert first.returncode == 0, first.stderr
+    before = _snapshot(run)
+    assert {"config.yaml", "log.jsonl", "final.pt", "checkpoint_000001.pt"} <= before.keys()
+    # a fresh run (no --resume) into it: one line, nothing of the finished run touched
+    fresh = cli(*_train_args(synth_root, run, seed=2, max_iter=4, checkpoint_every=1,
+                             keep_checkpoints=1))  # fmt: skip
+    assert fresh.returncode == 2
+    assert_one_line_error(fresh.stderr, "train", str(run), "earlier training run", "--resume",
+                          "--overwrite")  # fmt: skip
+    assert _snapshot(run) == before
+    # eval into the training run: its config.yaml (how the model was trained) stays
+    evaluate = ["eval", "--weights", run / "final.pt", "--data", synth_root, "--split", "val",
+                "--test-size", "49", "--device", "cpu", "--progress", "false"]  # fmt: skip
+    proc = cli(*evaluate, "-o", run)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "eval", str(run / "config.yaml"), "deeplabv1 train")
+    proc = cli(*evaluate, "-o", run, "--overwrite")  # not even when told to overwrite
+    assert proc.returncode == 2
+    assert _snapshot(run) == before
+    # and the other way round: train into an eval's folder
+    evaluated = tmp_path / "e"
+    proc = cli(*evaluate, "-o", evaluated)
+    assert proc.returncode == 0, proc.stderr
+    eval_config = (evaluated / "config.yaml").read_bytes()
+    proc = cli(*_train_args(synth_root, evaluated, max_iter=1, checkpoint_every=0))
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "train", str(evaluated / "config.yaml"), "deeplabv1 eval")
+    assert (evaluated / "config.yaml").read_bytes() == eval_config
+    # continuing the finished run is what --resume is for
+    more = cli(*_train_args(synth_root, run, seed=1, max_iter=3, checkpoint_every=1,
+                            resume="auto"))  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert load_checkpoint(run / "final.pt")["iteration"] == 3

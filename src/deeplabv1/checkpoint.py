@@ -68,17 +68,63 @@ def save_checkpoint(
     atomic_torch_save(path, ckpt)
 
 
+def _not_torch_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is no torch.save file (a zip archive, or a pickle in the legacy format),
+    or None when it looks like one."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            if head.startswith(b"PK\x03\x04"):
+                return None if zipfile.is_zipfile(f) else "the file is damaged or cut short"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if not head:
+        return "the file is empty"
+    return None if head.startswith(b"\x80") else "not a PyTorch file"
+
+
+def load_weights_only(
+    path: str | os.PathLike, what: str, map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)``; a file it refuses or cannot read is one line
+    naming ``path`` and saying it is not a ``what`` (never torch's advice to load it unsafely)."""
+    import pickle
+    import re
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": nothing to act on
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        found = re.search(r"Unsupported global: (\S+ \S+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and found is not None:
+            raise DeepLabError(
+                f"{path}: refused, not a {what}: loading it would run pickle code "
+                f"({found[1]}) beyond tensors and plain data"
+            ) from None
+        why = _not_torch_file(path)
+        if why is not None:
+            pass
+        elif isinstance(exc, pickle.UnpicklingError):
+            why = ("pickled content other than tensors and plain data, refused (none of it was "
+                   "run)")  # fmt: skip
+        elif isinstance(exc, EOFError):
+            why = "the file is cut short"
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            why = f"unreadable ({type(exc).__name__}{': ' + first[:160] if first else ''})"
+        raise DeepLabError(f"{path}: not a {what}: {why}") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read and validate a checkpoint; errors name the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise DeepLabError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise DeepLabError(
-            f"{path}: not a readable deeplabv1 checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
+    ckpt = load_weights_only(path, "deeplabv1 checkpoint", map_location)
     if not isinstance(ckpt, dict):
         raise DeepLabError(f"{path}: expected a checkpoint dict, found {type(ckpt).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]

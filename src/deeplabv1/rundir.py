@@ -4,13 +4,16 @@
 --out-dir``, ``predict -o``, ``crf --out-dir``, ``eval -o``, ``crf-search -o``, ``data
 synth|prepare|download``) starts:
 
-1. the folder must not be one of the command's input folders, nor an existing file;
+1. the folder must not be one of the command's input folders, nor an existing file (and, for a
+   command that asks, it must be new, empty or one it wrote before);
 2. it is created and locked: ``.deeplabv1.lock`` in it is held with an operating-system lock
    (``fcntl.flock``; ``msvcrt.locking`` on Windows) for the whole run. A second run gets a
    DeepLabError naming the holder (process id, host, command, start time). The lock dies with
    its process, so the lock file of a killed run is stale and simply taken over;
-3. temporary files of atomic writes that an interrupted run left behind are deleted;
-4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``) apply to every write.
+3. temporaries of atomic writes whose writer died are deleted from the folder itself (the
+   subfolders a command writes are cleaned when it first writes there: ``deeplabv1.io``);
+4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``, the command's name)
+   apply to every write.
 
 A run that fails before writing anything into a folder it created removes that folder again.
 """
@@ -29,9 +32,11 @@ from pathlib import Path
 from deeplabv1.errors import DeepLabError
 from deeplabv1.io import (
     OUTPUTS_LIST,
+    clean_folder,
+    folder_written_by,
+    is_stale_temporary,
     make_folder,
     output_rules,
-    remove_stale_temporaries,
     write_error,
 )
 
@@ -121,34 +126,72 @@ def _same_folder(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+Folders = str | os.PathLike | Iterable[str | os.PathLike] | None
+
+
+def _folders(value: Folders) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
+def check_not_input_folder(path: Path, input_folders: dict[str, Folders], flag: str) -> None:
+    """Refuse an output folder ``path`` that is one of ``input_folders`` (``{flag: folder or
+    folders}``; the same folder under any name)."""
+    if not path.exists():
+        return
+    for name, value in input_folders.items():
+        if any(_same_folder(path, folder) for folder in _folders(value)):
+            kind = f"the {name} folder" if isinstance(value, (str, os.PathLike)) else (
+                f"a folder of the {name} inputs")  # fmt: skip
+            raise DeepLabError(f"{flag} {path} is {kind}: outputs would mix with the inputs; "
+                               "choose another output folder")  # fmt: skip
+
+
+def _check_new_or_own(path: Path, command: str | None, flag: str) -> None:
+    """A folder that holds anything but another run's lock of this command is refused unless
+    ``deeplabv1 COMMAND`` wrote into it before."""
+    try:
+        names = {p.name for p in path.iterdir() if not is_stale_temporary(p.name)}
+        names -= {LOCK_NAME, OUTPUTS_LIST}
+    except OSError:
+        return  # not a folder, or unreadable: make_folder and the lock say why
+    if names and not (command and folder_written_by(path, command)):
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise DeepLabError(f"{flag} {path}: holds files that `deeplabv1 {command}` did not write "
+                           f"({shown}); choose a new or empty folder")  # fmt: skip
+
+
 @contextlib.contextmanager
 def run_directory(
     path: str | os.PathLike,
     *,
     inputs: Iterable[str | os.PathLike | None] = (),
-    input_folders: dict[str, str | os.PathLike | None] | None = None,
+    input_folders: dict[str, Folders] | None = None,
     overwrite: bool = False,
     flag: str = "the output folder",
-    clean: bool = True,
+    command: str | None = None,
+    new_or_own: bool = False,
 ) -> Iterator[Path]:
     """Create, lock and guard an output folder for one run (see the module doc).
 
     ``inputs``: files the command reads (never written, not even with ``overwrite``);
-    ``input_folders``: ``{flag: folder}`` of input folders the output folder must differ from;
-    ``clean``: remove stale temporary files of atomic writes (the whole tree under ``path``).
+    ``input_folders``: ``{flag: folder or folders}`` the output folder must differ from;
+    ``command``: the command's name (``"eval"``, ``"data synth"``), recorded with its outputs;
+    ``new_or_own``: refuse an existing, non-empty folder this command did not write into.
     """
     path = Path(path)
-    for name, folder in (input_folders or {}).items():
-        if folder is not None and path.exists() and _same_folder(path, Path(folder)):
-            raise DeepLabError(f"{flag} {path} is the {name} folder: outputs would mix with "
-                               "the inputs; choose another output folder")  # fmt: skip
+    check_not_input_folder(path, input_folders or {}, flag)
+    if new_or_own:
+        _check_new_or_own(path, command, flag)
     created = not os.path.lexists(path)
     make_folder(path)
     lock = RunLock(path).acquire()
     try:
-        with output_rules(inputs, overwrite):
-            if clean:
-                remove_stale_temporaries(path)
+        with output_rules(inputs, overwrite, command):
+            clean_folder(path, again=True)
             yield path
     except BaseException:
         if created:  # a run that failed before writing anything leaves no folder behind
@@ -170,7 +213,8 @@ def group_run_directory(path: str | os.PathLike, *, rank: int, **kwargs) -> Iter
         with run_directory(path, **kwargs) as folder:
             yield folder
         return
-    with output_rules(kwargs.get("inputs", ()), kwargs.get("overwrite", False)):
+    with output_rules(kwargs.get("inputs", ()), kwargs.get("overwrite", False),
+                      kwargs.get("command")):  # fmt: skip
         yield Path(path)
 
 

@@ -80,7 +80,7 @@ def run(args) -> int:
     from deeplabv1.io import output_rules
 
     cfg = resolve_config(ConvertConfig, args)
-    with output_rules([cfg.source], overwrite=cfg.overwrite):
+    with output_rules([cfg.source], overwrite=cfg.overwrite, command="convert"):
         result = convert(cfg)
     print(result["summary"])
     return 0
@@ -156,25 +156,13 @@ def convert(cfg: ConvertConfig) -> dict:
 
 def load_state_dict(path: Path) -> dict:
     """A .pth state dict read with ``weights_only=True`` (no pickle code runs)."""
-    import pickle
-    import re
-
     import torch
+
+    from deeplabv1.checkpoint import load_weights_only
 
     if not path.is_file():
         raise DeepLabError(f"{path}: file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: (\S+ \S+)", str(exc))
-        if found is None:
-            raise DeepLabError(f"{path}: not a torch .pth file (unreadable as a weights-only "
-                               "torch file)") from exc
-        raise DeepLabError(f"{path}: refused, loading it would run pickle code ({found[1]}) "
-                           "beyond plain tensors; re-save it as a plain state_dict") from exc
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise DeepLabError(f"{path}: not a readable .pth file ({type(exc).__name__}: "
-                           f"{str(exc)[:200]})") from exc
+    obj = load_weights_only(path, "torch .pth file")
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -140,7 +140,7 @@ def run(args) -> int:
         from deeplabv1.io import check_outputs, output_rules
 
         kind = output_kind(args.output)
-        with output_rules([cfg.image, cfg.scores], overwrite=cfg.overwrite):
+        with output_rules([cfg.image, cfg.scores], overwrite=cfg.overwrite, command="crf"):
             check_outputs([args.output])  # before the work, not after
             labels = crf_file(cfg.image, cfg.scores, args.output, params, **_options(cfg))
         print(f"wrote {args.output} ({kind}, {labels.shape[1]} x {labels.shape[0]})")

@@ -89,7 +89,7 @@ def run_batch(cfg, params, options: dict) -> int:
     folders = {"--image-dir": cfg.image_dir, "--scores-dir": cfg.scores_dir}
     unmatched = {"images_without_scores": no_scores, "scores_without_images": no_image}
     with group_run_directory(cfg.out_dir, rank=rank, inputs=inputs, input_folders=folders,
-                             flag="--out-dir", overwrite=cfg.overwrite) as out_dir, \
+                             flag="--out-dir", overwrite=cfg.overwrite, command="crf") as out_dir, \
             _session(cfg.device) as dist:  # fmt: skip
         return _run_pairs(cfg, pairs, unmatched, out_dir, params, options, dist)
 

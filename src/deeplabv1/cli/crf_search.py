@@ -36,6 +36,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     """Resolve the config, search, print the table and the best parameters."""
     from deeplabv1.config import resolve_config
+    from deeplabv1.data.layout import input_folders
     from deeplabv1.distributed.context import env_rank
     from deeplabv1.evaluate.config import CRFSearchConfig
     from deeplabv1.evaluate.run import run_crf_search
@@ -47,9 +48,11 @@ def run(args) -> int:
                "--scores-dir": cfg.scores_dir, "--label-dir": cfg.label_dir}  # fmt: skip
     if cfg.image_dir is None:  # with --data, --label-dir is a folder under the data root
         folders.pop("--label-dir")
+        if cfg.data is not None:  # the dataset's own folders: images, labels, split lists
+            folders["--data"] = input_folders(cfg.data, cfg.label_dir, cfg.split)
     rank = env_rank()
     with group_run_directory(cfg.out, rank=rank, input_folders=folders, overwrite=cfg.overwrite,
-                             flag="-o") as out:  # fmt: skip
+                             flag="-o", command="crf-search") as out:  # fmt: skip
         check_outputs(out / n for n in ("config.yaml", "points.jsonl", "best.json", "search.md"))
         search = run_crf_search(cfg)
     if rank != 0:  # under torchrun, rank 0 reports for all

@@ -92,7 +92,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     cfg = _resolve(PrepareConfig, args)
     out_root = resolve_voc_root(cfg.voc) if cfg.out is None else Path(cfg.out)
-    with run_directory(out_root, overwrite=cfg.overwrite, flag="--out"):
+    with run_directory(out_root, overwrite=cfg.overwrite, flag="--out", command="data prepare"):
         res = prepare_aug(Path(cfg.voc), Path(cfg.sbd), out_root, workers=cfg.workers,
                           strict=cfg.strict, num_classes=cfg.num_classes,
                           progress=sys.stderr.isatty())  # fmt: skip
@@ -112,15 +112,12 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_download(args: argparse.Namespace) -> int:
     from deeplabv1.config import save_config
-    from deeplabv1.data.archive import remove_stale_extractions
     from deeplabv1.data.config import DOWNLOAD_CONFIG_NAME, DownloadConfig
     from deeplabv1.data.download import download_datasets
     from deeplabv1.rundir import run_directory
 
     cfg = _resolve(DownloadConfig, args)
-    # the root may hold much else: only our own leftovers are cleaned (.extract-* folders)
-    with run_directory(cfg.root, overwrite=cfg.overwrite, flag="--root", clean=False):
-        remove_stale_extractions(cfg.root)
+    with run_directory(cfg.root, overwrite=cfg.overwrite, flag="--root", command="data download"):
         paths = download_datasets(Path(cfg.root), names=cfg.archive_names(), source=cfg.source,
                                   md5=cfg.md5_overrides(), extract=cfg.extract,
                                   progress=sys.stderr.isatty(), overwrite=cfg.overwrite)
@@ -142,7 +139,8 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = _resolve(SynthConfig, args)
     start = time.perf_counter()
-    with run_directory(cfg.out, overwrite=cfg.overwrite, flag="--out"):
+    with run_directory(cfg.out, overwrite=cfg.overwrite, flag="--out", command="data synth",
+                       new_or_own=True):  # fmt: skip
         root = make_synthetic_voc(Path(cfg.out), cfg.num, size=cfg.size, seed=cfg.seed,
                                   num_classes=cfg.num_classes, val_fraction=cfg.val_fraction,
                                   void_width=cfg.void_width)  # fmt: skip

@@ -33,6 +33,7 @@ def run(args) -> int:
     import contextlib
 
     from deeplabv1.config import resolve_config
+    from deeplabv1.data.layout import input_folders
     from deeplabv1.distributed.context import env_rank
     from deeplabv1.evaluate.config import EvalConfig
     from deeplabv1.evaluate.run import run_eval
@@ -42,12 +43,15 @@ def run(args) -> int:
     cfg = resolve_config(EvalConfig, args)
     cfg.validate()
     rank = env_rank()
+    folders = {"--scores": cfg.scores}
+    if cfg.data is not None:  # the dataset's own folders: images, labels, split lists
+        folders["--data"] = input_folders(cfg.data, cfg.label_dir, cfg.split)
     with contextlib.ExitStack() as stack:
         for flag, folder in (("-o", cfg.out), ("--save-scores", cfg.save_scores)):
             if folder is not None:
                 stack.enter_context(group_run_directory(
-                    folder, rank=rank, inputs=[cfg.weights], input_folders={"--scores": cfg.scores},
-                    overwrite=cfg.overwrite, flag=flag))  # fmt: skip
+                    folder, rank=rank, inputs=[cfg.weights], input_folders=folders,
+                    overwrite=cfg.overwrite, flag=flag, command="eval"))  # fmt: skip
         out = Path(cfg.out)
         check_outputs(out / n for n in ("config.yaml", "results.json", "results.md", "trimap.png"))
         run_eval(cfg)

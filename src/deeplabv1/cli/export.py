@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from deeplabv1.predict.export import export_onnx, require_onnx, run_onnx
 
     require_onnx(check=args.check)
-    with output_rules([args.weights], overwrite=args.overwrite):
+    with output_rules([args.weights], overwrite=args.overwrite, command="export"):
         check_outputs([args.onnx])
         model = model_from_checkpoint(args.weights).eval()
         path = export_onnx(

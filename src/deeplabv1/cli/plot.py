@@ -118,7 +118,7 @@ def stack_pngs(paths: list[Path], out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from deeplabv1.io import output_rules
 
-    with output_rules(args.files, overwrite=args.overwrite):
+    with output_rules(args.files, overwrite=args.overwrite, command="plot"):
         return _plot(args)
 
 

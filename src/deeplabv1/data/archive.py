@@ -10,7 +10,9 @@ the destination, hard links to anything but a file extracted before, a link repl
 earlier member, devices and FIFOs; and, once all members are known, any symbolic link that
 resolves outside.
 
-Extraction goes to a temporary folder beside the destination and is then moved into place.
+Extraction goes to a temporary folder beside the destination (named like the temporaries of
+``deeplabv1.io``, so that the leftovers of a killed extraction are cleaned the same way) and is
+then moved into place.
 Moving never deletes a folder: a folder is merged into an existing folder; a file whose path
 already holds the same bytes is replaced by its equal; any other clash (a file of other contents
 without ``overwrite``, a folder where the archive has a file or the reverse) is an error naming
@@ -22,13 +24,13 @@ from __future__ import annotations
 import filecmp
 import lzma
 import os
-import shutil
 import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import temporary_prefix
 
 _MAX_LINK_STEPS = 40  # as the kernel's ELOOP limit
 
@@ -148,14 +150,6 @@ def _move_tree(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def remove_stale_extractions(dest: str | os.PathLike) -> None:
-    """Delete the ``.extract-*`` folders an interrupted ``extract_archive`` left in ``dest``
-    (only while no other extraction runs there: the caller holds ``dest``'s lock)."""
-    for tmp in Path(dest).glob(".extract-*"):
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp)
-
-
 def extract_archive(
     archive: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False
 ) -> list[str]:
@@ -169,7 +163,8 @@ def extract_archive(
         tar = tarfile.open(archive, "r:*")  # noqa: SIM115 (closed by the with below)
     except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DeepLabError(f"{archive}: not a readable tar archive ({exc})") from exc
-    with tar, tempfile.TemporaryDirectory(prefix=".extract-", dir=dest) as tmp:
+    with tar, tempfile.TemporaryDirectory(prefix=temporary_prefix("extract"), suffix=".tmp",
+                                          dir=dest) as tmp:  # fmt: skip
         try:
             members = tar.getmembers()
             check_members(archive, members, dest)

@@ -8,7 +8,8 @@ accepts both layouts, recognised by their folders:
   ``ImageSets/Segmentation/<split>.txt``.
 - a plain folder (``deeplabv1.data.folder``): ``images/`` + ``masks/`` with the same stems.
 
-Either root may hold a classes file (``deeplabv1.data.classes``).
+Either root may hold a classes file (``deeplabv1.data.classes``). A root holding both layouts
+is an error (which one is meant cannot be told).
 """
 
 from __future__ import annotations
@@ -40,11 +41,19 @@ def detect_layout(root: str | os.PathLike) -> tuple[Layout, Path]:
     """``("voc", VOC2012 folder)`` or ``("folder", root)``; otherwise an error saying what a
     dataset folder needs."""
     root = Path(root)
+    plain = (root / folder.IMAGES_DIR).is_dir()
     try:
-        return "voc", voc.resolve_voc_root(root)
+        base = voc.resolve_voc_root(root)
     except DeepLabError:
         pass
-    if (root / folder.IMAGES_DIR).is_dir():
+    else:
+        if plain:
+            raise DeepLabError(
+                f"{root}: holds both a plain dataset ({folder.IMAGES_DIR}/ + {folder.MASKS_DIR}/) "
+                f"and a VOC2012 layout ({base / 'JPEGImages'}); keep one layout per dataset folder"
+            )
+        return "voc", base
+    if plain:
         return "folder", root
     if not root.exists():
         raise DeepLabError(f"{root}: dataset folder not found")
@@ -52,6 +61,33 @@ def detect_layout(root: str | os.PathLike) -> tuple[Layout, Path]:
         f"{root}: not a dataset folder: expected images/ + masks/ (a plain dataset) or "
         "JPEGImages/ (VOC2012 layout; also looked in VOC2012/ and VOCdevkit/VOC2012/)"
     )
+
+
+def input_folders(
+    root: str | os.PathLike, label_dir: str | None = None, split: str | None = None
+) -> list[Path]:
+    """The dataset's folders that hold its inputs (images, labels, split lists) and the folders
+    between the root and them, the root included: no command's outputs belong there. A root
+    that is no dataset (yet) gives the root alone."""
+    root = Path(root)
+    try:
+        layout, base = detect_layout(root)
+    except DeepLabError:
+        return [root]
+    if layout == "voc":
+        inside = [base / "JPEGImages", base / voc.VOC_LABEL_DIR, base / voc.AUG_LABEL_DIR,
+                  base / voc.SEGMENTATION_LISTS]  # fmt: skip
+    else:
+        inside = [base / folder.IMAGES_DIR, base / folder.MASKS_DIR]
+    if label_dir is not None and str(label_dir).lower() != "none":
+        inside.append(base / label_dir)  # an absolute label_dir replaces base
+    if split is not None and Path(split).suffix == ".txt":
+        inside.append(Path(split).parent)  # a split list given as a path
+    found = [root]
+    for path in inside:
+        found.append(path)
+        found += [p for p in path.parents if root in p.parents]  # those between root and path
+    return list(dict.fromkeys(found))
 
 
 def default_train_split(root: str | os.PathLike) -> str:

@@ -151,7 +151,7 @@ def run_predict(cfg: PredictConfig) -> int:
     folders = {f"input {item}": item for item in cfg.inputs if Path(item).is_dir()}
     folder = group_run_directory(cfg.output, rank=rank, inputs=[*paths, cfg.weights],
                                  input_folders=folders, overwrite=cfg.overwrite,
-                                 flag="-o")  # fmt: skip
+                                 flag="-o", command="predict")  # fmt: skip
     with folder as out_dir, distributed_session(cfg.device, RANK_WAIT) as dist:
         return predict_in_group(cfg, paths, problems, out_dir, dist)
 

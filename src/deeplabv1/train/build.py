@@ -61,7 +61,7 @@ def load_init_weights(
     return the names left fresh. With ``class_names`` given, a checkpoint that stores other
     names keeps none of its classifier layers."""
     ckpt = load_checkpoint(init) if not isinstance(init, dict) else init
-    path = init if not isinstance(init, dict) else "checkpoint"
+    path = ckpt.get("file", init if not isinstance(init, dict) else "checkpoint")
     source = ckpt["model"]
     stored = ckpt.get("class_names")
     other_classes = (class_names is not None and stored is not None

@@ -10,9 +10,11 @@ otherwise they are skipped silently. Only rank 0 creates a ``TrainLogger``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+from deeplabv1.errors import DeepLabError
 from deeplabv1.io import atomic_write_text, record_outputs, write_error
 
 
@@ -62,11 +64,11 @@ class TrainLogger:
         self.out_dir = Path(out_dir)
         self.log_path = self.out_dir / "log.jsonl"
         truncate_log(self.log_path, start_iter)
-        record_outputs([self.log_path])  # appended below, so not listed by an atomic write
         try:
             self._file = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise write_error(self.log_path, exc) from exc
+        record_outputs([self.log_path], grown=True)  # appended to: ours while it is this file
         self._tb = _summary_writer(self.out_dir / "tb") if tensorboard else None
         self._bar = None
         if progress:
@@ -107,3 +109,5 @@ class TrainLogger:
         if self._tb is not None:
             self._tb.close()
         self._file.close()
+        with contextlib.suppress(DeepLabError):  # complete now: ours while it stays unchanged
+            record_outputs([self.log_path])

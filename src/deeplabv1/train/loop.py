@@ -12,8 +12,11 @@ Outputs in ``cfg.out_dir``: ``config.yaml`` (the resolved config), ``log.jsonl``
 
 ``cfg.out_dir`` is a ``deeplabv1.rundir.run_directory`` held by rank 0 for the whole run (both
 stages): a second run into it stops at once with an error naming the first; temporary files of
-a killed run are removed; files there that the run would replace or prune must be deeplabv1's
-own (or ``overwrite``), and the ``init`` checkpoint is never written over.
+a killed run are removed; files there that the run would replace or prune must be ``train``'s
+own (or, for files deeplabv1 did not write, ``overwrite``), and the ``init`` checkpoint is never
+written over. A folder holding an earlier run (its final.pt, checkpoints or log) is only
+continued (``resume``) or, with ``overwrite``, cleared of that run's checkpoints first; a fresh
+run never mixes with it.
 """
 
 from __future__ import annotations
@@ -73,22 +76,51 @@ def train(cfg: TrainConfig) -> Path:
         return _train_stages(cfg)
     out_dir = Path(cfg.out_dir)
     inputs = [cfg.init]
-    if cfg.resume not in (None, "auto") and Path(cfg.resume).resolve().parent not in (
-        out_dir.resolve(), out_dir.resolve() / "crf"):  # fmt: skip
+    if cfg.resume is not None and not _continues(cfg, out_dir):
         inputs.append(cfg.resume)  # a checkpoint of another run: never written over
-    with run_directory(out_dir, inputs=inputs, overwrite=cfg.overwrite, flag="--out-dir"):
-        check_outputs(_replaceable(out_dir, cfg.crf == "end-to-end"))
+    with run_directory(out_dir, inputs=inputs, overwrite=cfg.overwrite, flag="--out-dir",
+                       command="train"):  # fmt: skip
+        check_outputs(_replaceable(out_dir))
+        _start_over(cfg, out_dir)
         return _train_stages(cfg)
 
 
-def _replaceable(out_dir: Path, crf_stage: bool) -> list[Path]:
-    """Files in ``out_dir`` that a run may replace or prune (which must be deeplabv1's own)."""
-    folders = [out_dir, out_dir / "crf"] if crf_stage else [out_dir]
+def _replaceable(out_dir: Path) -> list[Path]:
+    """Files in ``out_dir`` (and its end-to-end stage's ``crf/``) that a run may replace or
+    prune (which must be train's own)."""
     found = []
-    for folder in folders:
+    for folder in (out_dir, out_dir / "crf"):
         found += [folder / name for name in ("config.yaml", "log.jsonl", st.FINAL_NAME)]
         found += [path for _, path in st.list_checkpoints(folder)]
     return found
+
+
+def _continues(cfg: TrainConfig, out_dir: Path) -> bool:
+    """Whether ``cfg.resume`` continues the run in ``out_dir`` (``auto``, or one of its
+    checkpoints)."""
+    if cfg.resume is None or cfg.resume == "auto":
+        return cfg.resume == "auto"
+    return Path(cfg.resume).resolve().parent in (out_dir.resolve(), (out_dir / "crf").resolve())
+
+
+def _start_over(cfg: TrainConfig, out_dir: Path) -> None:
+    """A fresh run into a folder holding an earlier run: refused, or with ``overwrite`` the
+    earlier checkpoints are deleted first (they would be pruned or resumed as this run's)."""
+    if _continues(cfg, out_dir):
+        return
+    earlier = [p for p in _replaceable(out_dir) if p.is_file() and p.name != "config.yaml"]
+    earlier = [p for p in earlier if p.name != "log.jsonl" or p.stat().st_size]  # a logged run
+    if not earlier:
+        return
+    if not cfg.overwrite:
+        shown = ", ".join(str(p.relative_to(out_dir)) for p in earlier[:3])
+        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        raise DeepLabError(f"--out-dir {out_dir}: holds an earlier training run ({shown}{more}); "
+                           "pass --resume auto to continue it, --overwrite to replace it, or "
+                           "choose another folder")  # fmt: skip
+    for path in earlier:
+        if path.name != "log.jsonl":  # the log is truncated when this run starts it
+            path.unlink()
 
 
 def _train_stages(cfg: TrainConfig) -> Path:

@@ -18,6 +18,7 @@ import torch
 
 from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import may_replace
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{6,})\.pt$")
 FINAL_NAME = "final.pt"
@@ -66,7 +67,8 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
     if keep <= 0:
         return
     for _, path in list_checkpoints(out_dir)[:-keep]:
-        path.unlink(missing_ok=True)
+        if may_replace(path):  # never a file deeplabv1 did not write (unless --overwrite)
+            path.unlink(missing_ok=True)
 
 
 def get_rng_state() -> dict[str, Any]:
