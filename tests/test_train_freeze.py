@@ -87,7 +87,8 @@ def test_a_reinitialised_fc8_is_in_the_optimizer(data, inits, arch, train_fc8, r
         state = "trained" if fc8_trained else "frozen"
         assert notes[-1].startswith(f"MSc: trunk frozen, branches trained, fc8 {state}")
         assert ("because it was re-initialised" in notes[-1]) == (
-            renewed and not cfg.resolved_msc_train_fc8())
+            renewed and not cfg.resolved_msc_train_fc8()
+        )
 
 
 @pytest.mark.parametrize("arch", ["deeplab-msc", "deeplab-msc-largefov"])
