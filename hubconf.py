@@ -2,7 +2,7 @@
 
     import torch
     model = torch.hub.load("path/to/deeplabv1", "deeplab_largefov", source="local",
-                           weights="model.pt")          # a checkpoint path or URL
+                           weights="model.pt")          # a path, file:// or http(s):// URL
     model = torch.hub.load("path/to/deeplabv1", "deeplab_msc", source="local", num_classes=5)
     model.eval()   # returned in training mode, as torchvision's models are
 

@@ -162,11 +162,15 @@ def test_crash_keeps_earlier_results_and_auto_resume_matches(synth_root, tmp_pat
 @pytest.mark.parametrize("arch, fc8_trained", [("deeplab-msc", True),
                                                ("deeplab-msc-largefov", False)])  # fmt: skip
 def test_msc_trunk_stays_frozen_in_the_joint_stage(synth_root, tmp_path, arch, fc8_trained):
+    from deeplabv1.checkpoint import save_checkpoint
     from deeplabv1.models import build_model
 
+    src = build_model(arch, num_classes=NUM_CLASSES, width=1 / 16)  # a trained network's role
+    init = tmp_path / "init.pt"
+    save_checkpoint(init, src.state_dict(), arch=arch, num_classes=NUM_CLASSES, width=1 / 16)
     out = tmp_path / arch
     final = train(_cfg(synth_root, out, arch=arch, crf_max_iter=2, checkpoint_every=0,
-                       crf_checkpoint_every=0, crf_dropout=False))  # fmt: skip
+                       crf_checkpoint_every=0, crf_dropout=False, init=str(init)))  # fmt: skip
     stage1, joint = load_checkpoint(out / "final.pt")["model"], load_checkpoint(final)["model"]
     changed = {k for k in stage1 if not torch.equal(stage1[k], joint[k])}
     msc_layers = build_model(arch, num_classes=NUM_CLASSES, width=1 / 16).msc_layer_names

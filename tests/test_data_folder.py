@@ -176,15 +176,18 @@ def test_mask_warnings_fire_on_0_255_masks(tmp_path: Path, capsys) -> None:
     root = write_folder(tmp_path / "binary", masks)
     res = check_dataset(root, "all", num_classes=2)
     void = sum(int((m == 255).sum()) for m in masks.values())
-    assert res.ok and res.pixel_counts == Counter({0: 4 * 24 * 32 - void, 255: void})
+    assert res.num_problems == 0 and res.pixel_counts == Counter({0: 4 * 24 * 32 - void, 255: void})
     assert res.warnings[0] == "class(es) never present in the masks of split 'all': 1 (class1)"
     assert res.warnings[1].startswith(
         f"void (255) covers {100 * void / (4 * 24 * 32):.1f}% of the pixels of the masks of "
         "split 'all' (no pixel of a class other than 0)")  # fmt: skip
     assert "save them as class index 1 instead" in res.warnings[1]
-    assert main(["data", "check", "--root", str(root), "--split", "all", "--num-classes", "2"]) == 0
+    assert not res.ok and res.exit_status == 3  # warnings only: not "OK", not exit 0
+    assert main(["data", "check", "--root", str(root), "--split", "all", "--num-classes", "2"]) == 3
     out = capsys.readouterr().out
-    assert out.count("  warning: ") == 2 and "OK; label pixels per value: 0 (class0)" in out
+    assert out.count("  warning: ") == 2 and "OK" not in out
+    assert out.endswith("  no problems, 2 warnings; label pixels per value: 0 (class0): "
+                        f"{4 * 24 * 32 - void:,}, 255 (void): {void:,}\n")  # fmt: skip
 
 
 def test_check_lists_values_beyond_the_classes(tmp_path: Path, capsys) -> None:

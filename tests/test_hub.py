@@ -61,29 +61,100 @@ def test_one_entry_point_per_variant():
         assert model.class_names == ["class0", "class1", "class2", "class3"]
 
 
+@pytest.fixture
+def http_root(tmp_path):
+    """(folder, base URL): a local HTTP server on 127.0.0.1 serving ``folder``."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _assert_weights(model, src) -> None:
+    for name, value in src.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+
+
 def test_weights_by_path_and_by_url(tmp_path, hub_dir):
     src, path = _saved(tmp_path)
     for weights in (str(path), path.as_uri()):
         model = hub_load("deeplab_largefov", weights=weights)
-        for name, value in src.state_dict().items():
-            assert torch.equal(model.state_dict()[name], value), name
+        _assert_weights(model, src)
         assert model.class_names == ["bg", "road", "car"] and model.training
-    assert (hub_dir / "checkpoints" / "model.pt").is_file()  # the URL's download
+    assert not (hub_dir / "checkpoints").exists()  # a file:// URL is read in place
     x = torch.randn(1, 3, 65, 65)
     model.eval()
     torch.testing.assert_close(model(x), src.eval()(x))
 
 
-def test_check_hash_verifies_the_download(tmp_path, hub_dir):
-    _, path = _saved(tmp_path)
+def test_file_urls_with_one_file_name_give_their_own_models(tmp_path, hub_dir):
+    """Every run's checkpoint is called final.pt: two runs, and a file retrained in place."""
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+    first, one = _saved(tmp_path / "run1", name="final.pt")
+    second, two = _saved(tmp_path / "run2", name="final.pt")
+    assert not torch.equal(first.fc8.weight, second.fc8.weight)
+    _assert_weights(hub_load("deeplab_largefov", weights=one.as_uri()), first)
+    _assert_weights(hub_load("deeplab_largefov", weights=two.as_uri()), second)
+    third, _ = _saved(tmp_path / "run1", name="final.pt")  # run1 retrained
+    assert not torch.equal(first.fc8.weight, third.fc8.weight)
+    _assert_weights(hub_load("deeplab_largefov", weights=one.as_uri()), third)
+    assert not (hub_dir / "checkpoints").exists()
+
+
+def test_http_urls_with_one_file_name_are_cached_apart(tmp_path, hub_dir, http_root):
+    folder, base = http_root
+    for run in ("run1", "run2"):
+        (folder / run).mkdir()
+    first, _ = _saved(folder / "run1", name="final.pt")
+    second, _ = _saved(folder / "run2", name="final.pt")
+    urls = [f"{base}/run1/final.pt", f"{base}/run2/final.pt"]
+    _assert_weights(hub_load("deeplab_largefov", weights=urls[0]), first)
+    _assert_weights(hub_load("deeplab_largefov", weights=urls[1]), second)
+    cached = sorted((hub_dir / "checkpoints").iterdir())
+    assert len(cached) == 2 and all(p.name.endswith("-final.pt") for p in cached)
+    shutil.rmtree(folder / "run1")  # now only the cache holds run1's model
+    _assert_weights(hub_load("deeplab_largefov", weights=urls[0]), first)
+
+
+def test_check_hash_verifies_the_download_and_the_cache(tmp_path, hub_dir, http_root):
+    folder, base = http_root
+    src, path = _saved(folder)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    good = path.rename(tmp_path / f"model-{digest[:10]}.pt")
-    model = hub_load("deeplab_largefov", weights=good.as_uri(), check_hash=True)
-    assert model.num_classes == 3
-    bad = shutil.copy(good, tmp_path / "model-0123456789.pt")
+    good = path.rename(folder / f"model-{digest[:10]}.pt")
+    model = hub_load("deeplab_largefov", weights=f"{base}/{good.name}", check_hash=True)
+    _assert_weights(model, src)
+    (cached,) = (hub_dir / "checkpoints").iterdir()
+    _, other = _saved(tmp_path, name="other.pt")
+    shutil.copy(other, cached)  # a cached copy that does not match its name: fetched again
+    model = hub_load("deeplab_largefov", weights=f"{base}/{good.name}", check_hash=True)
+    _assert_weights(model, src)
+    assert cached.read_bytes() == good.read_bytes()
+    shutil.copy(good, folder / "model-0123456789.pt")
     with pytest.raises(DeepLabError, match="download failed"):
-        hub_load("deeplab_largefov", weights=Path(bad).as_uri(), check_hash=True)
-    assert not (hub_dir / "checkpoints" / "model-0123456789.pt").exists()
+        hub_load("deeplab_largefov", weights=f"{base}/model-0123456789.pt", check_hash=True)
+    assert [p.name for p in (hub_dir / "checkpoints").iterdir()] == [cached.name]
+    # file:// URLs are checked in place
+    assert hub_load("deeplab_largefov", weights=good.as_uri(), check_hash=True).num_classes == 3
+    with pytest.raises(DeepLabError, match="SHA-256 does not begin with 0123456789"):
+        hub_load("deeplab_largefov", weights=(folder / "model-0123456789.pt").as_uri(),
+                 check_hash=True)  # fmt: skip
+    with pytest.raises(DeepLabError, match="check_hash needs a file name like"):
+        hub_load("deeplab_largefov", weights=f"{base}/final.pt", check_hash=True)
 
 
 def test_other_classes_keep_the_trunk_with_a_warning(tmp_path):

@@ -167,11 +167,24 @@ def voc21(tmp_path_factory):
     return make_synthetic_voc(tmp_path_factory.mktemp("voc21"), 2, size=(32, 32), num_classes=21)
 
 
+# MSc stage 1 starts, as released, from the trained plain network (the configs' --init)
+MSC_INIT_ARCH = {"deeplab-msc": "deeplab", "deeplab-msc-largefov": "deeplab-largefov"}
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_learning_rate_and_decay_multipliers(variant, voc21):
+def test_learning_rate_and_decay_multipliers(variant, voc21, tmp_path):
+    from deeplabv1.checkpoint import save_checkpoint
+
+    init = None
+    if variant in MSC_INIT_ARCH:  # without a checkpoint nothing would be frozen (random trunk)
+        base = build_model(MSC_INIT_ARCH[variant], num_classes=21, width=1 / 16)
+        init = str(tmp_path / "init.pt")
+        save_checkpoint(init, base.state_dict(), arch=base.arch, num_classes=21, width=1 / 16)
     cfg = load_config(CONFIGS[variant][0], width=1 / 16, data_root=str(voc21), split="train",
-                      label_dir="SegmentationClass")  # fmt: skip
+                      label_dir="SegmentationClass", init=init)  # fmt: skip
     model, _ = build_training_model(cfg)
+    if init is not None:  # fc8 copied, as from the released initial model: the recipe's freeze
+        assert torch.equal(model.fc8.weight, base.fc8.weight)
     groups = {}
     for group in build_optimizer(model, cfg).param_groups:
         for name in group["names"]:

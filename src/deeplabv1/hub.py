@@ -13,11 +13,13 @@ before inference. It carries ``class_names`` and ``palette`` (the checkpoint's, 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
 
 from torch import nn
 
@@ -25,34 +27,58 @@ from deeplabv1.errors import DeepLabError
 
 URL_SCHEMES = ("http", "https", "file")
 _HASH = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.pt
+URL_KEY_DIGITS = 16  # hex digits of the URL's SHA-256 that key its cached copy
 
 
 def weights_path(weights: str | os.PathLike, progress: bool = True, check_hash: bool = False):
-    """A local checkpoint path: ``weights`` itself, or a URL downloaded (once) into
-    ``<torch.hub.get_dir()>/checkpoints/``. ``check_hash``: the file name holds the first digits
-    of its SHA-256 (``name-<hash>.pt``) and the download must match them."""
+    """A local checkpoint path for ``weights``: a path as it is; a ``file://`` URL as the file it
+    names (read in place, never cached); an ``http(s)://`` URL downloaded once into
+    ``<torch.hub.get_dir()>/checkpoints/<url key>-<file name>``, where the key is the first
+    digits of the whole URL's SHA-256, so that two URLs ending in the same file name (every
+    run's ``final.pt``) never share a copy. ``check_hash``: the file name holds the first digits
+    of the file's SHA-256 (``name-<hash>.pt``, torch.hub's convention) and the file must match
+    them, the cached copy of a URL included (a copy that does not is downloaded again)."""
     text = os.fspath(weights)
-    if urlparse(text).scheme not in URL_SCHEMES:
+    url = urlparse(text)
+    if url.scheme not in URL_SCHEMES:
         return Path(text)
-    import torch.hub
-
-    name = Path(urlparse(text).path).name
+    name = Path(unquote(url.path)).name
     if not name:
         raise DeepLabError(f"{text}: the URL names no file")
-    target = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if not target.is_file():
-        prefix = None
-        if check_hash:
-            match = _HASH.search(name)
-            if match is None:
-                raise DeepLabError(f"{text}: check_hash needs a file name like name-<sha256>.pt")
-            prefix = match.group(1)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(text, str(target), prefix, progress=progress)
-        except (OSError, RuntimeError, ValueError) as exc:
-            raise DeepLabError(f"{text}: download failed ({exc})") from exc
+    prefix = None
+    if check_hash:
+        match = _HASH.search(name)
+        if match is None:
+            raise DeepLabError(f"{text}: check_hash needs a file name like name-<sha256>.pt")
+        prefix = match.group(1)
+    if url.scheme == "file":
+        if url.netloc not in ("", "localhost"):
+            raise DeepLabError(f"{text}: a file URL on another host ({url.netloc})")
+        path = Path(url2pathname(url.path))
+        if prefix is not None and path.is_file() and not _sha256(path).startswith(prefix):
+            raise DeepLabError(f"{text}: the file's SHA-256 does not begin with {prefix}, the "
+                               "digits its name gives")  # fmt: skip
+        return path
+    import torch.hub
+
+    key = hashlib.sha256(text.encode("utf-8")).hexdigest()[:URL_KEY_DIGITS]
+    target = Path(torch.hub.get_dir()) / "checkpoints" / f"{key}-{name}"
+    if target.is_file() and (prefix is None or _sha256(target).startswith(prefix)):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:  # into a temporary file beside the target, checked, then renamed over it
+        torch.hub.download_url_to_file(text, str(target), prefix, progress=progress)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise DeepLabError(f"{text}: download failed ({exc})") from exc
     return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load(

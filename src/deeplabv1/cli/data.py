@@ -158,4 +158,4 @@ def run_check(args: argparse.Namespace) -> int:
     res = check_dataset(Path(cfg.root), cfg.split, cfg.label_dir, cfg.num_classes, cfg.workers,
                         val_fraction=cfg.val_fraction)  # fmt: skip
     print(res.summary())
-    return 0 if res.ok else 1
+    return res.exit_status  # 0 OK, 1 problems, 3 warnings only (deeplabv1.data.check)

@@ -3,10 +3,15 @@
 Either layout (``deeplabv1.data.layout``). Problems, for each id of the split: the image exists
 and its header is readable, the label PNG exists, is a palette/grayscale PNG of the image's size,
 and holds only 0..num_classes-1 and 255 (the values outside are listed with their pixel and file
-counts). Warnings (``label_warnings``, also logged by ``deeplabv1 train``) flag masks that read
-fine but cannot be what was meant: a class that never appears, or void (255) everywhere: more
-than half of the pixels, or the only value besides 0 (binary masks saved as 0/255).
+counts); with ``--split all`` in a plain folder, also every mask without an image. Warnings
+(``label_warnings``, also logged by ``deeplabv1 train``) flag masks that read fine but cannot be
+what was meant: a class that never appears, or void (255) everywhere: more than half of the
+pixels, or the only value besides 0 (binary masks saved as 0/255).
 Reading is done by a thread pool (PIL releases the GIL while decoding).
+
+The verdict (``CheckResult.exit_status``, the command's exit status): 0 "OK" (no problems, no
+warnings), 1 problems, 3 warnings only; 2 stays the CLI's "could not check" (bad arguments, no
+dataset).
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deeplabv1.data import folder
 from deeplabv1.data.datasets import find_image
 from deeplabv1.data.palette import IGNORE_INDEX, read_label_png
 from deeplabv1.errors import DeepLabError
 
 PROBLEM_KINDS = ("missing images", "unreadable images", "missing labels", "bad labels",
-                 "label values >= num_classes", "size mismatches", "duplicate ids")  # fmt: skip
+                 "label values >= num_classes", "size mismatches", "duplicate ids",
+                 "masks without images")  # fmt: skip
+EXIT_OK, EXIT_PROBLEMS, EXIT_WARNINGS = 0, 1, 3
 
 
 @dataclasses.dataclass
@@ -43,8 +51,18 @@ class CheckResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
+    def num_problems(self) -> int:
+        return sum(len(msgs) for msgs in self.problems.values())
+
+    @property
     def ok(self) -> bool:
-        return not any(self.problems.values())
+        """No problems and no warnings: what "OK" means."""
+        return not self.num_problems and not self.warnings
+
+    @property
+    def exit_status(self) -> int:
+        """0 OK, 1 problems (warnings or not), 3 warnings only."""
+        return EXIT_PROBLEMS if self.num_problems else EXIT_WARNINGS if self.warnings else EXIT_OK
 
     def summary(self, limit: int = 10) -> str:
         lines = [f"{self.root} {self.split}: {self.num_images:,} images"]
@@ -55,11 +73,19 @@ class CheckResult:
                 if len(msgs) > limit:
                     lines.append(f"    ... and {len(msgs) - limit:,} more")
         lines += [f"  warning: {w}" for w in self.warnings]
-        if self.ok:
+        counted = _plural(len(self.warnings), "warning")
+        if self.num_problems:
+            lines.append(f"  {_plural(self.num_problems, 'problem')}, {counted}")
+        else:
             values = ", ".join(f"{_value_name(k, self.class_names)}: {v:,}"
                                for k, v in sorted(self.pixel_counts.items()))  # fmt: skip
-            lines.append(f"  OK; label pixels per value: {values}")
+            verdict = "OK" if self.ok else f"no problems, {counted}"
+            lines.append(f"  {verdict}; label pixels per value: {values}")
         return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _value_name(value: int, class_names: Sequence[str]) -> str:
@@ -157,6 +183,12 @@ def check_dataset(
     problems: dict[str, list[str]] = {k: [] for k in PROBLEM_KINDS}
     dupes = [sid for sid, n in Counter(found.ids).items() if n > 1]
     problems["duplicate ids"] = [f"{sid} listed more than once" for sid in dupes]
+    if found.layout == "folder" and split == "all":
+        stems = folder.list_image_stems(found.image_dir)
+        problems["masks without images"] = [
+            f"{mask}: no image {mask.stem}.jpg, .jpeg or .png in {found.image_dir}"
+            for mask in folder.masks_without_images(found.label_dir, stems)
+        ]
     total: Counter = Counter()
     outside: dict[int, list] = {}  # value -> [pixels, masks, first mask]
     with ThreadPoolExecutor(max(1, workers)) as pool:

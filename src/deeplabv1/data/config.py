@@ -142,10 +142,13 @@ class SynthConfig:
 
 @dataclass
 class CheckConfig:
-    """Validate a split: missing files, unreadable images, bad label values, size mismatches,
-    and masks that look wrong (a class never present; void where objects should be).
+    """Validate a split: missing files, unreadable images, bad label values, size mismatches
+    (with --split all in a plain folder, also masks without an image), and masks that look
+    wrong (a class never present; void where objects should be).
 
-    Writes nothing (the report goes to standard output; exit status 1 if anything is wrong).
+    Writes nothing (the report goes to standard output). Exit status: 0 when it prints OK (no
+    problems, no warnings), 1 when it lists problems, 3 when it prints warnings only (the files
+    read fine but the masks look wrong), 2 when it cannot check (bad arguments, no dataset).
     """
 
     root: str | None = _f(

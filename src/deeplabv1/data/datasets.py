@@ -156,17 +156,24 @@ def open_dataset(
     """The ``split`` of a VOC2012-layout root or a plain ``images/`` + ``masks/`` folder.
 
     The layout is detected (``deeplabv1.data.layout``); ``label_dir`` and ``val_fraction`` are
-    as in ``deeplabv1.data.layout.resolve_split``. In a plain folder every listed image must have
-    its mask (the error names the first missing ones).
+    as in ``deeplabv1.data.layout.resolve_split``. In a plain folder every listed id must have
+    its image and its mask (the error names the first missing ones).
     """
+    from deeplabv1.data.folder import unpaired_ids
     from deeplabv1.data.layout import resolve_split
 
     found = resolve_split(root, split, label_dir, val_fraction)
-    if found.layout == "folder" and found.label_dir is not None:
-        missing = [i for i in found.ids if not (found.label_dir / f"{i}.png").is_file()]
-        if missing:
-            first = ", ".join(f"{i}.png" for i in missing[:3]) + (", ..." if missing[3:] else "")
-            raise DeepLabError(f"{found.label_dir}: {len(missing)} image(s) of split {split!r} "
-                               f"have no mask ({first})")  # fmt: skip
+    if found.layout == "folder":
+        no_image, no_mask = unpaired_ids(found.image_dir, found.label_dir, found.ids)
+        if no_image:
+            raise DeepLabError(f"{found.image_dir}: {len(no_image)} id(s) listed in split "
+                               f"{split!r} have no image ({_first(no_image, '')})")  # fmt: skip
+        if no_mask:
+            raise DeepLabError(f"{found.label_dir}: {len(no_mask)} image(s) of split {split!r} "
+                               f"have no mask ({_first(no_mask, '.png')})")  # fmt: skip
     return SegmentationDataset(found.image_dir, found.label_dir, found.ids, transform,
                                num_classes, seed)  # fmt: skip
+
+
+def _first(stems: list[str], suffix: str) -> str:
+    return ", ".join(f"{i}{suffix}" for i in stems[:3]) + (", ..." if stems[3:] else "")

@@ -79,3 +79,25 @@ def folder_split_ids(
         f"{root}: no split list {split}.txt; write one (one image stem per line), pass "
         "--val-fraction F to cut train/val, or use --split all"
     )
+
+
+def unpaired_ids(
+    image_dir: Path, label_dir: Path | None, ids: list[str]
+) -> tuple[list[str], list[str]]:
+    """``(ids without an image, ids with an image but without a mask)``, in ``ids`` order (a
+    split list may name stems that have neither: those count as missing images only)."""
+    from deeplabv1.data.datasets import find_image
+
+    no_image = [i for i in ids if not find_image(image_dir, i).is_file()]
+    missing = set(no_image)
+    no_mask = [] if label_dir is None else [
+        i for i in ids if i not in missing and not (label_dir / f"{i}.png").is_file()]  # fmt: skip
+    return no_image, no_mask
+
+
+def masks_without_images(label_dir: Path, stems: list[str]) -> list[Path]:
+    """The masks (``<stem>.png``) of ``label_dir`` whose stem is not among the image ``stems``."""
+    known = set(stems)
+    return sorted(p for p in label_dir.iterdir()
+                  if p.suffix.lower() == ".png" and not p.name.startswith(".")
+                  and p.stem not in known)  # fmt: skip

@@ -11,9 +11,15 @@ fc8, another number of classes): those keep their fresh initialisation as releas
 N(0, 0.01)), as when Caffe copies weights by layer name. A checkpoint that names other classes
 than the run's, even as many, gets a fresh classifier too. Any other missing or mis-shaped weight
 is an error.
+
+Freezing (``freeze_for_msc``, MSc only): the recipe trains the new branches (and fc8 per
+``msc_train_fc8``) on a frozen trunk. A layer left at its fresh initialisation is trained all
+the same: a frozen random classifier would never learn.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -108,13 +114,52 @@ def init_note(model: nn.Module, path: str, ckpt: dict, fresh: list[str]) -> str:
     return note + (f"; fresh: {', '.join(others)}" if others else "")
 
 
-def freeze_for_msc(model: nn.Module, train_fc8: bool) -> None:
-    """MSc: train only the new branches (and fc8 when ``train_fc8``); freeze the trunk (P)."""
+def freeze_for_msc(model: nn.Module, train_fc8: bool, fresh: Iterable[str] = ()) -> str:
+    """MSc: train only the new branches (and fc8 when ``train_fc8``); freeze the trunk (P).
+
+    The recipe freezes weights a trained network learnt; a layer named in ``fresh`` (parameter
+    or module names left at their fresh initialisation, as ``load_init_weights`` returns them)
+    holds random weights and is trained whatever the recipe says: a re-initialised fc8 at the
+    release's MSc classifier multipliers (x1, biases x2), and with a random trunk (no
+    checkpoint) every layer. Returns the log line saying what is trained.
+    """
     if not getattr(model, "msc_layer_names", ()):
         raise DeepLabError(f"{model.arch}: the network does not name its MSc branch layers")
-    trainable = tuple(model.msc_layer_names) + (("fc8",) if train_fc8 else ())
+    renewed = {name.rsplit(".", 1)[0] for name in fresh}
+    random_trunk = any(m in renewed for m in _trunk(model))
+    trainable = tuple(model.msc_layer_names) + (("fc8",) if train_fc8 else ()) + tuple(renewed)
     for name, param in model.named_parameters():
-        param.requires_grad_(_under(name, trainable))
+        param.requires_grad_(random_trunk or _under(name, trainable))
+    note = f"MSc: {msc_training(model)}"
+    if random_trunk:
+        return note + (" (the trunk is not from a checkpoint; the recipe freezes a trained "
+                       "network's trunk and trains only the branches)")  # fmt: skip
+    if "fc8" in renewed and not train_fc8:
+        note += (
+            " at x1 like the branch classifiers because it was re-initialised "
+            "(msc_train_fc8 false freezes only an fc8 copied from the checkpoint)"
+        )
+    return note
+
+
+def _trunk(model: nn.Module) -> list[str]:
+    return [m for m in model.path_names if m != "fc8" and list(getattr(model, m).parameters())]
+
+
+def msc_training(model: nn.Module) -> str:
+    """What an MSc ``model`` trains, by ``requires_grad``: ``trunk frozen, branches trained,
+    fc8 frozen``, ``every layer trained``, ..."""
+    params = dict(model.named_parameters())
+
+    def state(modules) -> str:
+        flags = {p.requires_grad for n, p in params.items() if _under(n, tuple(modules))}
+        return "trained" if flags == {True} else "frozen" if flags == {False} else "partly frozen"
+
+    parts = {"trunk": state(_trunk(model)), "branches": state(model.msc_layer_names),
+             "fc8": state(["fc8"])}  # fmt: skip
+    if set(parts.values()) == {"trained"}:
+        return "every layer trained"
+    return ", ".join(f"{part} {how}" for part, how in parts.items())
 
 
 def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
@@ -132,16 +177,14 @@ def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, list[str]]:
         fresh = load_init_weights(model, ckpt, classes.names)
         notes.append(init_note(model, cfg.init, ckpt, fresh))
     else:
+        fresh = [name for name, _ in model.named_parameters()]
         notes.append("random initialisation (no --init checkpoint)")
     if cfg.dropout is not None:
         for module in model.modules():
             if isinstance(module, nn.Dropout | nn.Dropout2d):
                 module.p = cfg.dropout
     if getattr(model, "msc_branch_names", ()):
-        train_fc8 = cfg.resolved_msc_train_fc8()
-        freeze_for_msc(model, train_fc8)
-        fc8 = "trained" if train_fc8 else "frozen"
-        notes.append(f"MSc: trunk frozen, branches trained, fc8 {fc8}")
+        notes.append(freeze_for_msc(model, cfg.resolved_msc_train_fc8(), fresh))
     return model, notes
 
 

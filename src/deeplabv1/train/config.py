@@ -45,7 +45,8 @@ class TrainConfig:
         "with other classes its trunk is kept and the classifier re-initialised")
     msc_train_fc8: bool | None = _f(
         None, "MSc only: keep fc8 trainable (None = per release: deeplab-msc yes, "
-        "deeplab-msc-largefov no); the trunk is frozen and the new branches are trained")
+        "deeplab-msc-largefov no; an fc8 re-initialised for other classes is trained anyway); "
+        "the trunk is frozen and the new branches are trained")
     dropout: float | None = _f(None, "override the dropout probability (None = the network's 0.5)")
     # data
     data_root: str | None = _f(

@@ -9,8 +9,8 @@ the softmax cross-entropy against the full-resolution labels (255 ignored) train
 ``crf_lr``, no weight decay: the two kernel weights, the label compatibility initialised from
 Potts, and with ``crf_learn_std`` the kernel standard deviations). The network's dropout is
 off in this stage unless ``crf_dropout`` (measured on the demo: docs/crf_end_to_end.md). MSc
-networks keep stage 1's freeze (``build.freeze_for_msc``): trunk frozen, branches trained, fc8
-as ``msc_train_fc8`` resolves.
+networks keep stage 1's freeze (``build.freeze_for_msc``): the parameters stage 1 trained (the
+names in its optimizer's groups) are trained, the others stay frozen.
 
 Outputs in ``<out_dir>/crf/``: ``log.jsonl``, ``checkpoint_<iter>.pt`` every
 ``crf_checkpoint_every`` iterations (the newest ``keep_checkpoints`` kept) and ``final.pt``, all
@@ -144,17 +144,32 @@ def _resume_state(cfg, out_dir: Path, stage1) -> tuple[Path, dict] | None:
     return path, ckpt
 
 
-def _freeze_like_stage1(model, cfg, arch: str) -> list[str]:
-    """MSc networks: the trunk stays frozen as in stage 1 (only the branches train)."""
-    from deeplabv1.train.build import freeze_for_msc
+def _stage1_trained(ckpt: dict) -> set[str] | None:
+    """The network parameters stage 1 trained: the names in its optimizer's groups (only
+    trainable parameters have one), or None when the checkpoint holds no optimizer."""
+    groups = (ckpt.get("optimizer") or {}).get("param_groups")
+    if not groups or any("names" not in g for g in groups):
+        return None
+    return {name for g in groups for name in g["names"]} - {"crf"}
+
+
+def _freeze_like_stage1(model, cfg, ckpt: dict) -> list[str]:
+    """MSc networks: train exactly what stage 1 trained (``build.freeze_for_msc``: the trunk
+    frozen, the branches trained, fc8 per ``msc_train_fc8`` or because it was re-initialised;
+    everything without a checkpoint to start from). A checkpoint without its optimizer gets
+    the recipe's freeze."""
+    from deeplabv1.train.build import freeze_for_msc, msc_training
     from deeplabv1.train.config import replace
 
     if not getattr(model, "msc_branch_names", ()):
         return []
-    train_fc8 = replace(cfg, arch=arch).resolved_msc_train_fc8()
-    freeze_for_msc(model, train_fc8)
-    fc8 = "trained" if train_fc8 else "frozen"
-    return [f"CRF stage, MSc: trunk frozen, branches trained, fc8 {fc8}"]
+    trained = _stage1_trained(ckpt)
+    if trained is None:
+        note = freeze_for_msc(model, replace(cfg, arch=ckpt["arch"]).resolved_msc_train_fc8())
+        return [f"CRF stage, {note}"]
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trained)
+    return [f"CRF stage, MSc, as in stage 1: {msc_training(model)}"]
 
 
 def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | None = None) -> Path:
@@ -190,7 +205,7 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     stage1_iter = ckpt.get("stage1_iteration") if resumed else ckpt.get("iteration")
     # dropout off by default: the CRF should learn on the unaries it will see at test time
     model = model_from_checkpoint(ckpt).to(device).train(s.crf_dropout)
-    notes = _freeze_like_stage1(model, cfg, ckpt["arch"])
+    notes = _freeze_like_stage1(model, cfg, ckpt)
     num_classes = int(ckpt["num_classes"])
     layer = CRFLayer.from_checkpoint_entry(
         ckpt.get("crf") or ckpt["arch"], num_classes, iters=s.crf_train_iters,
