@@ -116,17 +116,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         return eval_in_group(cfg, dist)
 
 
-def eval_in_group(cfg: EvalConfig, dist) -> dict:
-    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
+def _setup(cfg: EvalConfig, device):
+    """The model (None with ``--scores``), its record, classes, dataset and CRF parameters."""
     from deeplabv1.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from deeplabv1.data.classes import stored_classes
     from deeplabv1.data.datasets import open_dataset
-    from deeplabv1.data.layout import detect_layout
     from deeplabv1.data.transforms import TestTransform
     from deeplabv1.distributed.work import file_sha256
-    from deeplabv1.evaluate.evaluator import evaluate
-    from deeplabv1.evaluate.report import trimap_curves, write_results
-    from deeplabv1.evaluate.scores import read_meta, write_meta
+    from deeplabv1.evaluate.scores import read_meta
 
     if cfg.data is None:
         raise DeepLabError("eval: --data DATASET is required (images/ + masks/ or VOC root)")
@@ -137,8 +134,6 @@ def eval_in_group(cfg: EvalConfig, dist) -> dict:
     if cfg.resume and not cfg.save_predictions:
         raise DeepLabError("eval: --resume reuses the per-image predictions of an interrupted "
                            "run; it needs --save-predictions")  # fmt: skip
-    device = dist.device
-    out = Path(cfg.out)
     model = None
     ckpt_crf = None
     if cfg.weights is not None:
@@ -169,6 +164,22 @@ def eval_in_group(cfg: EvalConfig, dist) -> dict:
         val_fraction=cfg.val_fraction,
     )
     params = resolve_crf_params(cfg, info["arch"], ckpt_crf) if cfg.crf else None
+    return model, info, classes, dataset, params
+
+
+def eval_in_group(cfg: EvalConfig, dist) -> dict:
+    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
+    from deeplabv1.data.layout import detect_layout
+    from deeplabv1.distributed.work import on_every_rank
+    from deeplabv1.evaluate.evaluator import evaluate
+    from deeplabv1.evaluate.report import trimap_curves, write_results
+    from deeplabv1.evaluate.scores import write_meta
+
+    # an error here (a missing checkpoint, a bad dataset) is the same error on every rank
+    model, info, classes, dataset, params = on_every_rank(lambda: _setup(cfg, dist.device),
+                                                          dist, "eval")  # fmt: skip
+    device = dist.device
+    out = Path(cfg.out)
     if cfg.save_scores is not None and dist.is_main:
         write_meta(cfg.save_scores, {**info, "palette": classes.palette(),
                                      "test_size": cfg.test_size, "data": str(cfg.data),
