@@ -133,13 +133,18 @@ def test_test_transform_pads_to_test_size() -> None:
     np.testing.assert_array_equal(out["rgb"].numpy(), img)
 
 
-def test_test_transform_refuses_larger_image_and_none_keeps_size() -> None:
+def test_test_transform_keeps_longer_sides_and_zero_or_none_keeps_size() -> None:
     img, lab = tiny(6, 4)
-    with pytest.raises(DeepLabError, match="larger than the test size 5x5"):
-        TestTransform(test_size=5)(img, lab)
-    out = TestTransform(test_size=None)(img, None)
-    assert out["image"].shape == (3, 6, 4)
-    assert (out["label"] == 255).all()
+    out = TestTransform(test_size=5)(img, lab)  # 6 > 5 kept, 4 padded to 5
+    assert out["image"].shape == (3, 6, 5)
+    np.testing.assert_array_equal(out["image"][:, :, :4].numpy(), to_caffe_input(img).numpy())
+    assert (out["image"][:, :, 4:] == 0).all()
+    for size in (None, 0):
+        out = TestTransform(test_size=size)(img, None)
+        assert out["image"].shape == (3, 6, 4)
+        assert (out["label"] == 255).all()
+    with pytest.raises(DeepLabError, match="test size must be >= 0"):
+        TestTransform(test_size=-1)
 
 
 def test_transform_rejects_mismatched_pairs() -> None:

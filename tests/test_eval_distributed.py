@@ -1,7 +1,9 @@
 """``eval`` and ``crf-search`` under torchrun (gloo, CPU) give a single process's results exactly.
 
 Synthetic data (7 images, 4 classes) and a tiny network. The single-process reference runs with
-one torch thread, as every rank does (the CPU CRF's float sums follow the thread count).
+one torch thread, as every rank does (torchrun's default, ``OMP_NUM_THREADS=1``): the float sums
+of the network's CPU kernels and of the CRF follow the thread count, so the exact equality the
+docs promise holds at equal thread counts only.
 """
 
 from __future__ import annotations

@@ -131,3 +131,94 @@ def test_bad_input_is_a_clean_error(setup, capsys):
     assert cli_main(["eval", "--weights", str(root / "missing.pt"), "--data", str(data),
                      "-o", str(root / "bad")]) == 2  # fmt: skip
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory):
+    """Three images, two larger than the test size (64 x 48) and one smaller (30 x 20)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("eval_sizes")
+    data = make_synthetic_voc(root / "voc", 3, size=(64, 48), num_classes=NUM_CLASSES, seed=4)
+    sid = sorted(p.stem for p in (data / "JPEGImages").glob("*.jpg"))[1]
+    for folder, suffix, resample in (("JPEGImages", ".jpg", Image.BILINEAR),
+                                     ("SegmentationClass", ".png", Image.NEAREST)):  # fmt: skip
+        path = data / folder / f"{sid}{suffix}"
+        with Image.open(path) as img:
+            img.resize((30, 20), resample).save(path)
+    return data
+
+
+@pytest.mark.parametrize("arch,test_size,batch_size", [
+    ("deeplab-largefov", 41, 2), ("deeplab", 41, 1), ("deeplab-largefov", 0, 2)])  # fmt: skip
+def test_eval_pads_large_images_as_segmenter_does(mixed_sizes, tmp_path, arch, test_size,
+                                                  batch_size):  # fmt: skip
+    """Images larger than --test-size (and --test-size 0) are padded as predict / Segmenter
+    pad them, not refused: eval's scores and labels are Segmenter's, image by image."""
+    from deeplabv1 import Segmenter
+    from deeplabv1.evaluate.scores import full_scores, load_scores
+
+    torch.manual_seed(1)
+    model = build_model(arch, num_classes=NUM_CLASSES, width=1 / 16).eval()
+    weights = tmp_path / "m.pt"
+    save_checkpoint(weights, model.state_dict(), arch=model.arch, num_classes=NUM_CLASSES,
+                    width=model.width, model_kwargs=model.model_kwargs)  # fmt: skip
+    argv = ["eval", "--weights", str(weights), "--data", str(mixed_sizes), "--split", "trainval",
+            "--test-size", str(test_size), "--batch-size", str(batch_size), "--save-predictions",
+            "--save-scores", str(tmp_path / "scores"), "--progress", "false", "--device", "cpu",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(argv) == 0
+    seg = Segmenter(model, test_size=test_size or None)
+    ds = voc_dataset(mixed_sizes, "trainval", num_classes=NUM_CLASSES)
+    assert sorted({ds.load(i)[0].shape for i in range(len(ds))}) == [(20, 30, 3), (48, 64, 3)]
+    for i, sid in enumerate(ds.ids):
+        rgb = ds.load(i)[0]
+        ref = seg.predict(rgb)
+        coarse, h, w, factor, crop = load_scores(tmp_path / "scores", sid)
+        scores = full_scores(coarse, h, w, factor, crop)
+        np.testing.assert_allclose(scores.numpy(), ref.scores, rtol=1e-4, atol=1e-4)
+        png = read_label_png(tmp_path / "out" / "predictions" / "network" / f"{sid}.png")
+        np.testing.assert_array_equal(png, scores.argmax(0).numpy())
+
+
+def test_eval_names_the_image_the_network_cannot_run_on(mixed_sizes, tmp_path, capsys,
+                                                        monkeypatch):  # fmt: skip
+    from deeplabv1.models import inference
+
+    model = build_model("deeplab-largefov", num_classes=NUM_CLASSES, width=1 / 16)
+    weights = tmp_path / "m.pt"
+    save_checkpoint(weights, model.state_dict(), arch=model.arch, num_classes=NUM_CLASSES,
+                    width=model.width, model_kwargs=model.model_kwargs)  # fmt: skip
+    real = inference.run_test_network
+
+    def out_of_memory_for_large_inputs(net, x):
+        if x.shape[-1] > 60:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate")
+        return real(net, x)
+
+    monkeypatch.setattr(inference, "run_test_network", out_of_memory_for_large_inputs)
+    argv = ["eval", "--weights", str(weights), "--data", str(mixed_sizes), "--split", "trainval",
+            "--test-size", "41", "--progress", "false", "--device", "cpu",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    first = sorted((mixed_sizes / "JPEGImages").glob("*.jpg"))[0]
+    assert err.splitlines() == [
+        f"deeplabv1 eval: error: {first}: cannot run the network on a 64x48 input "
+        "(DefaultCPUAllocator: not enough memory: you tried to allocate)"
+    ]
+
+
+def test_eval_leaves_the_callers_model_mode(setup):
+    """The network runs in eval mode (no dropout); a model in training mode stays in it."""
+    from deeplabv1.evaluate.evaluator import evaluate
+
+    root, data, model, _ = setup
+    ds = voc_dataset(data, "trainval", transform=TestTransform(TEST_SIZE), num_classes=NUM_CLASSES)
+    ref = evaluate(ds, model=model.eval())
+    model.train()
+    try:
+        assert evaluate(ds, model=model)["methods"] == ref["methods"]
+        assert model.training and all(m.training for m in model.modules())
+    finally:
+        model.eval()

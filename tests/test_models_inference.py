@@ -84,8 +84,28 @@ def test_predict_scores_without_padding_and_short_maps():
     torch.testing.assert_close(scores[..., :305, :305], full)
     short = crop_zoomed(torch.randn(1, 3, 39, 39), 306, 306)
     torch.testing.assert_close(short[..., :, 305], short[..., :, 304])
-    with pytest.raises(DeepLabError, match="larger than test_size"):
-        predict_scores(model, images, test_size=300)
+    # a side longer than test_size is padded to the next 8k + 2 (here 306 itself), not refused
+    torch.testing.assert_close(predict_scores(model, images, test_size=300), scores, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["deeplab-largefov", "deeplab-msc"])
+def test_predict_scores_runs_in_eval_mode_and_keeps_the_callers_mode(arch):
+    """A model in training mode (as model_from_checkpoint and torch.hub return it) gives the
+    same scores on every call, equal to eval mode's: dropout is off inside predict_scores, and
+    the caller's modes (the model's and each module's) are restored afterwards."""
+    model = build_model(arch, width=1 / 16, num_classes=4)
+    model.train()
+    model.drop6.eval()  # a caller's mixed modes come back as they were
+    images = torch.randn(1, 3, 40, 30)
+    first = predict_scores(model, images, test_size=41)
+    second = predict_scores(model, images, test_size=41)
+    assert model.training and not model.drop6.training and model.drop7.training
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    reference = predict_scores(model.eval(), images, test_size=41)
+    torch.testing.assert_close(first, reference, rtol=0, atol=0)
+    with torch.no_grad():  # and training mode really is noisy: the test can tell them apart
+        model.train()
+        assert not torch.equal(model(images), model(images))
 
 
 @pytest.mark.parametrize("side,expected", [(321, 41), (306, 39), (513, 65)])

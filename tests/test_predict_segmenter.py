@@ -152,3 +152,16 @@ def test_cuda_matches_cpu(tmp_path):
     a, b = cpu.predict(rgb, crf=True), gpu.predict(rgb, crf=True)
     np.testing.assert_allclose(b.net_probs, a.net_probs, atol=1e-3)
     assert (b.crf_labels == a.crf_labels).mean() > 0.99
+
+
+def test_model_in_training_mode_gives_repeatable_scores_and_keeps_its_mode(tmp_path):
+    """Segmenter runs the network in eval mode (no dropout) and leaves the caller's model in
+    the mode it was given: a model handed over mid-training stays in training mode."""
+    model = _checkpoint(tmp_path / "m.pt").train()
+    seg = Segmenter(model, test_size=None)
+    rgb = _image()
+    a, b = seg.predict(rgb), seg.predict(rgb)
+    assert model.training and seg.model.training
+    np.testing.assert_array_equal(a.scores, b.scores)
+    ref = Segmenter.from_checkpoint(tmp_path / "m.pt", test_size=None).predict(rgb)
+    np.testing.assert_array_equal(a.scores, ref.scores)

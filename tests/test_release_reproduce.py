@@ -1,16 +1,17 @@
 """docs/reproduce.md, command by command, on synthetic data in the real layouts.
 
-Every ``deeplabv1`` command of the document's bash blocks runs as written (shell variables
-expanded, globs too; ``deeplabv1 data`` is skipped: it needs the real archives) in a folder
-holding what the document expects: a synthetic VOC2012 root with train_aug / trainval_aug lists
-and labels, a synthetic test root without labels, the authors' caffemodels as synthetic files in
-the release's exact layout (``release_reference.release_caffemodel``, built from the release's
-train prototxts), a synthetic ``VGG_ILSVRC_16_layers.caffemodel`` and the packaged configs.
-Training commands get tiny-run flags appended (width 1/32, one iteration of one image), eval
-commands a test size of 65 (the images are 64 x 48; the full-size test procedure is checked
-pixel for pixel by test_release_alignment.py). Each
-eval's comment names the paper's row and number: the number must be the paper's and the row must
-be in the results it wrote; ``paper-table`` must print every row beside its published number.
+Every ``deeplabv1`` command of the document's bash blocks runs (shell variables expanded, globs
+too; ``deeplabv1 data`` is skipped: it needs the real archives) in a folder holding what the
+document expects: a synthetic VOC2012 root with train_aug / trainval_aug lists and labels, a
+synthetic test root without labels, the authors' caffemodels as synthetic files in the
+release's exact layout (``release_reference.release_caffemodel``, built from the release's
+train prototxts, at 1/32 of the width), a synthetic ``VGG_ILSVRC_16_layers.caffemodel`` and the
+packaged configs. The convert, eval and paper-table commands run exactly as written (eval at its
+real test size, 513); only the training commands get flags appended (``TINY_TRAIN``: width 1/32,
+one iteration of one image), as the document says. Each eval's comment names the paper's row and
+number: the number must be the paper's and the row must be in the results it wrote;
+``paper-table`` must list every row once per network, and the only thing that keeps a row of
+the document's commands from the paper's side is the width this test substitutes.
 """
 
 from __future__ import annotations
@@ -33,12 +34,9 @@ from deeplabv1.evaluate.report import method_name
 
 DOC = REPO / "docs" / "reproduce.md"
 WIDTH = 1 / 32
-TINY = {  # flags appended to keep the run small (the images are 64 x 48)
-    "train": ["--width", str(WIDTH), "--max-iter", "1", "--batch-size", "1", "--workers", "0",
+TINY_TRAIN = ["--width", str(WIDTH), "--max-iter", "1", "--batch-size", "1", "--workers", "0",
               "--device", "cpu", "--progress", "false", "--tensorboard", "false",
-              "--checkpoint-every", "0"],
-    "eval": ["--test-size", "65", "--device", "cpu", "--progress", "false"],
-}  # fmt: skip
+              "--checkpoint-every", "0"]  # fmt: skip
 
 
 def doc_commands(text: str) -> list[tuple[list[str], str]]:
@@ -102,51 +100,154 @@ def workspace(tmp_path, monkeypatch):
 
 
 def test_every_command_of_reproduce_md(workspace, capsys):
-    commands = doc_commands(DOC.read_text())
+    text = DOC.read_text()
+    assert f"(`{' '.join(TINY_TRAIN)}`)" in " ".join(text.split())  # the page lists them all
+    commands = doc_commands(text)
     assert sum(argv[0] == "eval" for argv, _ in commands) >= 24
     rows = []
     for argv, comment in commands:
         if argv[0] == "data":
             continue
-        run = expand(argv) + TINY.get(argv[0], [])
+        run = expand(argv) + (TINY_TRAIN if argv[0] == "train" else [])
         capsys.readouterr()
         assert main(run) == 0, f"deeplabv1 {' '.join(run)}: {capsys.readouterr().err[-2000:]}"
+        if argv[0] == "eval":
+            results = read_results(argv[argv.index("-o") + 1])
+            assert results["config"]["test_size"] == 513  # as written: the released test size
         if argv[0] == "eval" and comment:
             name, published = comment.rsplit(" ", 1)
             split = argv[argv.index("--split") + 1]
             assert PAPER_MEAN_IOU[split][name] == float(published), comment
-            results = read_results(argv[argv.index("-o") + 1])
             arch = results["model"]["arch"]
             assert name in {method_name(arch, m == "crf") for m in results["methods"]}, comment
-            rows.append((name, split))
+            rows.append((name, split, argv[argv.index("-o") + 1]))
         if argv[0] == "paper-table":
             table = capsys.readouterr().out
     covered = {(name, split) for split, names in PAPER_MEAN_IOU.items() for name in names}
     covered -= {(n, s) for n, s in covered if "7x7" in n or "4x4" in n}  # not released
-    assert set(rows) == covered  # every released row has a command, from both sources
-    assert len(rows) == 2 * len(covered)
-    for name, split in rows:
-        if split == "val":
-            published = f"{PAPER_MEAN_IOU[split][name]:.2f}"
-            assert re.search(rf"\| {re.escape(name)} \| val \| \d+ \| [\d.]+ \| {published} \|",
-                             table), name  # fmt: skip
+    assert {(n, s) for n, s, _ in rows} == covered  # every released row has a command,
+    assert len(rows) == 2 * len(covered)  # from both sources
+    # paper-table: one line per network and method, every val row of the document in it; the
+    # networks here are 1/32 wide, so each row is listed as not comparable for that reason only
+    # (and the LargeFOV script's CRF set for its parameters too)
+    assert "No result is comparable" in table
+    width = "width 1/32 (the paper's networks are full width)"
+    lines = [line for line in table.splitlines() if line.startswith("| DeepLab")]
+    for name, split, out in rows:
+        if split != "val":
+            continue
+        source = re.compile(rf"[| ]{re.escape(out)}/results\.json[ ,]")
+        mine = [line for line in lines if line.startswith(f"| {name} | val |")
+                and source.search(line)]  # fmt: skip
+        assert len(mine) == 1, (name, out, mine)
+        cells = [c.strip() for c in mine[0].split("|")[1:-1]]
+        assert cells[5] == width, mine[0]
+        if "CRF" in name:
+            assert cells[4].split(":")[0] == f"{results_arch(name)} (paper)", mine[0]
+    network_lines = [line for line in lines if "| - |" in line]
+    assert len(network_lines) == 8  # 4 released + 4 trained networks, each once
+    script = [line for line in lines if "largefov-run-densecrf" in line]
+    assert len(script) == 1 and "not the paper's set of DeepLab-LargeFOV" in script[0]
+
+
+def results_arch(name: str) -> str:
+    """The arch of a paper row's name: "DeepLab-MSc-CRF-LargeFOV" -> "deeplab-msc-largefov"."""
+    return name.replace("-CRF", "").lower()
+
+
+def paper_results(arch="deeplab-msc-largefov", crf=None, ious=(63.0, 69.2), **changes) -> dict:
+    """A results.json as eval writes it for a run like the paper's (VOC 2012 val, 21 classes,
+    full width, test size 513, the released test network, the variant's CRF set), with
+    ``changes`` (``"model.width": 0.5``, ``crf_iters=5``) applied."""
+    from deeplabv1.crf.params import DEEPLAB_CRF_PARAMS
+    from deeplabv1.data.palette import VOC_CLASSES
+
+    results = {
+        "model": {"arch": arch, "width": 1.0, "num_classes": 21, "class_names": list(VOC_CLASSES),
+                  "weights": "models/x.pt", "weights_sha256": "ab" * 32,
+                  "test_network": "release"},
+        "data": {"root": "VOC2012", "layout": "voc", "split": "val", "val_fraction": None,
+                 "num_images": 1449},
+        "crf_params": (crf or DEEPLAB_CRF_PARAMS[arch]).to_dict(),
+        "crf_iters": 10,
+        "crf_normalization": "after",
+        "config": {"test_size": 513},
+        "num_images": 1449,
+        "methods": {"network": {"mean_iou": ious[0]}, "crf": {"mean_iou": ious[1]}},
+    }  # fmt: skip
+    for key, value in changes.items():
+        part, _, name = key.rpartition(".")
+        (results[part] if part else results)[name] = value
+    return results
+
+
+def write_json(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(__import__("json").dumps(obj))
+    return path
 
 
 def test_paper_table_rows_and_errors(tmp_path, capsys):
-    results = {
-        "model": {"arch": "deeplab-msc-largefov"},
-        "data": {"split": "val"},
-        "num_images": 1449,
-        "methods": {"network": {"mean_iou": 63.0}, "crf": {"mean_iou": 69.2}},
-    }
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "results.json").write_text(__import__("json").dumps(results))
+    write_json(tmp_path / "a" / "results.json", paper_results())
     assert main(["paper-table", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
-    assert "| DeepLab-MSc-LargeFOV | val | 1449 | 63.00 | 64.21 | -1.21 |" in out
-    assert "| DeepLab-MSc-CRF-LargeFOV | val | 1449 | 69.20 | 68.70 | +0.50 |" in out
+    assert "| DeepLab-MSc-LargeFOV | val | 1449 | 63.00 | 64.21 | -1.21 | - |" in out
+    assert "| DeepLab-MSc-CRF-LargeFOV | val | 1449 | 69.20 | 68.70 | +0.50 | " in out
+    assert "Not comparable" not in out
     assert "over all 1449" not in out  # the full val set: no note
     (tmp_path / "bad.json").write_text("{}")
     assert main(["paper-table", str(tmp_path / "bad.json")]) == 2
     assert "bad.json: not a results.json" in capsys.readouterr().err
     assert main(["paper-table", str(tmp_path / "missing.json")]) == 2
+
+
+def test_paper_table_sets_only_like_beside_the_paper(tmp_path, capsys):
+    """Own classes, a reduced width, another test size, the LargeFOV script's CRF set: listed
+    apart with the reason, never beside the paper's number."""
+    from deeplabv1.crf.params import RELEASE_CRF_PARAMS
+    from deeplabv1.evaluate.paper import comparison_rows
+
+    own = paper_results("deeplab-largefov", ious=(17.23, 20.0), **{
+        "model.num_classes": 5, "model.class_names": ["background", "cat", "dog", "heron", "fish"],
+        "model.width": 0.125, "data.layout": "folder", "num_images": 4})  # fmt: skip
+    rows = comparison_rows(own)
+    assert [r["paper"] for r in rows] == [None, None]
+    reasons = "; ".join(rows[0]["not_comparable"])
+    assert "5 classes" in reasons and "width 1/8" in reasons and "plain image folder" in reasons
+    write_json(tmp_path / "own" / "results.json", own)
+    assert main(["paper-table", str(tmp_path / "own")]) == 0
+    out = capsys.readouterr().out
+    assert "62.25" not in out and "67.64" not in out  # DeepLab-(CRF-)LargeFOV's val numbers
+    assert "No result is comparable" in out and "| DeepLab-LargeFOV | val | 4 | 17.23 |" in out
+
+    script = paper_results("deeplab-largefov", crf=RELEASE_CRF_PARAMS["largefov-run-densecrf"],
+                           ious=(62.0, 66.0))  # fmt: skip
+    network, crf = comparison_rows(script)
+    assert network["paper"] == 62.25 and not network["not_comparable"]
+    assert crf["paper"] is None and "largefov-run-densecrf" in crf["not_comparable"][0]
+    small = paper_results("deeplab-largefov", **{"config.test_size": 0})
+    assert all(r["paper"] is None for r in comparison_rows(small))
+    assert "test size minimal padding" in comparison_rows(small)[0]["not_comparable"][0]
+    rescored = paper_results("deeplab-largefov", **{"model.scores": "s", "model.test_size": 65})
+    assert "test size 65" in comparison_rows(rescored)[0]["not_comparable"][0]  # the scores' size
+    iters = paper_results("deeplab-largefov", crf_iters=5)
+    assert [r["paper"] is None for r in comparison_rows(iters)] == [False, True]
+
+
+def test_paper_table_lists_one_network_once(tmp_path, capsys):
+    """eval/X and eval/X-crf evaluate the same network: its row appears once, naming both."""
+    plain = paper_results("deeplab-largefov", ious=(62.0, 0.0))
+    del plain["methods"]["crf"]
+    plain["crf_params"] = None
+    a = write_json(tmp_path / "eval" / "x" / "results.json", plain)
+    b = write_json(tmp_path / "eval" / "x-crf" / "results.json",
+                   paper_results("deeplab-largefov", ious=(62.0, 66.0)))  # fmt: skip
+    other = paper_results("deeplab-largefov", ious=(61.0, 65.0), **{"model.weights_sha256": "cd"})
+    c = write_json(tmp_path / "eval" / "y" / "results.json", other)
+    assert main(["paper-table", str(a), str(b), str(c)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Deep")]
+    network = [line for line in lines if line.startswith("| DeepLab-LargeFOV |")]
+    assert len(network) == 2  # x (from both files) and y
+    assert f"{a}, {b}" in network[0] and "62.00" in network[0]
+    assert str(c) in network[1] and "61.00" in network[1]
+    assert sum(line.startswith("| DeepLab-CRF-LargeFOV |") for line in lines) == 2

@@ -106,6 +106,22 @@ EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "on
           "onnxruntime": "onnx", "tensorboard": "tensorboard"}  # fmt: skip
 
 
+def report_error(command: str, message: str, exc: BaseException) -> None:
+    """The command's one error line on stderr. Under torchrun rank 0 prints it; another rank
+    stays silent when every rank has the same error (``GroupError``, or an error found before
+    the ranks joined their group: the same flags and files give every rank the same one) and
+    otherwise prints its own line naming the rank."""
+    from deeplabv1.distributed.context import env_rank, env_world_size, joined_group
+    from deeplabv1.distributed.work import GroupError
+
+    rank = env_rank() if env_world_size() > 1 else 0
+    if rank != 0:
+        if isinstance(exc, GroupError) or not joined_group():
+            return
+        command = f"{command} (rank {rank})"
+    print(f"deeplabv1 {command}: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -119,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
               f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
         return 2
     except DeepLabError as exc:
-        print(f"deeplabv1 {args.command}: error: {exc}", file=sys.stderr)
+        report_error(args.command, str(exc), exc)
         return 2
     except OSError as exc:  # a file the command could not read or write: name it, no traceback
         where = exc.filename if exc.filename is not None else "a file"
-        print(f"deeplabv1 {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        report_error(args.command, f"{where}: {exc.strerror or exc}", exc)
         return 2
     except KeyboardInterrupt:
         print(f"deeplabv1 {args.command}: interrupted", file=sys.stderr)

@@ -6,10 +6,10 @@ size with the mean colour (0 after mean subtraction) and the label with 255, tak
 resolution; the trainer shrinks it to the score grid with ``shrink_labels``
 (``label[o::8, o::8]``: o = 1 for DeepLab's 306 crop, as its train prototxt, 0 for 321 crops).
 
-Testing: pad bottom/right to ``test_size`` (513) with the mean colour; the label and the
-original RGB image are returned unpadded so that scores can be cropped back. The test procedure
-(``deeplabv1.models.inference``) pads further to the side the network's test prototxt uses
-(DeepLab: 514), again with the mean colour.
+Testing: pad bottom/right to ``test_size`` (513) with the mean colour (a longer side is kept);
+the label and the original RGB image are returned unpadded so that scores can be cropped back.
+The test procedure (``deeplabv1.models.inference``) pads further to the side the network's test
+prototxt uses (DeepLab: 514; a longer side: the next such side), again with the mean colour.
 
 Randomness comes only from the ``rng`` argument (``np.random.Generator``), so the dataset decides
 the seed of every item and training resumes exactly.
@@ -98,18 +98,21 @@ class TrainTransform:
 class TestTransform:
     """Pad to ``test_size`` squared (bottom/right, mean colour): the paper's test procedure.
 
-    ``test_size=None`` keeps the image size (no padding; batch size 1 then). Images larger than
-    ``test_size`` are refused: the released models were run on 513x513 inputs and VOC images are
-    at most 500x500, so a larger image means the wrong data or the wrong setting.
-    Returns ``dict(image=(3, T, T) float32, label=(H, W) int64, height, width, rgb=(H, W, 3))``.
+    A side longer than ``test_size`` is kept (not padded; the test network then pads it to the
+    next side it is made for, as ``predict`` and ``Segmenter`` do: the released procedure
+    generalised to images larger than VOC's 500 x 500). ``test_size=None`` or 0 keeps the image
+    size (minimal padding, as ``deeplabv1 predict --test-size 0``). Items of different sizes
+    are run one size at a time by ``deeplabv1.evaluate.evaluator.network_scores``.
+    Returns ``dict(image=(3, max(H, T), max(W, T)) float32, label=(H, W) int64, height, width,
+    rgb=(H, W, 3))``.
     """
 
     __test__ = False  # not a pytest class
 
     def __init__(self, test_size: int | None = 513) -> None:
-        if test_size is not None and test_size < 1:
-            raise DeepLabError(f"test size must be positive, got {test_size}")
-        self.test_size = None if test_size is None else int(test_size)
+        if test_size is not None and test_size < 0:
+            raise DeepLabError(f"test size must be >= 0 (0: minimal padding), got {test_size}")
+        self.test_size = int(test_size) if test_size else None
 
     def __repr__(self) -> str:
         return f"TestTransform(test_size={self.test_size})"
@@ -121,13 +124,7 @@ class TestTransform:
         h, w = image.shape[:2]
         data = to_caffe_input(image).numpy().transpose(1, 2, 0)
         if self.test_size is not None:
-            t = self.test_size
-            if h > t or w > t:
-                raise DeepLabError(
-                    f"image of {w}x{h} pixels is larger than the test size {t}x{t}; "
-                    f"pass a larger test size (e.g. --test-size {max(h, w)}) or resize the data"
-                )
-            data = pad_bottom_right(data, t, t, 0.0)
+            data = pad_bottom_right(data, self.test_size, self.test_size, 0.0)
         if label is None:
             label = np.full((h, w), IGNORE_INDEX, dtype=np.uint8)
         return {

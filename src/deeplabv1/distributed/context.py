@@ -50,6 +50,15 @@ class DistInfo:
         return self.world_size > 1
 
 
+_JOINED = [False]  # whether this process has joined a torchrun group (see joined_group)
+
+
+def joined_group() -> bool:
+    """Whether this process has joined its torchrun group (up to then every rank runs the
+    same checks of the same flags and files: an error there is every rank's)."""
+    return _JOINED[0]
+
+
 def env_rank() -> int:
     """This process's rank as torchrun set it (0 without torchrun)."""
     return int(os.environ.get("RANK", "0"))
@@ -107,6 +116,8 @@ def init_distributed(device_name: str = "auto", timeout: timedelta | None = None
             kwargs["timeout"] = timeout
         dist.init_process_group(backend, init_method="env://", rank=rank,
                                 world_size=world_size, **kwargs)  # fmt: skip
+    if world_size > 1:
+        _JOINED[0] = True
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

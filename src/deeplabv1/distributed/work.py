@@ -12,7 +12,8 @@ pieces the same way with one process or many:
   ``gather_summaries`` merges them on every rank and ``write_summary`` writes the merged
   summary once, from rank 0;
 - ``on_main``, ``on_every_rank`` and ``check_all`` turn an error on one rank into the same
-  error on every rank, so that no rank waits forever in a collective for one that gave up;
+  error on every rank (a ``GroupError``, which only rank 0 prints), so that no rank waits
+  forever in a collective for one that gave up;
 - ``close_work`` ends a run: the merged counts on every rank, and the setup record marked
   current when nothing failed.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,16 +95,28 @@ def write_summary(path: str | os.PathLike, merged: dict, info: DistInfo) -> Path
     return Path(path)
 
 
-def check_all(error: str | None, info: DistInfo, what: str) -> None:
-    """Raise DeepLabError on every rank when any rank reports an error (None: no error).
+class GroupError(DeepLabError):
+    """An error raised with the same message on every rank of a torchrun group (by
+    ``check_all``, ``on_main``, ``on_every_rank``): rank 0 reports it, the others need not."""
 
-    Every rank must call it at the same point; ``what`` names the step in the message.
+
+_RANK_PREFIX = re.compile(r"rank \d+: ")
+
+
+def check_all(error: str | None, info: DistInfo, what: str) -> None:
+    """Raise GroupError on every rank when any rank reports an error (None: no error).
+
+    Every rank must call it at the same point; ``what`` names the step in the message. The
+    same error on every rank (a missing checkpoint, say) is reported once, without the ranks.
     """
     errors = [e for e in gather_objects(error, info) if e]
     if errors:
         if len(errors) == 1:
-            raise DeepLabError(errors[0])
-        raise DeepLabError(f"{what}: {len(errors)} processes failed: " + "; ".join(errors))
+            raise GroupError(errors[0])
+        plain = {_RANK_PREFIX.sub("", e, count=1) for e in errors}
+        if len(plain) == 1 and len(errors) == info.world_size:
+            raise GroupError(plain.pop())
+        raise GroupError(f"{what}: {len(errors)} processes failed: " + "; ".join(errors))
 
 
 def on_main(fn: Callable[[], T], info: DistInfo) -> T:
@@ -118,7 +132,7 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
             error = str(exc)
     value, error = broadcast_object((value, error), info)
     if error is not None:
-        raise DeepLabError(error)
+        raise GroupError(error)
     return value
 
 
@@ -132,11 +146,17 @@ def on_every_rank(fn: Callable[[], T], info: DistInfo, what: str) -> T:
     try:
         value = fn()
     except Exception as exc:
-        if not isinstance(exc, DeepLabError):
+        if isinstance(exc, DeepLabError):
+            message = str(exc)
+        elif isinstance(exc, OSError):  # a file this rank could not read or write: no traceback
+            where = exc.filename if exc.filename is not None else "a file"
+            message = f"{where}: {exc.strerror or exc}"
+        else:
             import traceback
 
             traceback.print_exc()
-        error = f"rank {info.rank}: {exc if isinstance(exc, DeepLabError) else repr(exc)}"
+            message = repr(exc)
+        error = f"rank {info.rank}: {message}"
     check_all(error, info, what)
     return value
 

@@ -29,7 +29,9 @@ class EvalConfig:
     val_fraction: float | None = _f(
         None, "plain folder without split lists: the val fraction given to train")
     num_images: int | None = _f(None, "evaluate only the first N images of the split")
-    test_size: int | None = _f(513, "pad inputs to this square size (513 as released)")
+    test_size: int | None = _f(
+        513, "pad inputs to this square size (513 as released); longer sides to the next size "
+        "the test network takes; 0: minimal padding (as predict)")
     crf: bool = _f(False, "also evaluate network + dense CRF")
     crf_params: str | None = _f(
         None, "CRF parameter set by variant name (default: the checkpoint's, else its arch's)"

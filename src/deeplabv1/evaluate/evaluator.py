@@ -17,6 +17,7 @@ files instead of being recomputed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from deeplabv1.data.palette import read_label_png, save_label_png
+from deeplabv1.errors import DeepLabError
 from deeplabv1.evaluate.accumulator import EvalAccumulator
 from deeplabv1.evaluate.scores import full_scores, load_scores, save_scores
 
@@ -48,37 +50,64 @@ def network_scores(
 ) -> Iterator[tuple[str, torch.Tensor, np.ndarray, np.ndarray]]:
     """Yield (id, full-resolution scores (C,H,W), rgb (H,W,3) uint8, labels (H,W)) per image.
 
-    Test items come padded to the test size; the test network gives the coarse scores (with
-    their zoom factor and crop), which are saved to ``save_dir`` if given, then zoomed and
-    cropped to the image. MSc's dense test network sums at full resolution: its maps are saved
-    at full size (factor 1), cut to the image.
+    Test items come padded to the test size (a side longer than that to itself: the dataset's
+    ``TestTransform``) and are padded further to the side the variant's test network is made
+    for, as ``predict`` and ``Segmenter`` do. Items of one padded size share a forward pass.
+    The test network gives the coarse scores (with their zoom factor and crop), which are
+    saved to ``save_dir`` if given, then zoomed and cropped to the image. MSc's dense test
+    network sums at full resolution: its maps are saved at full size (factor 1), cut to the
+    image. An image the network cannot run on (out of memory, say) stops the run with a
+    DeepLabError naming its file.
     """
     from deeplabv1.models.inference import input_side_for, run_test_network
 
-    subset = torch.utils.data.Subset(dataset, list(indices))
+    indices = list(indices)
+    subset = torch.utils.data.Subset(dataset, indices)
     loader = torch.utils.data.DataLoader(
         subset, batch_size=batch_size, num_workers=workers, collate_fn=list
     )
-    model.eval()
-    for items in loader:
-        images = torch.stack([it["image"] for it in items]).to(device)
-        height, width = images.shape[-2:]
-        pad_h = input_side_for(model, height) - height
-        pad_w = input_side_for(model, width) - width
-        images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h))  # 0 = the mean colour
-        with torch.inference_mode():
-            coarse, factor, crop = run_test_network(model, images)
-            coarse = coarse.float()
-        for it, c in zip(items, coarse):
-            h, w = int(it["height"]), int(it["width"])
-            c_crop = crop
-            if factor == 1:  # already full size: keep only the image's pixels
-                c, c_crop = c[:, crop : crop + h, crop : crop + w], 0
-            if save_dir is not None:
-                save_scores(save_dir, it["id"], c, h, w, factor=factor, crop=c_crop,
-                            dtype=score_dtype, compress=compress)  # fmt: skip
-            rgb = np.asarray(it["rgb"], dtype=np.uint8)
-            yield it["id"], full_scores(c, h, w, factor, c_crop), rgb, np.asarray(it["label"])
+    batches = (zip(indices[k * batch_size :], items) for k, items in enumerate(loader))
+    for batch in batches:
+        for _, group in itertools.groupby(batch, key=lambda pair: pair[1]["image"].shape):
+            group = list(group)
+            items = [it for _, it in group]
+            images = torch.stack([it["image"] for it in items]).to(device)
+            height, width = images.shape[-2:]
+            pad_h = input_side_for(model, height) - height
+            pad_w = input_side_for(model, width) - width
+            images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h))  # 0 = the mean colour
+            try:
+                with torch.inference_mode():
+                    coarse, factor, crop = run_test_network(model, images)
+                    coarse = coarse.float()
+            except (RuntimeError, MemoryError, DeepLabError) as exc:
+                files = ", ".join(str(_image_file(dataset, i)) for i, _ in group)
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise DeepLabError(f"{files}: cannot run the network on a {width}x{height} "
+                                   f"input ({reason})") from exc  # fmt: skip
+            yield from _image_scores(items, coarse, factor, crop, save_dir, score_dtype, compress)
+
+
+def _image_file(dataset, index: int):
+    """The image file of item ``index`` for a message (its id if the dataset has no files)."""
+    try:
+        return dataset.image_path(index)
+    except Exception:  # no image_path, or the file went missing: the id still names it
+        return dataset.ids[index]
+
+
+def _image_scores(items, coarse, factor, crop, save_dir, score_dtype, compress):
+    """``network_scores``' per-image outputs of one forward pass (and the saved scores)."""
+    for it, c in zip(items, coarse):
+        h, w = int(it["height"]), int(it["width"])
+        c_crop = crop
+        if factor == 1:  # already full size: keep only the image's pixels
+            c, c_crop = c[:, crop : crop + h, crop : crop + w], 0
+        if save_dir is not None:
+            save_scores(save_dir, it["id"], c, h, w, factor=factor, crop=c_crop,
+                        dtype=score_dtype, compress=compress)  # fmt: skip
+        rgb = np.asarray(it["rgb"], dtype=np.uint8)
+        yield it["id"], full_scores(c, h, w, factor, c_crop), rgb, np.asarray(it["label"])
 
 
 def saved_scores(
@@ -90,8 +119,6 @@ def saved_scores(
         rgb, labels = dataset.load(i)
         coarse, h, w, factor, crop = load_scores(scores_dir, image_id)
         if (h, w) != labels.shape:
-            from deeplabv1.errors import DeepLabError
-
             raise DeepLabError(
                 f"{Path(scores_dir) / image_id}.npz: scores are for a {w}x{h} image, "
                 f"the dataset's image is {labels.shape[1]}x{labels.shape[0]}"
@@ -281,7 +308,6 @@ def evaluate(
         gather_summaries,
         split_complete,
     )
-    from deeplabv1.errors import DeepLabError
 
     if (model is None) == (scores_dir is None):
         raise DeepLabError("evaluate: give exactly one of a model or a folder of saved scores")

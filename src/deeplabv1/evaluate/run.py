@@ -65,6 +65,31 @@ def eval_classes(stored, data_root, num_classes: int):
     return found if found is not None else default_classes(num_classes)
 
 
+def test_network(model) -> str:
+    """"release" when ``model`` runs its variant's released test network (``build_model``'s
+    default: the same zooms, crop and input grid, and every layer that network changes at the
+    same setting), else the model's builder settings that make it differ."""
+    from torch.nn.modules.utils import _pair
+
+    from deeplabv1.models import build_model
+
+    release = build_model(model.arch, num_classes=1, width=1 / 64)
+    mine, ref = model.test_net, release.test_net
+
+    def setting(net, owner, name: str, key: str):
+        return _pair(net.overrides.get(name, {}).get(key, getattr(getattr(owner, name), key)))
+
+    same = (mine.zooms, mine.crop, mine.grid) == (ref.zooms, ref.crop, ref.grid) and all(
+        setting(mine, model, name, key) == setting(ref, release, name, key)
+        for name in {*mine.overrides, *ref.overrides}
+        for key in {*mine.overrides.get(name, {}), *ref.overrides.get(name, {})}
+    )
+    if same:
+        return "release"
+    kwargs = getattr(model, "model_kwargs", {}) or {}
+    return ", ".join(f"{k}={v}" for k, v in kwargs.items()) or "other"
+
+
 def prediction_setup(cfg: EvalConfig, params) -> dict:
     """What the per-image predictions depend on (checked before ``--resume`` reuses them)."""
     from deeplabv1.distributed.work import file_sha256
@@ -91,15 +116,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         return eval_in_group(cfg, dist)
 
 
-def eval_in_group(cfg: EvalConfig, dist) -> dict:
-    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
+def _setup(cfg: EvalConfig, device):
+    """The model (None with ``--scores``), its record, classes, dataset and CRF parameters."""
     from deeplabv1.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
     from deeplabv1.data.classes import stored_classes
     from deeplabv1.data.datasets import open_dataset
     from deeplabv1.data.transforms import TestTransform
-    from deeplabv1.evaluate.evaluator import evaluate
-    from deeplabv1.evaluate.report import trimap_curves, write_results
-    from deeplabv1.evaluate.scores import read_meta, write_meta
+    from deeplabv1.distributed.work import file_sha256
+    from deeplabv1.evaluate.scores import read_meta
 
     if cfg.data is None:
         raise DeepLabError("eval: --data DATASET is required (images/ + masks/ or VOC root)")
@@ -110,20 +134,21 @@ def eval_in_group(cfg: EvalConfig, dist) -> dict:
     if cfg.resume and not cfg.save_predictions:
         raise DeepLabError("eval: --resume reuses the per-image predictions of an interrupted "
                            "run; it needs --save-predictions")  # fmt: skip
-    device = dist.device
-    out = Path(cfg.out)
     model = None
     ckpt_crf = None
     if cfg.weights is not None:
         ckpt = load_checkpoint(cfg.weights)
         model = model_from_checkpoint(ckpt).to(device)
         info = {"arch": ckpt["arch"], "width": ckpt["width"], "num_classes": ckpt["num_classes"],
-                "weights": str(cfg.weights)}  # fmt: skip
+                "weights": str(cfg.weights), "weights_sha256": file_sha256(cfg.weights),
+                "test_network": test_network(model)}  # fmt: skip
         ckpt_crf = ckpt.get("crf")
         stored = checkpoint_classes(ckpt, str(cfg.weights))
     else:
         meta = read_meta(cfg.scores)
-        info = {k: meta.get(k) for k in ("arch", "width", "num_classes", "weights")}
+        keys = ("arch", "width", "num_classes", "weights", "weights_sha256", "test_network",
+                "test_size")  # fmt: skip
+        info = {k: meta.get(k) for k in keys}
         info["scores"] = str(cfg.scores)
         stored = stored_classes(meta.get("class_names"), meta.get("palette"),
                                 int(info["num_classes"]), str(cfg.scores))  # fmt: skip
@@ -139,6 +164,22 @@ def eval_in_group(cfg: EvalConfig, dist) -> dict:
         val_fraction=cfg.val_fraction,
     )
     params = resolve_crf_params(cfg, info["arch"], ckpt_crf) if cfg.crf else None
+    return model, info, classes, dataset, params
+
+
+def eval_in_group(cfg: EvalConfig, dist) -> dict:
+    """Evaluate as ``cfg`` says; write every output into ``cfg.out``; return the results."""
+    from deeplabv1.data.layout import detect_layout
+    from deeplabv1.distributed.work import on_every_rank
+    from deeplabv1.evaluate.evaluator import evaluate
+    from deeplabv1.evaluate.report import trimap_curves, write_results
+    from deeplabv1.evaluate.scores import write_meta
+
+    # an error here (a missing checkpoint, a bad dataset) is the same error on every rank
+    model, info, classes, dataset, params = on_every_rank(lambda: _setup(cfg, dist.device),
+                                                          dist, "eval")  # fmt: skip
+    device = dist.device
+    out = Path(cfg.out)
     if cfg.save_scores is not None and dist.is_main:
         write_meta(cfg.save_scores, {**info, "palette": classes.palette(),
                                      "test_size": cfg.test_size, "data": str(cfg.data),
@@ -164,8 +205,8 @@ def eval_in_group(cfg: EvalConfig, dist) -> dict:
     results["timing"]["total_seconds"] = round(time.perf_counter() - t0, 2)
     results = {
         "model": info,
-        "data": {"root": str(cfg.data), "split": cfg.split, "val_fraction": cfg.val_fraction,
-                 "num_images": results["num_images"]},
+        "data": {"root": str(cfg.data), "layout": detect_layout(cfg.data)[0], "split": cfg.split,
+                 "val_fraction": cfg.val_fraction, "num_images": results["num_images"]},
         "crf_params": dataclasses.asdict(params) if params is not None else None,
         "crf_iters": cfg.crf_iters,
         "crf_normalization": cfg.crf_normalization,

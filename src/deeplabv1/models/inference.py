@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +31,7 @@ ZOOM_METHODS = ("interpolate", "transposed")
 __all__ = [
     "OUTPUT_STRIDE",
     "crop_zoomed",
+    "eval_mode",
     "output_size",
     "predict_scores",
     "shrink_labels",
@@ -74,17 +78,33 @@ def input_side_for(model: torch.nn.Module | None, size: int, test_size: int | No
     return side + (grid - side) % OUTPUT_STRIDE
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in evaluation mode (no dropout) for the ``with`` block; afterwards every
+    module is back in the mode the caller left it in (a model in training mode stays one)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def run_test_network(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     """Run the model's test network on padded Caffe input ``x`` (B,3,H,W).
 
     Returns ``(scores, factor, crop)``: the full-resolution map is ``scores`` zoomed by
     ``factor`` with ``crop`` pixels cut at the start (:func:`crop_zoomed`). A model without a
-    ``forward_test`` is run as it is, zoomed x8 and not cropped.
+    ``forward_test`` is run as it is, zoomed x8 and not cropped. The network runs in evaluation
+    mode whatever mode the model is in (:func:`eval_mode`: the caller's mode is restored), so
+    the scores are deterministic: dropout is a training-time layer.
     """
     net = getattr(model, "test_net", None)
-    if net is None or not hasattr(model, "forward_test"):
-        return model(x), OUTPUT_STRIDE, 0
-    return model.forward_test(x), net.factor, net.crop
+    with eval_mode(model):
+        if net is None or not hasattr(model, "forward_test"):
+            return model(x), OUTPUT_STRIDE, 0
+        return model.forward_test(x), net.factor, net.crop
 
 
 def crop_zoomed(
@@ -116,17 +136,18 @@ def predict_scores(
     """Full-resolution scores (B,C,H,W) for Caffe-input images (B,3,H,W), as the release tests.
 
     The images are padded bottom/right with 0 (the mean colour) to at least ``test_size``
-    (``None``: only to the test network's grid), then to :func:`input_side_for`; the model's
-    test network runs on that and its map is zoomed and cropped back to the images. Images larger
-    than ``test_size`` are refused. The model is used as given (call ``model.eval()`` first).
+    (``None`` or 0: only to the test network's grid), then to :func:`input_side_for`: a side
+    longer than ``test_size`` goes to the next side the test network is made for (``8k + 1``;
+    DeepLab ``8k + 2``), as ``Segmenter`` and ``deeplabv1 eval`` do. The model's test network
+    runs on that and its map is zoomed and cropped back to the images.
+
+    The network always runs in evaluation mode (no dropout), so two calls give the same scores
+    whatever mode the model is in; the model's own mode is left as it was (models from
+    ``model_from_checkpoint`` or ``torch.hub.load`` come in training mode, as torchvision's do).
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise DeepLabError(f"predict_scores: expected (B,3,H,W) images, got {tuple(images.shape)}")
     height, width = images.shape[-2:]
-    if test_size is not None and (height > test_size or width > test_size):
-        raise DeepLabError(
-            f"predict_scores: image {height}x{width} is larger than test_size {test_size}"
-        )
     side_h = input_side_for(model, height, test_size)
     side_w = input_side_for(model, width, test_size)
     x = F.pad(images, (0, side_w - width, 0, side_h - height), value=0.0)

@@ -14,6 +14,9 @@ longer than ``test_size`` is padded to the next ``8k + 1`` (DeepLab: ``8k + 2``)
 640 -> 641), the size at which the score map's zoom lands exactly on the input grid;
 ``test_size=None`` always uses that minimal padding.
 
+The network runs in evaluation mode (no dropout) whatever mode the model was given in; the
+model's own mode is left as the caller set it (``deeplabv1.models.inference.eval_mode``).
+
 Where the CRF runs (``crf_device``, as ``deeplabv1 eval --crf-device``): ``auto`` (default) on
 the network's GPU when it runs on one (the torch lattice path), else the torch-free CPU engine;
 ``cpu`` always the CPU engine; ``same`` the network's device. A CRF that runs out of GPU memory
@@ -98,7 +101,7 @@ class Segmenter:
         from deeplabv1.data.classes import stored_classes
 
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device)  # the network runs in eval mode; the caller's mode stays
         self.test_size = test_size
         self.num_classes = int(getattr(model, "num_classes", 21))
         classes = stored_classes(
@@ -139,7 +142,7 @@ class Segmenter:
                 kwargs["crf_params"] = crf_params_from_checkpoint(saved, str(path))
             except (TypeError, ValueError) as exc:
                 raise DeepLabError(f"{path}: bad 'crf' entry {saved!r} ({exc})") from exc
-        model = model_from_checkpoint(ckpt)
+        model = model_from_checkpoint(ckpt).eval()
         return cls(model, device=device, **kwargs)
 
     @torch.no_grad()
