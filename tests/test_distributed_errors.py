@@ -78,8 +78,12 @@ def test_other_ranks_print_only_their_own_errors(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err == "deeplabv1 eval (rank 1): error: out/a.png: No space left on device\n"
     monkeypatch.setattr(context, "_JOINED", [False])  # before joining: every rank checks the same
+    monkeypatch.setenv("LOCAL_RANK", "1")  # ... files too, on the same machine
     report_error("eval", "--test-size must be >= 0", DeepLabError("--test-size must be >= 0"))
     assert capsys.readouterr().err == ""
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the first process of another machine: its files
+    report_error("eval", "data/VOC2012: not found", DeepLabError("data/VOC2012: not found"))
+    assert capsys.readouterr().err == "deeplabv1 eval (rank 1): error: data/VOC2012: not found\n"
     monkeypatch.setenv("RANK", "0")
     report_error("eval", "x.png: unreadable", GroupError("x.png: unreadable"))
     assert capsys.readouterr().err == "deeplabv1 eval: error: x.png: unreadable\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from deeplabv1 import __version__
@@ -108,15 +109,18 @@ EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "on
 
 def report_error(command: str, message: str, exc: BaseException) -> None:
     """The command's one error line on stderr. Under torchrun rank 0 prints it; another rank
-    stays silent when every rank has the same error (``GroupError``, or an error found before
-    the ranks joined their group: the same flags and files give every rank the same one) and
-    otherwise prints its own line naming the rank."""
+    stays silent when every rank has the same error (``GroupError``) and otherwise prints its
+    own line naming the rank. An error found before the ranks joined their group comes from
+    flags and files, the same for every process of a machine: the first process of each other
+    machine (``LOCAL_RANK`` 0) prints it too, since a file may be missing on one machine only."""
     from deeplabv1.distributed.context import env_rank, env_world_size, joined_group
     from deeplabv1.distributed.work import GroupError
 
     rank = env_rank() if env_world_size() > 1 else 0
     if rank != 0:
-        if isinstance(exc, GroupError) or not joined_group():
+        if isinstance(exc, GroupError):
+            return
+        if not joined_group() and os.environ.get("LOCAL_RANK", "0") != "0":
             return
         command = f"{command} (rank {rank})"
     print(f"deeplabv1 {command}: error: {message}", file=sys.stderr)
