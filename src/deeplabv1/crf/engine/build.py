@@ -76,7 +76,11 @@ def embed(features_t: np.ndarray, num_threads: int | None = None):
     feats = np.ascontiguousarray(features_t, dtype=np.float32)
     scale = scale_factors(d)
     parts = threads.ranges(p, threads.use_threads(num_threads))
-    threads.run(build_kernels.embed, [(feats, scale, q0, rank, bary, lo, hi) for lo, hi in parts])
+    bad = np.zeros(len(parts), np.int64)
+    threads.run(build_kernels.embed, [(feats, scale, q0, rank, bary, bad[t : t + 1], lo, hi)
+                                      for t, (lo, hi) in enumerate(parts)])  # fmt: skip
+    if bad.any():
+        raise ValueError(_too_large(float(np.abs(feats).max())))
     return q0, rank, bary
 
 
@@ -145,6 +149,15 @@ def build_tables(q0, rank, radix: Radix, n: int, index=np.int64, num_threads=Non
             for lo, hi in threads.ranges(m, threads.use_threads(num_threads))]  # fmt: skip
     threads.run(build_kernels.neighbours, jobs)
     return ids, nbrs
+
+
+def _too_large(top: float) -> str:
+    return (
+        f"features: values up to {top:.3g} (positions or colours divided by their standard "
+        "deviations) are too large for the lattice's float32 arithmetic: it finds no simplex "
+        "for some points (pydensecrf writes out of bounds there); use larger standard "
+        "deviations or scale the features down"
+    )
 
 
 def check_features(features: np.ndarray) -> None:

@@ -22,9 +22,12 @@ _MIX = np.int64(-7046029254386353131)  # odd 64-bit multiplier (0x9E3779B97F4A7C
 
 
 @kernel
-def embed(features_t, scale, q0, rank, bary, lo, hi):  # pragma: no cover - compiled
+def embed(features_t, scale, q0, rank, bary, bad, lo, hi):  # pragma: no cover - compiled
     """The enclosing simplex of float32 features (d, P), points lo..hi: q0 (d+1, P) int64 with
     rem0 = (d+1) q0, rank (d+1, P) int64 and the barycentric weights bary (d+1, P) float32.
+    bad[0] = 1 and a return at the first point whose float32 arithmetic gives no simplex
+    (features so large that the rounding errors exceed a lattice step: the remainder leaves
+    0..d, and pydensecrf writes out of bounds there).
 
     pydensecrf's SSE arithmetic in float32, operation for operation (any other rounding
     moves points whose residuals nearly tie into another simplex: the filter then differs
@@ -68,6 +71,9 @@ def embed(features_t, scale, q0, rank, bary, lo, hi):  # pragma: no cover - comp
             elif r > d:
                 r -= d + 1
                 qi[i] -= 1
+            if r < 0 or r > d:
+                bad[0] = 1
+                return
             rank[i, p] = r
             q0[i, p] = qi[i]
             s[d - r] = (e[i] - np.float32(qi[i]) * d1) * inv
