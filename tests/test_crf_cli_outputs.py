@@ -180,7 +180,7 @@ def test_batch_out_formats(tmp_path, capsys):
             *FLAGS, "--workers", "1"]  # fmt: skip
     assert main([*argv, "--out-dir", str(tmp_path / "both"), "--out-format", "both"]) == 1
     out, err = capsys.readouterr()
-    assert "b.npy: not a readable .npy array" in err
+    assert "b.npy: not a .npy array file" in err
     assert "wrote 1 of 2 label map + marginals pairs" in out
     assert sorted(p.name for p in (tmp_path / "both").glob("[ab].*")) == ["a.npy", "a.png"]
     _, _, rgb, scores = pairs["a"]
@@ -202,3 +202,14 @@ def test_cuda_marginals_match_the_cpu(tmp_path):
     assert main([*argv, "-o", str(tmp_path / "q.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "q.npy"), deeplab_crf_np(scores, rgb, PARAMS, 4),
                                atol=1e-4)  # fmt: skip
+
+
+def test_garbage_npy_is_not_an_array_file(tmp_path, capsys):
+    from deeplabv1.cli.crf_files import load_scores
+    from deeplabv1.errors import DeepLabError
+
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(b"garbage" * 10)
+    with pytest.raises(DeepLabError, match="x.npy: not a .npy array file") as info:
+        load_scores(bad)
+    assert "trust" not in str(info.value)

@@ -76,6 +76,9 @@ def load_scores(path, probabilities: bool = False, channels_last: bool = False) 
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: scores file not found") from exc
     except (OSError, ValueError, EOFError) as exc:
+        if "pickle" in str(exc):  # numpy's guess for any file without its header
+            raise DeepLabError(f"{path}: not a .npy array file (no NumPy header); save the "
+                               "(C, H, W) scores with numpy.save") from exc  # fmt: skip
         raise DeepLabError(f"{path}: not a readable .npy array ({exc})") from exc
     if not isinstance(scores, np.ndarray):  # np.load opens .npz archives too, whatever the name
         if hasattr(scores, "close"):
@@ -228,7 +231,10 @@ def crf_file(
     if str(device) == "cpu":
         from deeplabv1.crf import deeplab_crf_np
 
-        q = deeplab_crf_np(scores, rgb, params, **options)
+        try:
+            q = deeplab_crf_np(scores, rgb, params, **options)
+        except ValueError as exc:  # parameters this image cannot take (e.g. tiny std devs)
+            raise DeepLabError(f"{image_path}: {exc}") from exc
     else:
         import torch
 
