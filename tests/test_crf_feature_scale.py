@@ -83,3 +83,54 @@ def test_cli_tiny_std_dev_is_one_line(tmp_path):
     lines = [x for x in run.stderr.splitlines() if not x.startswith("deeplabv1.crf: compiling")]
     assert len(lines) == 1 and "i.png: features: values up to" in lines[0]
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("srgb", [1e-2, 1e-4])
+def test_tiny_colour_std_dev_matches_pydensecrf_without_torch(srgb):
+    """Lattice codes beyond 62 bits: the engine hashes the key rows (no torch fallback)."""
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import deeplabv1.crf.densecrf as dcrf
+        rng = np.random.default_rng(0)
+        u = rng.random((3, 64 * 48)).astype(np.float32) * 3
+        img = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
+        d = dcrf.DenseCRF2D(64, 48, 3)
+        d.setUnaryEnergy(u)
+        d.addPairwiseBilateral(sxy=80, srgb={srgb}, rgbim=img, compat=10)
+        np.save(sys.argv[1], np.asarray(d.inference(3)))
+        from deeplabv1.crf import CRFParams, deeplab_crf_np
+        q = deeplab_crf_np(u.reshape(3, 48, 64), img, CRFParams(4, 5, {srgb}, 3, 3), iters=3)
+        assert np.isfinite(q).all()
+        assert "torch" not in sys.modules
+    """)
+    pd = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 not installed")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/q.npy"
+        run = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-800:]
+        ours = np.load(out)
+    rng = np.random.default_rng(0)
+    u = rng.random((3, 64 * 48)).astype(np.float32) * 3
+    img = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8)
+    d = pd.DenseCRF2D(64, 48, 3)
+    d.setUnaryEnergy(u)
+    d.addPairwiseBilateral(sxy=80, srgb=srgb, rgbim=img, compat=10)
+    np.testing.assert_allclose(ours, np.asarray(d.inference(3)), atol=2e-5)
+
+
+@pytest.mark.parametrize("d", [2, 5])
+def test_key_row_tables_equal_packed_code_tables(d):
+    from deeplabv1.crf.engine import build
+
+    rng = np.random.default_rng(d)
+    feats = (rng.random((2 * 300, d)) * 6).astype(np.float32)
+    q0, rank, _ = build.embed(feats.T)
+    radix = build.make_radix(q0, 2)
+    ids, nbrs = build.build_tables(q0, rank, radix, 300)
+    ids_w, nbrs_w = build.build_tables_wide(q0, rank, 300)
+    np.testing.assert_array_equal(ids_w, ids)
+    np.testing.assert_array_equal(nbrs_w, nbrs)

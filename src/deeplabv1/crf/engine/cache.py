@@ -23,8 +23,7 @@ _LOCK = threading.Lock()  # the list's updates (CRFs may run in several threads)
 
 def cached_lattice(features: np.ndarray, n: int, num_threads=None, copy: bool = True,
                    phantoms: bool = False):  # fmt: skip
-    """``build_lattice(features, n, phantoms=)`` through the cache (None when the codes do
-    not fit).
+    """``build_lattice(features, n, phantoms=)`` through the cache.
 
     The cache keeps a copy of the features, or with ``copy=False`` the array itself (the
     caller then promises never to modify it: the drop-in's private feature arrays).
@@ -37,7 +36,7 @@ def cached_lattice(features: np.ndarray, n: int, num_threads=None, copy: bool = 
         if CACHE_SIZE > 0 and len(_CACHE) >= CACHE_SIZE:
             _CACHE.pop()  # evict before building: the peak memory then holds one lattice less
     lat = build_lattice(features, n, num_threads, phantoms)  # outside the lock
-    if CACHE_SIZE > 0 and lat is not None:
+    if CACHE_SIZE > 0:
         with _LOCK:
             _CACHE.insert(0, (features.copy() if copy else features, key, lat))
             del _CACHE[CACHE_SIZE:]
