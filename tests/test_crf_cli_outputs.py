@@ -213,3 +213,18 @@ def test_garbage_npy_is_not_an_array_file(tmp_path, capsys):
     with pytest.raises(DeepLabError, match="x.npy: not a .npy array file") as info:
         load_scores(bad)
     assert "trust" not in str(info.value)
+
+
+def test_upsample_factor_far_too_large_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    np.save(tmp_path / "s.npy", rng.normal(size=(3, 7, 9)).astype(np.float32))
+    argv = ["crf", "--image", str(tmp_path / "i.png"), "--scores", str(tmp_path / "s.npy"),
+            "-o", str(tmp_path / "o.png"), "--upsample"]  # fmt: skip
+    assert main([*argv, "100"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf", "s.npy", "x100", "601 x 801")
+    assert not (tmp_path / "o.png").exists()
+    assert main([*argv, "8"]) == 0  # 49 x 65: DeepLab's zoom of a 48 x 64 input
+    # a padded input (513) of a smaller image: its zoom is cut to the image, as before
+    np.save(tmp_path / "s.npy", rng.normal(size=(3, 65, 65)).astype(np.float32))
+    assert main([*argv, "8", "--overwrite"]) == 0

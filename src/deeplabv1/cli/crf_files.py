@@ -9,7 +9,8 @@ are at the image's full resolution, or at a network's output resolution with ``u
   aligned corners (Caffe's Interp layer, ``F.interpolate(scale_factor=N, align_corners=True)``):
   output pixel (y, x) reads the map at (y / N, x / N), so an h x w map covers
   ((h - 1) N + 1) x ((w - 1) N + 1) pixels. The zoomed map is cut to the image (a padded
-  network input gives a larger one); where it falls short, by at most N - 1 pixels (an unpadded
+  network input gives a larger one: up to 513 or twice the image, a larger zoom is an error
+  that names a wrong factor); where it falls short, by at most N - 1 pixels (an unpadded
   input), its last row / column is repeated. A map of fewer than ceil(H / N) rows (or
   ceil(W / N) columns) is an error.
 - ``upsample="image"`` is the bilinear resize with aligned corners straight to the image's
@@ -65,6 +66,11 @@ class ScoreSettings(ImageSettings):
             raise DeepLabError(f"upsample (--upsample) must be a zoom factor (a positive integer, "
                                f"8 for DeepLab) or 'image', got {value!r}")  # fmt: skip
         return int(text)
+
+
+# The largest padded input a zoomed map may stand for whatever the image size (DeepLab's
+# test crop); beyond it a zoom more than twice the image's size is a wrong factor.
+MAX_PADDED = 513
 
 
 def load_scores(path, probabilities: bool = False, channels_last: bool = False) -> np.ndarray:
@@ -153,6 +159,12 @@ def fit_scores(scores: np.ndarray, scores_path, image_path, image_shape, upsampl
         if h * upsample < height or w * upsample < width:
             raise DeepLabError(f"{size}: x{upsample} covers at most {h * upsample} x "
                                f"{w * upsample} pixels; wrong --upsample factor?")  # fmt: skip
+        zoom_h, zoom_w = (h - 1) * upsample + 1, (w - 1) * upsample + 1
+        if zoom_h > max(2 * height, MAX_PADDED) or zoom_w > max(2 * width, MAX_PADDED):
+            raise DeepLabError(f"{size}: x{upsample} gives a {zoom_h} x {zoom_w} map, far "
+                               "larger than the image (a padded network input is at most "
+                               f"{MAX_PADDED} or twice the image); wrong --upsample "
+                               "factor?")  # fmt: skip
     return upsample_scores(scores, height, width, upsample)
 
 
