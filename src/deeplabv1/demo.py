@@ -359,5 +359,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _main() -> int:
+    """``main`` with a missing optional dependency (torch) as one line naming the extra."""
+    from deeplabv1.cli import EXTRAS
+
+    try:
+        return main()
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(f"deeplabv1.demo: needs {exc.name}, which is not installed: "
+              f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())
