@@ -120,8 +120,9 @@ def as_compat(compat, num_labels: int):
 def as_std(value, n: int, name: str, exact: bool = False) -> tuple:
     """``n`` standard deviations from one number or a sequence, as given (their own type, so
     that the arithmetic on them is pydensecrf's). Zero or NaN make pydensecrf divide by
-    zero or return NaN: ValueError; inf makes the feature 0, as in pydensecrf (a warning); a negative one flips the sign of that feature, as in
-    pydensecrf (the Gaussian does not care): allowed with a warning. Fewer than ``n``
+    zero or return NaN: ValueError; inf makes the feature 0, as in pydensecrf (a warning); a
+    negative one flips the sign of that feature, as in pydensecrf (the Gaussian does not
+    care): allowed with a warning. Fewer than ``n``
     entries: ValueError; more: pydensecrf uses the first ``n`` (a warning), or with
     ``exact`` ValueError."""
     if isinstance(value, Number):
