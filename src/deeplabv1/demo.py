@@ -361,16 +361,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main() -> int:
     """``main`` with a missing optional dependency (torch) as one line naming the extra."""
-    from deeplabv1.cli import EXTRAS
+    from deeplabv1.cli import missing_extra
 
     try:
         return main()
     except ModuleNotFoundError as exc:
-        extra = EXTRAS.get((exc.name or "").partition(".")[0])
-        if extra is None:
+        if missing_extra(exc) is None:
             raise
-        print(f"deeplabv1.demo: needs {exc.name}, which is not installed: "
-              f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
+        print(f"deeplabv1.demo: {missing_extra(exc)}", file=sys.stderr)
         return 2
 
 
