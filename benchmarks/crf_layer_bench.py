@@ -41,7 +41,6 @@ def scene(height: int, width: int, num_classes: int, device):
 def run_one(args) -> dict:
     """Time and memory of one configuration in this process."""
     import torch
-
     from deeplabv1.crf.layer import CRFLayer
 
     if args.threads:

@@ -180,7 +180,7 @@ def test_batch_out_formats(tmp_path, capsys):
             *FLAGS, "--workers", "1"]  # fmt: skip
     assert main([*argv, "--out-dir", str(tmp_path / "both"), "--out-format", "both"]) == 1
     out, err = capsys.readouterr()
-    assert "b.npy: not a readable .npy array" in err
+    assert "b.npy: not a .npy array file" in err
     assert "wrote 1 of 2 label map + marginals pairs" in out
     assert sorted(p.name for p in (tmp_path / "both").glob("[ab].*")) == ["a.npy", "a.png"]
     _, _, rgb, scores = pairs["a"]
@@ -202,3 +202,29 @@ def test_cuda_marginals_match_the_cpu(tmp_path):
     assert main([*argv, "-o", str(tmp_path / "q.npy")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "q.npy"), deeplab_crf_np(scores, rgb, PARAMS, 4),
                                atol=1e-4)  # fmt: skip
+
+
+def test_garbage_npy_is_not_an_array_file(tmp_path, capsys):
+    from deeplabv1.cli.crf_files import load_scores
+    from deeplabv1.errors import DeepLabError
+
+    bad = tmp_path / "x.npy"
+    bad.write_bytes(b"garbage" * 10)
+    with pytest.raises(DeepLabError, match="x.npy: not a .npy array file") as info:
+        load_scores(bad)
+    assert "trust" not in str(info.value)
+
+
+def test_upsample_factor_far_too_large_is_refused(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    np.save(tmp_path / "s.npy", rng.normal(size=(3, 7, 9)).astype(np.float32))
+    argv = ["crf", "--image", str(tmp_path / "i.png"), "--scores", str(tmp_path / "s.npy"),
+            "-o", str(tmp_path / "o.png"), "--upsample"]  # fmt: skip
+    assert main([*argv, "100"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf", "s.npy", "x100", "601 x 801")
+    assert not (tmp_path / "o.png").exists()
+    assert main([*argv, "8"]) == 0  # 49 x 65: DeepLab's zoom of a 48 x 64 input
+    # a padded input (513) of a smaller image: its zoom is cut to the image, as before
+    np.save(tmp_path / "s.npy", rng.normal(size=(3, 65, 65)).astype(np.float32))
+    assert main([*argv, "8", "--overwrite"]) == 0

@@ -280,6 +280,10 @@ def test_unusual_arguments_give_pydensecrf_results():
             lambda d: (d.addPairwiseGaussian(sxy=3, compat=3, kernel=7), d.inference(3)),
             lambda d: (d.addPairwiseGaussian(sxy=3, compat=3), d.inference(3)),
         ),
+        "infinite sxy": (
+            lambda d: (d.addPairwiseGaussian(sxy=np.inf, compat=3), d.inference(3)),
+            lambda d: (d.addPairwiseGaussian(sxy=1e30, compat=3), d.inference(3)),
+        ),
         "compat True": (
             lambda d: (d.addPairwiseBilateral(sxy=3, srgb=9, rgbim=img, compat=True),
                        d.inference(3)),
@@ -312,6 +316,20 @@ def test_unusual_arguments_give_pydensecrf_results():
                                        theirs, rtol=0, atol=2e-6, err_msg=name)  # fmt: skip
     _, caught = _quiet(dcrf.DenseCRF2D, W, H, L, 5, foo=3)  # pydensecrf swallows extras
     assert caught
+
+
+def test_bool_image_is_colours_0_and_1():
+    img, u = _case(8)
+    mask = img > 100
+    got = _crf(dcrf, u, lambda d: d.addPairwiseBilateral(3, 0.5, mask, 4))
+    want = _crf(dcrf, u, lambda d: d.addPairwiseBilateral(3, 0.5, mask.astype(np.uint8), 4))
+    np.testing.assert_array_equal(got, want)
+    try:
+        pd = _real()[0]
+    except pytest.skip.Exception:
+        return
+    theirs = _crf(pd, u, lambda d: d.addPairwiseBilateral(3, 0.5, mask, 4))
+    np.testing.assert_allclose(got, theirs, rtol=0, atol=2e-6)
 
 
 def test_no_unary_and_logistic_unaries():

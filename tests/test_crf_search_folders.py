@@ -262,3 +262,24 @@ def test_probabilities_with_exact_filtering(folders, tmp_path):
              for rgb, _, p in cases.values()]  # fmt: skip
     want = _mean_iou([p.numpy() for p in preds], [labels for _, labels, _ in cases.values()])
     assert got == pytest.approx(want, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--iters", "-1"], "--iters"),
+        (["--w2", "nan"], "--w2"),
+        (["--sg", "0"], "--sg"),
+        (["--sg", "-3"], "--sg"),
+        (["--sa-min", "-50"], "--sa-min"),
+        (["--sb-step", "0"], "--sb-"),
+        (["--w1-min", "inf"], "--w1-"),
+    ],
+)
+def test_impossible_settings_are_one_line_before_any_output(folders, tmp_path, capsys, flags,
+                                                             fragment):  # fmt: skip
+    root, _ = folders
+    out = tmp_path / "out"
+    assert main([*_argv(root, "full", out), *flags]) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf-search", fragment)
+    assert not out.exists()

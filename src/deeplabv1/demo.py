@@ -359,5 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _main() -> int:
+    """``main`` with a missing optional dependency (torch) as one line naming the extra."""
+    from deeplabv1.cli import missing_extra
+
+    try:
+        return main()
+    except ModuleNotFoundError as exc:
+        if missing_extra(exc) is None:
+            raise
+        print(f"deeplabv1.demo: {missing_extra(exc)}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

@@ -107,6 +107,15 @@ EXTRAS = {"torch": "torch", "scipy": "torch", "matplotlib": "torch", "onnx": "on
           "onnxruntime": "onnx", "tensorboard": "tensorboard"}  # fmt: skip
 
 
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The message 'needs X, which is not installed: pip install ...' for an optional
+    dependency X of ``EXTRAS``, else None."""
+    extra = EXTRAS.get((exc.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return f'needs {exc.name}, which is not installed: pip install "deeplabv1[{extra}]"'
+
+
 def report_error(command: str, message: str, exc: BaseException) -> None:
     """The command's one error line on stderr. Under torchrun rank 0 prints it; another rank
     stays silent when every rank has the same error (``GroupError``) and otherwise prints its
@@ -132,11 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as exc:  # an optional dependency (the CRF needs none of them)
-        extra = EXTRAS.get((exc.name or "").partition(".")[0])
-        if extra is None:
+        if missing_extra(exc) is None:
             raise
-        print(f"deeplabv1 {args.command}: needs {exc.name}, which is not installed: "
-              f'pip install "deeplabv1[{extra}]"', file=sys.stderr)  # fmt: skip
+        print(f"deeplabv1 {args.command}: {missing_extra(exc)}", file=sys.stderr)
         return 2
     except DeepLabError as exc:
         report_error(args.command, str(exc), exc)

@@ -9,7 +9,8 @@ are at the image's full resolution, or at a network's output resolution with ``u
   aligned corners (Caffe's Interp layer, ``F.interpolate(scale_factor=N, align_corners=True)``):
   output pixel (y, x) reads the map at (y / N, x / N), so an h x w map covers
   ((h - 1) N + 1) x ((w - 1) N + 1) pixels. The zoomed map is cut to the image (a padded
-  network input gives a larger one); where it falls short, by at most N - 1 pixels (an unpadded
+  network input gives a larger one: up to 513 or twice the image, a larger zoom is an error
+  that names a wrong factor); where it falls short, by at most N - 1 pixels (an unpadded
   input), its last row / column is repeated. A map of fewer than ceil(H / N) rows (or
   ceil(W / N) columns) is an error.
 - ``upsample="image"`` is the bilinear resize with aligned corners straight to the image's
@@ -67,6 +68,11 @@ class ScoreSettings(ImageSettings):
         return int(text)
 
 
+# The largest padded input a zoomed map may stand for whatever the image size (DeepLab's
+# test crop); beyond it a zoom more than twice the image's size is a wrong factor.
+MAX_PADDED = 513
+
+
 def load_scores(path, probabilities: bool = False, channels_last: bool = False) -> np.ndarray:
     """A (C, H, W) finite float32 score (or probability) array from a .npy file; with
     ``channels_last`` the file holds (H, W, C)."""
@@ -76,6 +82,9 @@ def load_scores(path, probabilities: bool = False, channels_last: bool = False) 
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: scores file not found") from exc
     except (OSError, ValueError, EOFError) as exc:
+        if "pickle" in str(exc):  # numpy's guess for any file without its header
+            raise DeepLabError(f"{path}: not a .npy array file (no NumPy header); save the "
+                               "(C, H, W) scores with numpy.save") from exc  # fmt: skip
         raise DeepLabError(f"{path}: not a readable .npy array ({exc})") from exc
     if not isinstance(scores, np.ndarray):  # np.load opens .npz archives too, whatever the name
         if hasattr(scores, "close"):
@@ -150,6 +159,12 @@ def fit_scores(scores: np.ndarray, scores_path, image_path, image_shape, upsampl
         if h * upsample < height or w * upsample < width:
             raise DeepLabError(f"{size}: x{upsample} covers at most {h * upsample} x "
                                f"{w * upsample} pixels; wrong --upsample factor?")  # fmt: skip
+        zoom_h, zoom_w = (h - 1) * upsample + 1, (w - 1) * upsample + 1
+        if zoom_h > max(2 * height, MAX_PADDED) or zoom_w > max(2 * width, MAX_PADDED):
+            raise DeepLabError(f"{size}: x{upsample} gives a {zoom_h} x {zoom_w} map, far "
+                               "larger than the image (a padded network input is at most "
+                               f"{MAX_PADDED} or twice the image); wrong --upsample "
+                               "factor?")  # fmt: skip
     return upsample_scores(scores, height, width, upsample)
 
 
@@ -228,7 +243,10 @@ def crf_file(
     if str(device) == "cpu":
         from deeplabv1.crf import deeplab_crf_np
 
-        q = deeplab_crf_np(scores, rgb, params, **options)
+        try:
+            q = deeplab_crf_np(scores, rgb, params, **options)
+        except ValueError as exc:  # parameters this image cannot take (e.g. tiny std devs)
+            raise DeepLabError(f"{image_path}: {exc}") from exc
     else:
         import torch
 

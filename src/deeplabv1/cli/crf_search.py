@@ -44,6 +44,7 @@ def run(args) -> int:
     from deeplabv1.rundir import group_run_directory
 
     cfg = resolve_config(CRFSearchConfig, args)
+    cfg.validate()  # before the output folder is made
     folders = {"--scores": cfg.scores, "--image-dir": cfg.image_dir,
                "--scores-dir": cfg.scores_dir, "--label-dir": cfg.label_dir}  # fmt: skip
     if cfg.image_dir is None:  # with --data, --label-dir is a folder under the data root

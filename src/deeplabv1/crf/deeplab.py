@@ -119,13 +119,11 @@ def _compats(params: CRFParams):
 
 
 def _engine_terms(images: np.ndarray, params: CRFParams, normalization: str, threads: int):
-    """NumpyTerms of the two terms, or None when a lattice's codes need > 62 bits."""
+    """NumpyTerms of the two terms."""
     n = images.shape[1] * images.shape[2]
     terms = []
     for feats, compat in zip(deeplab_features(images, params), _compats(params)):
         lat = engine_cache.cached_lattice(feats, n, threads, copy=False)  # feats: ours
-        if lat is None:
-            return None
         lat.normalizer(threads)  # computed once per lattice, on these threads
         terms.append(engine_mf.prepare_term(lat, compat, normalization))
     return terms
@@ -133,7 +131,7 @@ def _engine_terms(images: np.ndarray, params: CRFParams, normalization: str, thr
 
 def _run_engine(scores4, images, params, iters, normalization, probabilities, threads):
     """Marginals (B, C, H, W) float32 by the torch-free engine, or None where it cannot run
-    (numba absent or disabled, lattice codes beyond 62 bits)."""
+    (numba absent or disabled)."""
     if not engine_threads.available():
         return None
     if normalization not in ("symmetric", "after", "before", "none"):
@@ -143,8 +141,6 @@ def _run_engine(scores4, images, params, iters, normalization, probabilities, th
     unary = _unary_np(scores4, probabilities)
     threads = engine_threads.use_threads(threads)
     terms = _engine_terms(images, params, normalization, threads)
-    if terms is None:
-        return None
     b, c, h, w = scores4.shape
     out = np.empty((b, c, h * w), np.float32)
     q = engine_mf.iterate(unary, terms, int(iters), threads, out, num_labels=c)

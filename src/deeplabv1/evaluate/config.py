@@ -133,3 +133,34 @@ class CRFSearchConfig(ScoreSettings):
     progress: bool = _f(True, "show a progress bar")
     out: str = _f("runs/crf_search", "output folder (points.jsonl, best.json, search.md)")
     overwrite: bool = _f(False, "replace files in the output folder deeplabv1 did not write")
+
+    def validate(self) -> None:
+        """Reject impossible values (and values of the wrong type), naming the setting."""
+        import math
+
+        from deeplabv1.config import check_types
+
+        check_types(self, "crf-search")
+        checks = [
+            (self.num_images >= 1, "num_images (--num-images) must be >= 1"),
+            (self.jobs >= 1, "jobs (--jobs) must be >= 1"),
+            (self.refine_rounds >= 0, "refine_rounds (--refine-rounds) must be >= 0"),
+            (self.iters >= 0, "iters (--iters) must be >= 0"),
+            (self.normalization in ("after", "symmetric", "before", "none"),
+             "normalization (--normalization) must be after, symmetric, before or none"),
+            (self.method in ("lattice", "dense"), "method (--method) must be lattice or dense"),
+            (math.isfinite(self.w2), "w2 (--w2) must be a finite number"),
+            (0 < self.sg < math.inf, "sg (--sg) must be a positive number"),
+        ]  # fmt: skip
+        for name in ("w1", "sa", "sb"):
+            lo, hi, step = (getattr(self, f"{name}_{k}") for k in ("min", "max", "step"))
+            flag = f"--{name}-min/--{name}-max/--{name}-step"
+            checks.append((all(map(math.isfinite, (lo, hi, step))) and step > 0 and lo <= hi,
+                           f"{name} range ({flag}) needs finite min <= max and step > 0, got "
+                           f"{lo:g}..{hi:g} step {step:g}"))  # fmt: skip
+            if name != "w1":
+                checks.append((lo > 0, f"{name}_min (--{name}-min) is a standard deviation: "
+                                       f"must be > 0, got {lo:g}"))  # fmt: skip
+        for ok, message in checks:
+            if not ok:
+                raise DeepLabError(f"crf-search: {message}")

@@ -247,8 +247,7 @@ def run_crf_search(cfg) -> dict:
     from deeplabv1.evaluate.crf_search import crf_search, saved_tuning
     from deeplabv1.evaluate.report import write_search
 
-    if cfg.num_images < 1 or cfg.jobs < 1 or cfg.refine_rounds < 0:
-        raise DeepLabError("crf-search: num_images and jobs must be >= 1, refine_rounds >= 0")
+    cfg.validate()
     if cfg.image_dir is not None or cfg.scores_dir is not None:  # any model's score folders
         from deeplabv1.evaluate.tuning import folder_tuning
 

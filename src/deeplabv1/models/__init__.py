@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+try:
+    from torch import nn
+except ModuleNotFoundError as exc:  # the torch-free (CRF only) install
+    raise ModuleNotFoundError(
+        'deeplabv1.models needs PyTorch, which is not installed: pip install "deeplabv1[torch]"',
+        name="torch",
+    ) from exc
 
 from deeplabv1.errors import DeepLabError
 from deeplabv1.models.deeplab import DeepLabV1, build_deeplab

@@ -10,8 +10,8 @@ after each image whose size is not a multiple of 4 (``phantom_points``): they ca
 but take part in the blur, which changes the filter near the origin of the feature space
 (Kraehenbuehl's scalar code, and the rest of this package, have no such points). The tables are
 exactly those of the torch side's sort-based build (tests/test_crf_numpy_engine.py); when
-the packed codes would need more than 62 bits ``build_lattice`` returns None (the torch side
-has a slower build for such absurd feature ranges).
+the packed codes would need more than 62 bits (tiny standard deviations) the hash table keys
+on the vertices' coordinate rows instead (``build_tables_wide``), with the same tables.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "Radix",
     "build_lattice",
     "build_tables",
+    "build_tables_wide",
     "check_features",
     "embed",
     "make_radix",
@@ -76,7 +77,11 @@ def embed(features_t: np.ndarray, num_threads: int | None = None):
     feats = np.ascontiguousarray(features_t, dtype=np.float32)
     scale = scale_factors(d)
     parts = threads.ranges(p, threads.use_threads(num_threads))
-    threads.run(build_kernels.embed, [(feats, scale, q0, rank, bary, lo, hi) for lo, hi in parts])
+    bad = np.zeros(len(parts), np.int64)
+    threads.run(build_kernels.embed, [(feats, scale, q0, rank, bary, bad[t : t + 1], lo, hi)
+                                      for t, (lo, hi) in enumerate(parts)])  # fmt: skip
+    if bad.any():
+        raise ValueError(_too_large(float(np.abs(feats).max())))
     return q0, rank, bary
 
 
@@ -147,6 +152,30 @@ def build_tables(q0, rank, radix: Radix, n: int, index=np.int64, num_threads=Non
     return ids, nbrs
 
 
+def _too_large(top: float) -> str:
+    return (
+        f"features: values up to {top:.3g} (positions or colours divided by their standard "
+        "deviations) are too large for the lattice's float32 arithmetic: it finds no simplex "
+        "for some points (pydensecrf writes out of bounds there); use larger standard "
+        "deviations or scale the features down"
+    )
+
+
+def build_tables_wide(q0, rank, n: int, index=np.int64, num_threads=None):
+    """``build_tables`` for feature ranges whose packed codes need more than MAX_CODE_BITS
+    bits (tiny standard deviations): the hash keys are the vertices' (batch, r, q) rows, the
+    tables the same. About 2x slower than packed codes, and (d+2) 8 bytes per vertex more."""
+    p = q0.shape[1]
+    ids = np.empty((p, q0.shape[0]), np.int32)
+    keys, table = build_kernels.hash_vertex_rows(q0, rank, n, ids)
+    m = keys.shape[0]
+    nbrs = np.full((q0.shape[0], 2, m), m, index)
+    jobs = [(keys, table, nbrs, lo, hi)
+            for lo, hi in threads.ranges(m, threads.use_threads(num_threads))]  # fmt: skip
+    threads.run(build_kernels.neighbour_rows, jobs)
+    return ids, nbrs
+
+
 def check_features(features: np.ndarray) -> None:
     """ValueError unless features are finite and within MAX_FEATURE in magnitude."""
     if features.size and not np.isfinite(features).all():
@@ -187,8 +216,8 @@ def real_rows(table: np.ndarray, n: int, padded: int) -> np.ndarray:
 
 
 def build_lattice(features: np.ndarray, n: int, num_threads=None, phantoms: bool = False):
-    """The lattice of float32 features (P, d), images of n points each; None when the codes do
-    not fit in MAX_CODE_BITS. ``phantoms``: with pydensecrf's phantom vertices (the drop-in)."""
+    """The lattice of float32 features (P, d), images of n points each. ``phantoms``: with
+    pydensecrf's phantom vertices (the drop-in)."""
     if features.ndim != 2 or min(features.shape) < 1 or n < 1 or features.shape[0] % n:
         raise ValueError(f"features: expected (P, d) with P a multiple of n={n}, "
                          f"got {features.shape}")  # fmt: skip
@@ -198,11 +227,12 @@ def build_lattice(features: np.ndarray, n: int, num_threads=None, phantoms: bool
     q0, rank, bary = embed(padded_features.T, num_threads)
     del padded_features
     radix = make_radix(q0, p // n)
-    if radix is None:
-        return None
     # int32 neighbours (the blur's index; half the bytes of int64) while M + 1 fits
     index = np.int32 if q0.shape[1] * (d + 1) < 1 << 31 else np.int64
-    ids, nbrs = build_tables(q0, rank, radix, padded, index, num_threads)
+    if radix is None:  # the packed codes would not fit: hash the key rows themselves
+        ids, nbrs = build_tables_wide(q0, rank, padded, index, num_threads)
+    else:
+        ids, nbrs = build_tables(q0, rank, radix, padded, index, num_threads)
     del q0, rank
     bary_pm = real_rows(np.ascontiguousarray(bary.T), n, padded)  # (P, d+1) pixel-major
     del bary

@@ -13,7 +13,14 @@ import numpy as np
 
 from deeplabv1.crf.engine.jit import inline, kernel
 
-__all__ = ["embed", "hash_vertices", "lattice_csr", "neighbours"]
+__all__ = [
+    "embed",
+    "hash_vertex_rows",
+    "hash_vertices",
+    "lattice_csr",
+    "neighbour_rows",
+    "neighbours",
+]
 
 _F = np.float32
 _ONE = _F(1.0)
@@ -22,9 +29,12 @@ _MIX = np.int64(-7046029254386353131)  # odd 64-bit multiplier (0x9E3779B97F4A7C
 
 
 @kernel
-def embed(features_t, scale, q0, rank, bary, lo, hi):  # pragma: no cover - compiled
+def embed(features_t, scale, q0, rank, bary, bad, lo, hi):  # pragma: no cover - compiled
     """The enclosing simplex of float32 features (d, P), points lo..hi: q0 (d+1, P) int64 with
     rem0 = (d+1) q0, rank (d+1, P) int64 and the barycentric weights bary (d+1, P) float32.
+    bad[0] = 1 and a return at the first point whose float32 arithmetic gives no simplex
+    (features so large that the rounding errors exceed a lattice step: the remainder leaves
+    0..d, and pydensecrf writes out of bounds there).
 
     pydensecrf's SSE arithmetic in float32, operation for operation (any other rounding
     moves points whose residuals nearly tie into another simplex: the filter then differs
@@ -68,6 +78,9 @@ def embed(features_t, scale, q0, rank, bary, lo, hi):  # pragma: no cover - comp
             elif r > d:
                 r -= d + 1
                 qi[i] -= 1
+            if r < 0 or r > d:
+                bad[0] = 1
+                return
             rank[i, p] = r
             q0[i, p] = qi[i]
             s[d - r] = (e[i] - np.float32(qi[i]) * d1) * inv
@@ -198,3 +211,100 @@ def lattice_csr(ids, bary, m, crow, col, val):  # pragma: no cover - compiled
             fill[x] = k + 1
             col[k] = i
             val[k] = bary[i, r]
+
+
+@inline
+def _row_slot(key, mask):  # pragma: no cover - compiled
+    """Home slot of a key row (batch, r, q_0..q_{d-1})."""
+    h = np.int64(0)
+    for k in range(key.shape[0]):
+        h = (h ^ key[k]) * _MIX
+    return (h >> np.int64(20)) & mask
+
+
+@kernel
+def _grow_rows(keys, m, cap):  # pragma: no cover - compiled
+    """A slot table of capacity cap for the key rows keys[:m] (slot -> row id, -1 empty)."""
+    mask = cap - 1
+    table = np.full(cap, -1, dtype=np.int32)
+    for t in range(m):
+        h = _row_slot(keys[t], mask)
+        while table[h] >= 0:
+            h = (h + 1) & mask
+        table[h] = t
+    return table
+
+
+@inline
+def _find_row(keys, table, key, mask):  # pragma: no cover - compiled
+    """The slot of key in table: its row's, or the empty slot where it belongs."""
+    h = _row_slot(key, mask)
+    while True:
+        t = table[h]
+        if t < 0:
+            return h
+        same = True
+        for k in range(key.shape[0]):
+            if keys[t, k] != key[k]:
+                same = False
+                break
+        if same:
+            return h
+        h = (h + 1) & mask
+
+
+@kernel
+def hash_vertex_rows(q0, rank, n, ids):  # pragma: no cover - compiled
+    """``hash_vertices`` on explicit key rows (batch, r, q_0..q_{d-1}) instead of packed codes:
+    for feature ranges whose packed codes would not fit in 62 bits. The same numbering (first
+    occurrence, pixel-major). Returns (the key rows by lattice point, the slot table)."""
+    nv, p = q0.shape
+    d = nv - 1
+    cap = 4096
+    table = np.full(cap, -1, dtype=np.int32)
+    keys = np.empty((nv * p, d + 2), dtype=np.int64)
+    key = np.empty(d + 2, dtype=np.int64)
+    m = 0
+    mask = cap - 1
+    for i in range(p):
+        key[0] = i // n
+        for r in range(nv):
+            key[1] = r
+            for c in range(d):  # vertex r: coordinates of rank > d - r drop by one
+                key[2 + c] = q0[c, i] - (1 if rank[c, i] > d - r else 0)
+            h = _find_row(keys, table, key, mask)
+            if table[h] >= 0:
+                ids[i, r] = table[h]
+                continue
+            keys[m] = key
+            table[h] = m
+            ids[i, r] = m
+            m += 1
+            if 2 * m > cap:
+                cap *= 2
+                mask = cap - 1
+                table = _grow_rows(keys, m, cap)
+    return keys[:m].copy(), table
+
+
+@kernel
+def neighbour_rows(keys, table, out, lo, hi):  # pragma: no cover - compiled
+    """``neighbours`` for the key rows of ``hash_vertex_rows``: neighbour 1 along axis j of
+    (r, q) is (r - 1 mod d+1, q - [r == 0] + e_j), found by look-up; neighbour 2 is its
+    inverse map."""
+    nv = keys.shape[1] - 1
+    d = nv - 1
+    mask = table.shape[0] - 1
+    want = np.empty(keys.shape[1], dtype=np.int64)
+    for x in range(lo, hi):
+        r = keys[x, 1]
+        for j in range(nv):
+            want[0] = keys[x, 0]
+            want[1] = (r - 1) % nv
+            for c in range(d):
+                want[2 + c] = keys[x, 2 + c] - (1 if r == 0 else 0) + (1 if c == j else 0)
+            h = _find_row(keys, table, want, mask)
+            y = table[h]
+            if y >= 0:
+                out[j, 0, x] = y
+                out[j, 1, y] = x

@@ -7,6 +7,8 @@ comparing the features costs about 0.3 ms at 500x375.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from deeplabv1.crf.engine.build import build_lattice
@@ -16,25 +18,28 @@ __all__ = ["CACHE_SIZE", "cached_features", "cached_lattice", "clear_cache"]
 
 CACHE_SIZE = 2
 _CACHE: list[tuple[np.ndarray, tuple[int, bool], NumpyLattice]] = []
+_LOCK = threading.Lock()  # the list's updates (CRFs may run in several threads)
 
 
 def cached_lattice(features: np.ndarray, n: int, num_threads=None, copy: bool = True,
                    phantoms: bool = False):  # fmt: skip
-    """``build_lattice(features, n, phantoms=)`` through the cache (None when the codes do
-    not fit).
+    """``build_lattice(features, n, phantoms=)`` through the cache.
 
     The cache keeps a copy of the features, or with ``copy=False`` the array itself (the
     caller then promises never to modify it: the drop-in's private feature arrays).
     """
     key = (n, bool(phantoms))
-    lat = _lookup(features, key)
-    if lat is not None:
-        return lat
-    if CACHE_SIZE > 0 and len(_CACHE) >= CACHE_SIZE:
-        _CACHE.pop()  # evict before building: the peak memory then holds one lattice less
-    lat = build_lattice(features, n, num_threads, phantoms)
-    if CACHE_SIZE > 0 and lat is not None:
-        _CACHE.insert(0, (features.copy() if copy else features, key, lat))
+    with _LOCK:
+        lat = _lookup(features, key)
+        if lat is not None:
+            return lat
+        if CACHE_SIZE > 0 and len(_CACHE) >= CACHE_SIZE:
+            _CACHE.pop()  # evict before building: the peak memory then holds one lattice less
+    lat = build_lattice(features, n, num_threads, phantoms)  # outside the lock
+    if CACHE_SIZE > 0:
+        with _LOCK:
+            _CACHE.insert(0, (features.copy() if copy else features, key, lat))
+            del _CACHE[CACHE_SIZE:]
     return lat
 
 
@@ -53,7 +58,9 @@ def _lookup(features: np.ndarray, n) -> NumpyLattice | None:
 def cached_features(lat: NumpyLattice) -> np.ndarray | None:
     """The features array the cache keeps for ``lat`` (None when it is not cached): a caller
     holding equal features can keep this one instead of a second copy."""
-    for f, _, cached in _CACHE:
+    with _LOCK:
+        entries = list(_CACHE)
+    for f, _, cached in entries:
         if cached is lat:
             return f
     return None
@@ -61,4 +68,5 @@ def cached_features(lat: NumpyLattice) -> np.ndarray | None:
 
 def clear_cache() -> None:
     """Forget the cached lattices (they are rebuilt on demand)."""
-    _CACHE.clear()
+    with _LOCK:
+        _CACHE.clear()

@@ -16,6 +16,8 @@ on a range of rows per thread (threads.run).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from deeplabv1.crf.engine import lazy_module, threads
@@ -50,7 +52,8 @@ class NumpyLattice:
         self.num_points = offs.shape[0]
         self.num_lattice = neighbours.shape[2]
         self.dtype = bary.dtype
-        self._ws: tuple[np.ndarray, ...] | None = None
+        self._ws: tuple[np.ndarray, ...] | None = None  # filter's spare buffers, see filter
+        self._ws_lock = threading.Lock()
         self._norm: np.ndarray | None = None
 
     @property
@@ -73,7 +76,14 @@ class NumpyLattice:
         """K values: splat, blur along axes 0..d (d..0 with reverse), slice; (P, C) -> (P, C)."""
         values = np.ascontiguousarray(values, dtype=self.dtype)
         nt = threads.use_threads(num_threads)
-        acc, a, b = self.workspace(values.shape[1], nt)
+        # The cached buffers are taken for the call (and put back after it): a lattice shared
+        # by two terms of one CRF or by CRFs in several threads never has two users of them.
+        with self._ws_lock:
+            ws, self._ws = self._ws, None
+        if not self._fits(ws, values.shape[1], nt):
+            ws = None  # free the old buffers first
+            ws = self.workspace(values.shape[1], nt)
+        acc, a, b = ws
         parts = threads.ranges(self.num_points, acc.shape[0])
         threads.run(filter_kernels.splat,
                     [(self.offs, self.bary, values, acc[t], lo, hi)
@@ -88,6 +98,8 @@ class NumpyLattice:
                 for lo, hi in threads.ranges(self.num_points, nt)
             ],
         )
+        with self._ws_lock:
+            self._ws = ws
         return out
 
     def normalizer(self, num_threads: int | None = None) -> np.ndarray:
@@ -98,28 +110,31 @@ class NumpyLattice:
         return self._norm
 
     def workspace(self, c: int, num_threads: int) -> tuple[np.ndarray, ...]:
-        """Splat buffers acc (threads, M+1, c), the blur result buffer a (M+1, c) and the blur's
-        spare b (acc[1] with several threads; its own buffer on one thread for an even axis
-        count; else None), all with a zero last row, cached for the last (c, threads):
-        reuse saves the page faults of new buffers."""
-        ws = self._ws
+        """New splat buffers acc (threads, M+1, c), the blur result buffer a (M+1, c) and the
+        blur's spare b (acc[1] with several threads; its own buffer on one thread for an even
+        axis count; else None), all with a zero last row. Every user gets its own: two terms
+        of one CRF can share a lattice (equal features), and so can CRFs in several threads
+        (the cache)."""
         nt = max(1, min(num_threads, self.num_points))
-        if ws is None or ws[1].shape[1] != c or ws[0].shape[0] != nt:
-            rows = self.num_lattice + 1
-            self._ws = ws = None  # free the old buffers first
-            acc = np.zeros((nt, rows, c), self.dtype)
-            if nt > 1:
-                spare = acc[1]
-            elif len(self.n1) % 2 == 0:
-                spare = np.zeros((rows, c), self.dtype)
-            else:
-                spare = None
-            ws = self._ws = (acc, np.zeros((rows, c), self.dtype), spare)
-        return ws
+        rows = self.num_lattice + 1
+        acc = np.zeros((nt, rows, c), self.dtype)
+        if nt > 1:
+            spare = acc[1]
+        elif len(self.n1) % 2 == 0:
+            spare = np.zeros((rows, c), self.dtype)
+        else:
+            spare = None
+        return acc, np.zeros((rows, c), self.dtype), spare
+
+    def _fits(self, ws, c: int, num_threads: int) -> bool:
+        """Whether the buffers ws serve ``workspace(c, num_threads)``."""
+        nt = max(1, min(num_threads, self.num_points))
+        return ws is not None and ws[1].shape[1] == c and ws[0].shape[0] == nt
 
     def release_workspace(self) -> None:
-        """Forget the cached blur buffers (the mean field frees them after its last blur)."""
-        self._ws = None
+        """Forget filter's cached buffers."""
+        with self._ws_lock:
+            self._ws = None
 
     def blur(self, acc, a, b, reverse: bool = False, num_threads: int = 1, used: int = 0):
         """Blur the splatted acc (rows: M lattice points + a zero row) along every axis into a

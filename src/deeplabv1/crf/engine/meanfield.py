@@ -148,7 +148,7 @@ class _Plan:
         if not term.potts:  # the compatibility is applied to the sliced values
             post = term.post[:, None] if term.post is not None else np.float32(1.0)
         self.wts = lat.slice_weights(post)
-        self.ws = lat.workspace(width, nt)
+        self.ws = lat.workspace(width, nt)  # its own buffers: lattices may be shared
 
 
 class _Empty:
@@ -230,8 +230,6 @@ def iterate(un: np.ndarray, terms, iters: int, num_threads=None, out=None, num_l
         if it == iters - 1:
             _release_buffers(plans, nt, padded)
         fused_pass(base, pair_lats, it < iters - 1)
-    for plan in plans:  # the blur results (the last references to the buffers)
-        plan.lattice.release_workspace()
     return qn if out is None else out
 
 
@@ -271,5 +269,4 @@ def _release_buffers(plans, nt: int, width: int) -> None:
     kernel still takes a (1, width) buffer per thread."""
     dummy = np.zeros((nt, 1, width), np.float32)
     for plan in plans:
-        plan.lattice.release_workspace()
         plan.ws = (dummy, None, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["available", "get_num_threads", "ranges", "run", "set_num_threads", "use_threads"]
@@ -23,6 +24,7 @@ _THREADS: int | None = None  # None: numba's default thread count
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 _POOL_PID = 0
+_POOL_LOCK = threading.Lock()  # callers in several threads share the pool
 
 
 def available() -> bool:
@@ -79,7 +81,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     global _POOL, _POOL_SIZE, _POOL_PID
     if _POOL is None or workers > _POOL_SIZE or os.getpid() != _POOL_PID:
         if _POOL is not None and os.getpid() == _POOL_PID:
-            _POOL.shutdown(wait=True)
+            _POOL.shutdown(wait=False)  # its queued jobs still run; new ones go to the new pool
         _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deeplabv1-crf")
         _POOL_SIZE, _POOL_PID = workers, os.getpid()
     return _POOL
@@ -91,7 +93,9 @@ def run(kernel, jobs: list[tuple]) -> None:
     if len(jobs) == 1:
         kernel(*jobs[0])
         return
-    futures = [_pool(len(jobs) - 1).submit(kernel, *job) for job in jobs[1:]]
+    with _POOL_LOCK:
+        pool = _pool(len(jobs) - 1)
+        futures = [pool.submit(kernel, *job) for job in jobs[1:]]
     try:
         kernel(*jobs[0])
     finally:

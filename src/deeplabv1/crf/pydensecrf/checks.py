@@ -119,9 +119,10 @@ def as_compat(compat, num_labels: int):
 
 def as_std(value, n: int, name: str, exact: bool = False) -> tuple:
     """``n`` standard deviations from one number or a sequence, as given (their own type, so
-    that the arithmetic on them is pydensecrf's). Zero, NaN or inf make pydensecrf divide by
-    zero and crash: ValueError; a negative one flips the sign of that feature, as in
-    pydensecrf (the Gaussian does not care): allowed with a warning. Fewer than ``n``
+    that the arithmetic on them is pydensecrf's). Zero or NaN make pydensecrf divide by
+    zero or return NaN: ValueError; inf makes the feature 0, as in pydensecrf (a warning); a
+    negative one flips the sign of that feature, as in pydensecrf (the Gaussian does not
+    care): allowed with a warning. Fewer than ``n``
     entries: ValueError; more: pydensecrf uses the first ``n`` (a warning), or with
     ``exact`` ValueError."""
     if isinstance(value, Number):
@@ -139,8 +140,11 @@ def as_std(value, n: int, name: str, exact: bool = False) -> tuple:
     for v in values:
         if isinstance(v, bool | np.bool_) or not isinstance(v, Number | np.number):
             raise ValueError(f"{name}: expected numbers, got {v!r}")
-        if not math.isfinite(float(v)) or float(v) == 0:
-            raise ValueError(f"{name}: standard deviations must be non-zero and finite, got {v}")
+        if math.isnan(float(v)) or float(v) == 0:
+            raise ValueError(f"{name}: standard deviations must be non-zero numbers, got {v}")
+    if any(math.isinf(float(v)) for v in values):
+        warn(f"{name}: infinite standard deviation {values}; that feature is 0 everywhere (the "
+             "term ignores it), as in pydensecrf")  # fmt: skip
     if any(float(v) < 0 for v in values):
         warn(f"{name}: negative standard deviation {values}; its features change sign, as in "
              "pydensecrf")  # fmt: skip
@@ -148,7 +152,10 @@ def as_std(value, n: int, name: str, exact: bool = False) -> tuple:
 
 
 def as_rgb_image(rgbim, height: int, width: int) -> np.ndarray:
-    """An (H, W, 3) uint8 C-contiguous image; integral 0-255 values of other dtypes converted."""
+    """An (H, W, 3) uint8 C-contiguous image; integral 0-255 values of other dtypes (and bools:
+    0 and 1) converted."""
+    if np.asarray(rgbim).dtype == bool:  # pydensecrf reads a bool image as colours 0 and 1
+        rgbim = np.asarray(rgbim, np.uint8)
     arr = _real_array(rgbim, "rgbim")
     if arr.ndim != 3 or arr.shape[:2] != (height, width):
         raise ValueError(

@@ -170,12 +170,11 @@ class DenseCRF:
             return
         if self._torch is None and self._fast:
             lat = engine_cache.cached_lattice(feats, self._nvar, copy=False, phantoms=True)
-            if lat is not None:  # None: codes beyond 62 bits (the torch side handles those)
-                # keep the cache's equal features, not a second copy (cache hits)
-                cached = engine_cache.cached_features(lat)
-                self._specs.append((feats if cached is None else cached, compat, mode))
-                self._np_terms.append(engine_mf.prepare_term(lat, compat, mode))
-                return
+            # keep the cache's equal features, not a second copy (cache hits)
+            cached = engine_cache.cached_features(lat)
+            self._specs.append((feats if cached is None else cached, compat, mode))
+            self._np_terms.append(engine_mf.prepare_term(lat, compat, mode))
+            return
         self._specs.append((feats, compat, mode))
         self._prepare_torch(self._specs if self._torch is None else self._specs[-1:])
 
