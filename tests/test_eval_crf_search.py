@@ -162,3 +162,32 @@ def test_scores_round_trip_exactly(tmp_path):
     np.testing.assert_array_equal(back, coarse.numpy())
     assert (h, w, f) == (33, 25, 8)
     assert tuple(full_scores(back, h, w, f, crop).shape) == (3, 33, 25)
+
+
+@pytest.mark.parametrize("cut", ["empty", "half", "end", "npy"])
+def test_a_damaged_score_file_is_one_line_naming_it(tiny, tmp_path, capsys, cut):
+    """`crf-search --scores` (and `eval --scores`, which reads the same files) with a score file
+    that is empty, cut short or not an archive: one line naming the file, no traceback."""
+    import shutil
+
+    from deeplabv1.cli import main
+
+    root, data, ds = tiny
+    scores = tmp_path / "scores"
+    shutil.copytree(root / "scores", scores)
+    bad = scores / f"{ds.ids[1]}.npz"
+    whole = bad.read_bytes()
+    if cut == "npy":
+        np.save(tmp_path / "a.npy", np.zeros((4, 3, 3), np.float32))
+        bad.write_bytes((tmp_path / "a.npy").read_bytes())
+    else:
+        bad.write_bytes({"empty": b"", "half": whole[: len(whole) // 2], "end": whole[:-30]}[cut])
+    argv = ["crf-search", "--scores", str(scores), "--data", str(data), "--split", "trainval",
+            "--num-images", "3", "--iters", "1", "--refine-rounds", "0", "--progress", "false",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in GRID.items()]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("deeplabv1 crf-search: error")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "score file" in lines[0], err
