@@ -166,3 +166,38 @@ def test_a_finished_run_is_kept_from_fresh_runs_and_other_commands(synth_root, t
                             resume="auto"))  # fmt: skip
     assert more.returncode == 0, more.stderr
     assert load_checkpoint(run / "final.pt")["iteration"] == 3
+
+
+def _damaged_copy(synth_root, tmp_path, what: str) -> tuple[Path, Path]:
+    """A copy of the dataset with one training item damaged: a mask of the wrong size, or an
+    image cut short after its header (its size reads, its pixels do not)."""
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    sid = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
+    if what == "mask":
+        bad = root / "SegmentationClass" / f"{sid}.png"
+        with Image.open(bad) as img:
+            img.crop((0, 0, img.width - 3, img.height)).save(bad)
+    else:
+        bad = root / "JPEGImages" / f"{sid}.jpg"
+        bad.write_bytes(bad.read_bytes()[:400])
+    return root, bad
+
+
+@pytest.mark.parametrize("what", ["mask", "image"])
+def test_a_bad_item_with_loader_workers_is_one_line(synth_root, tmp_path, what):
+    """With loader worker processes a bad item is the same one line as without them (a mask
+    of the wrong size is found before training starts; an image that cannot be decoded in a
+    worker comes back without the worker's traceback)."""
+    root, bad = _damaged_copy(synth_root, tmp_path, what)
+    for workers in (0, 2):
+        proc = cli(*_train_args(root, tmp_path / f"run{workers}", max_iter=3, checkpoint_every=0,
+                                workers=workers))  # fmt: skip
+        assert proc.returncode == 2
+        assert_one_line_error(proc.stderr, "train", str(bad))
+    if what == "mask":
+        assert "differs from image" in proc.stderr and not (tmp_path / "run2").exists()
