@@ -6,7 +6,8 @@ cross-entropy sum divided by the number of valid (non-255) score-grid pixels of 
 so accumulation and DDP give the gradient of one big batch (``loss_norm: micro`` = Caffe's
 per-micro-batch normalisation instead). Then one SGD step and one lr-schedule step.
 
-Outputs in ``cfg.out_dir``: ``config.yaml`` (the resolved config), ``log.jsonl``, ``tb/``
+Outputs in ``cfg.out_dir``: ``config.yaml`` (the resolved config; a resumed run keeps its run's
+and must have the same settings: ``state.check_resume_settings``), ``log.jsonl``, ``tb/``
 (TensorBoard, when installed), ``checkpoint_<iter>.pt`` every ``checkpoint_every`` iterations
 (resumable: optimizer, scheduler, RNG states of every process, data position) and ``final.pt``.
 
@@ -165,6 +166,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     resume_path = st.find_resume(out_dir, cfg.resume) if cfg.resume else None
     if resume_path is not None:
         ckpt = st.load_training_checkpoint(resume_path)
+        notes += st.check_resume_settings(resume_path, ckpt, config_to_dict(cfg))
         try:
             model.load_state_dict(ckpt["model"], strict=True)
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -187,7 +189,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     logger = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        if resume_path is None or not _continues(cfg, out_dir) or not (
+                out_dir / "config.yaml").is_file():  # fmt: skip
+            save_config(cfg, out_dir / "config.yaml")  # a resumed run keeps its run's record
         logger = TrainLogger(out_dir, start_iter=start_iter, max_iter=cfg.max_iter,
                              progress=cfg.progress, tensorboard=cfg.tensorboard)
         for note in notes:
