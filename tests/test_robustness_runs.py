@@ -201,3 +201,34 @@ def test_a_bad_item_with_loader_workers_is_one_line(synth_root, tmp_path, what):
         assert_one_line_error(proc.stderr, "train", str(bad))
     if what == "mask":
         assert "differs from image" in proc.stderr and not (tmp_path / "run2").exists()
+
+
+def test_a_killed_run_with_loader_workers_frees_its_folder_at_once(synth_root, tmp_path):
+    """kill -9 of a run whose DataLoader workers are still running: the folder is free at once
+    (the workers, which end only seconds later, hold no copy of the lock) and the run resumes."""
+    from deeplabv1.rundir import RunLock
+
+    out = tmp_path / "run"
+    run = subprocess.Popen([*CLI, *_train_args(synth_root, out, max_iter=400, checkpoint_every=1,
+                                               keep_checkpoints=2, workers=2)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint_000002.pt").is_file():
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        assert workers.stdout.split(), "the run had no loader worker processes"
+        RunLock(out).acquire().release()  # free at once, while the orphaned workers live on
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        run.stderr.close()
+    newest = max(int(p.stem.split("_")[1]) for p in out.glob("checkpoint_*.pt"))
+    proc = cli(*_train_args(synth_root, out, resume="auto", max_iter=newest + 2,
+                            checkpoint_every=0, workers=2))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(out / "final.pt")["iteration"] == newest + 2

@@ -9,7 +9,9 @@ synth|prepare|download``) starts:
 2. it is created and locked: ``.deeplabv1.lock`` in it is held with an operating-system lock
    (``fcntl.flock``; ``msvcrt.locking`` on Windows) for the whole run. A second run gets a
    DeepLabError naming the holder (process id, host, command, start time). The lock dies with
-   its process, so the lock file of a killed run is stale and simply taken over;
+   its process, so the lock file of a killed run is stale and simply taken over (processes the
+   run forked, such as DataLoader workers, close their copy of the lock at once: a folder is
+   free as soon as the run's own process has ended);
 3. temporaries of atomic writes whose writer died are deleted from the folder itself (the
    subfolders a command writes are cleaned when it first writes there: ``deeplabv1.io``);
 4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``, the command's name)
@@ -72,6 +74,24 @@ def _holder(path: Path) -> str:
         return "holder unknown"
 
 
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_held_in_child() -> None:
+    """In a forked child (a DataLoader worker, a process pool's worker), close the inherited
+    lock descriptors: a flock belongs to every process holding a descriptor of it, so a child
+    outliving a killed run would keep its folder locked. Closing (never unlocking) leaves the
+    parent's lock as it is."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_in_child)
+
+
 class RunLock:
     """An exclusive lock on a folder (see the module doc); ``release()`` or process exit frees
     it."""
@@ -104,11 +124,13 @@ class RunLock:
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, (json.dumps(info) + "\n").encode())
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         """Free the lock (the lock file stays: removing it would race with the next run)."""
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # closing the descriptor releases flock / msvcrt locks
             self._fd = None
 
