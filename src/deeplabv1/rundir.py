@@ -159,17 +159,29 @@ def _folders(value: Folders) -> list[Path]:
     return [Path(v) for v in value]
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (existing or not) lies somewhere under ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
 def check_not_input_folder(path: Path, input_folders: dict[str, Folders], flag: str) -> None:
     """Refuse an output folder ``path`` that is one of ``input_folders`` (``{flag: folder or
-    folders}``; the same folder under any name)."""
-    if not path.exists():
-        return
+    folders}``; the same folder under any name) or lies inside one that holds inputs itself:
+    of the folders given for one flag, those that hold others of them (a dataset's root, the
+    folders between it and its image, label and split-list folders) are refused as such only,
+    their other subfolders being free."""
     for name, value in input_folders.items():
-        if any(_same_folder(path, folder) for folder in _folders(value)):
-            kind = f"the {name} folder" if isinstance(value, (str, os.PathLike)) else (
-                f"a folder of the {name} inputs")  # fmt: skip
-            raise DeepLabError(f"{flag} {path} is {kind}: outputs would mix with the inputs; "
-                               "choose another output folder")  # fmt: skip
+        folders = _folders(value)
+        kind = f"the {name} folder" if isinstance(value, (str, os.PathLike)) else (
+            f"a folder of the {name} inputs")  # fmt: skip
+        for folder in folders:
+            if path.exists() and _same_folder(path, folder):
+                raise DeepLabError(f"{flag} {path} is {kind}: outputs would mix with the "
+                                   "inputs; choose another output folder")  # fmt: skip
+            holds_others = any(other != folder and _inside(other, folder) for other in folders)
+            if not holds_others and _inside(path, folder):
+                raise DeepLabError(f"{flag} {path} is inside {kind} ({folder}): outputs would "
+                                   "mix with the inputs; choose another output folder")  # fmt: skip
 
 
 def _check_new_or_own(path: Path, command: str | None, flag: str) -> None:

@@ -69,6 +69,7 @@ def seed_process(seed: int, rank: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``
     (``crf/final.pt`` with ``crf: end-to-end``)."""
+    from deeplabv1.data.layout import input_folders
     from deeplabv1.rundir import run_directory
 
     cfg.validate()
@@ -79,8 +80,9 @@ def train(cfg: TrainConfig) -> Path:
     inputs = [cfg.init]
     if cfg.resume is not None and not _continues(cfg, out_dir):
         inputs.append(cfg.resume)  # a checkpoint of another run: never written over
-    with run_directory(out_dir, inputs=inputs, overwrite=cfg.overwrite, flag="--out-dir",
-                       command="train"):  # fmt: skip
+    dataset = {"--data-root": input_folders(cfg.data_root, cfg.label_dir, cfg.split)}
+    with run_directory(out_dir, inputs=inputs, input_folders=dataset, overwrite=cfg.overwrite,
+                       flag="--out-dir", command="train"):  # fmt: skip
         check_outputs(_replaceable(out_dir))
         _start_over(cfg, out_dir)
         return _train_stages(cfg)
