@@ -301,3 +301,21 @@ def test_no_command_writes_inside_a_datasets_or_an_input_folder(tmp_path, capsys
     assert not (photos / "x.png").exists()
     # beside the dataset's folders, inside its root: fine
     assert main([*predict, "-o", str(data / "predictions")]) == 0
+
+
+def test_overwrite_never_replaces_what_is_not_a_regular_file(tmp_path):
+    """A FIFO (as a device or a socket) named as an output, directly or through a symbolic
+    link, is refused even with --overwrite, and stays what it was."""
+    import stat
+
+    image, scores = image_and_scores(tmp_path, "a")
+    fifo = tmp_path / "labels.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.png"
+    link.symlink_to(fifo)
+    for out in (fifo, link):
+        proc = cli("crf", "--image", image, "--scores", scores, "-o", out, "--overwrite",
+                   timeout=120)  # fmt: skip
+        assert proc.returncode == 2
+        assert_one_line_error(proc.stderr, "crf", str(out), "named pipe", "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()

@@ -16,8 +16,8 @@
   same file (inode).
 - Guarded: while a command's ``output_rules`` are active, a write to one of its inputs (the same
   path, a symbolic or a hard link to it) is refused; so is a write over an existing file that
-  is not ours, unless ``overwrite`` is set, and over a file another command wrote, even with
-  ``overwrite``. All are refused before anything is written.
+  is not ours, unless ``overwrite`` is set, and over a file another command wrote or anything
+  but a regular file (a device, a FIFO, a socket, a folder), even with ``overwrite``. All are refused before anything is written.
 - Errors: an OSError while writing (disk full, read-only file system, no permission) becomes a
   ``DeepLabError`` naming the file; the previous file is intact.
 """
@@ -285,6 +285,12 @@ def record_outputs(paths: Iterable[str | os.PathLike], *, grown: bool = False) -
 # --- a command's rules for its outputs -----------------------------------------------------------
 
 
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISCHR: "character device", stat.S_ISBLK: "block device",
+             stat.S_ISFIFO: "named pipe (FIFO)", stat.S_ISSOCK: "socket"}  # fmt: skip
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
 @dataclass(frozen=True)
 class OutputRules:
     """What one command may write: never its ``inputs``; over files not ours only with
@@ -327,6 +333,9 @@ class OutputRules:
             return f"{path}: is the same file as one of this command's inputs; refusing to write it"
         if os.path.isdir(path):
             return f"{path}: is a folder; refusing to replace it by a file"
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            return (f"{path}: is a {_file_kind(st.st_mode)}, not a regular file; refusing to "
+                    "replace it (even with --overwrite): choose another output")  # fmt: skip
         if not os.path.lexists(path):
             return None
         record = written_by(path)
