@@ -17,7 +17,8 @@
 - Guarded: while a command's ``output_rules`` are active, a write to one of its inputs (the same
   path, a symbolic or a hard link to it) is refused; so is a write over an existing file that
   is not ours, unless ``overwrite`` is set, and over a file another command wrote or anything
-  but a regular file (a device, a FIFO, a socket, a folder), even with ``overwrite``. All are refused before anything is written.
+  but a regular file (a device, a FIFO, a socket, a folder), even with ``overwrite``. All are
+  refused before anything is written.
 - Errors: an OSError while writing (disk full, read-only file system, no permission) becomes a
   ``DeepLabError`` naming the file; the previous file is intact.
 """
