@@ -232,3 +232,22 @@ def test_a_killed_run_with_loader_workers_frees_its_folder_at_once(synth_root, t
                             checkpoint_every=0, workers=2))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert load_checkpoint(out / "final.pt")["iteration"] == newest + 2
+
+
+def test_overwrite_deletes_only_the_checkpoints_train_wrote(synth_root, tmp_path):
+    """`train --overwrite` over an earlier run deletes that run's own checkpoints, keeps (and
+    names) a checkpoint-named file of the user's, and pruning never deletes it either."""
+    run = tmp_path / "run"
+    assert cli(*_train_args(synth_root, run, max_iter=2, checkpoint_every=1)).returncode == 0
+    mine = run / "checkpoint_000000.pt"  # the oldest by its number: the first to prune
+    mine.write_bytes(b"my own notes, named like a checkpoint")
+    proc = cli(*_train_args(synth_root, run, seed=2, max_iter=2, checkpoint_every=1,
+                            keep_checkpoints=1, overwrite="true"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert mine.read_bytes() == b"my own notes, named like a checkpoint"
+    assert "checkpoint_000000.pt" in proc.stderr and "not written by deeplabv1" in proc.stderr
+    assert load_checkpoint(run / "final.pt")["config"]["seed"] == 2
+    # the earlier run's checkpoint 1 was replaced by this run's, the newest kept; mine stays
+    assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_000000.pt",
+                                                                    "checkpoint_000001.pt"]
+    assert load_checkpoint(run / "checkpoint_000001.pt")["config"]["seed"] == 2

@@ -17,7 +17,8 @@ a killed run are removed; files there that the run would replace or prune must b
 own (or, for files deeplabv1 did not write, ``overwrite``), and the ``init`` checkpoint is never
 written over. A folder holding an earlier run (its final.pt, checkpoints or log) is only
 continued (``resume``) or, with ``overwrite``, cleared of that run's checkpoints first; a fresh
-run never mixes with it.
+run never mixes with it. Only checkpoints ``train`` wrote (and that are unchanged since) are ever
+deleted, by ``overwrite`` or by pruning.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ import torch
 
 from deeplabv1.config import config_to_dict, save_config
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import check_outputs
+from deeplabv1.io import check_outputs, is_ours
 from deeplabv1.models.inference import shrink_labels
 from deeplabv1.train import state as st
 from deeplabv1.train.build import (
@@ -116,14 +118,27 @@ def _start_over(cfg: TrainConfig, out_dir: Path) -> None:
     if not earlier:
         return
     if not cfg.overwrite:
-        shown = ", ".join(str(p.relative_to(out_dir)) for p in earlier[:3])
-        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
-        raise DeepLabError(f"--out-dir {out_dir}: holds an earlier training run ({shown}{more}); "
-                           "pass --resume auto to continue it, --overwrite to replace it, or "
-                           "choose another folder")  # fmt: skip
+        raise DeepLabError(f"--out-dir {out_dir}: holds an earlier training run "
+                           f"({_shown(earlier, out_dir)}); pass --resume auto to continue it, "
+                           "--overwrite to start over (deleting the checkpoints train wrote "
+                           "there), or choose another folder")  # fmt: skip
+    kept = []
     for path in earlier:
-        if path.name != "log.jsonl":  # the log is truncated when this run starts it
+        if path.name == "log.jsonl":  # the log is truncated when this run starts it
+            continue
+        if is_ours(path):
             path.unlink()
+        else:  # never deleted: deeplabv1 did not write it (or it was changed since)
+            kept.append(path)
+    if kept:
+        print(f"deeplabv1 train: note: kept {_shown(kept, out_dir)} in {out_dir} (not written by "
+              "deeplabv1, so not deleted; this run replaces a file of the same name when it "
+              "writes one)", file=sys.stderr)  # fmt: skip
+
+
+def _shown(paths: list[Path], folder: Path) -> str:
+    shown = ", ".join(str(p.relative_to(folder)) for p in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _train_stages(cfg: TrainConfig) -> Path:

@@ -19,7 +19,7 @@ import torch
 
 from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import may_replace
+from deeplabv1.io import is_ours
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{6,})\.pt$")
 FINAL_NAME = "final.pt"
@@ -68,7 +68,7 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
     if keep <= 0:
         return
     for _, path in list_checkpoints(out_dir)[:-keep]:
-        if may_replace(path):  # never a file deeplabv1 did not write (unless --overwrite)
+        if is_ours(path):  # never a file deeplabv1 did not write (even with --overwrite)
             path.unlink(missing_ok=True)
 
 
