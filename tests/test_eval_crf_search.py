@@ -113,9 +113,16 @@ def test_grid_optimum_matches_exhaustive_and_resume(tiny, tmp_path, monkeypatch)
     again = run_crf_search(search_config(root, data, tmp_path / "s", resume=True))
     assert len(calls) == 3 and len(points_file.read_text().splitlines()) == 8
     assert again["best"]["mean_iou"] == search["best"]["mean_iou"]
-    # a resume with another setup is refused
-    with pytest.raises(DeepLabError, match="another setup"):
-        run_crf_search(search_config(root, data, tmp_path / "s", resume=True, iters=3))
+    # a resume with other settings that change the points or the search is refused, naming
+    # each difference, and the points stay as they were
+    before = points_file.read_bytes()
+    changes = {"iters": 3, "w2": 5.0, "sg": 2.0, "sb_max": 45.0, "refine_rounds": 1}
+    for key, value in changes.items():
+        with pytest.raises(DeepLabError, match="other settings") as err:
+            run_crf_search(search_config(root, data, tmp_path / "s", resume=True, **{key: value}))
+        assert f"{key} {GRID.get(key, search_config(root, data, 'x').__dict__[key])!r} -> " \
+            f"{value!r}" in str(err.value)  # fmt: skip
+    assert points_file.read_bytes() == before
 
 
 def test_parallel_processes_give_the_same_records(tiny, tmp_path):
