@@ -244,3 +244,22 @@ def test_train_init_weight_mismatch_names_the_file(tmp_path, capsys):
             "--out-dir", str(tmp_path / "run")]  # fmt: skip
     assert main(argv) == 2
     assert_one_line_error(capsys.readouterr().err, "train", str(init), "conv1_1.weight", "width")
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("arch", "resnet", "unknown arch 'resnet'"),
+    ("width", -1.0, "width must be a number > 0, got -1.0"),
+    ("width", "wide", "width must be a number > 0"),
+    ("model_kwargs", [1], "model_kwargs must be a mapping"),
+    ("model_kwargs", {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+    ("num_classes", 0, "num_classes must be >= 1"),
+])  # fmt: skip
+def test_a_checkpoints_bad_network_description_names_the_file(tmp_path, capsys, key, value,
+                                                               words):  # fmt: skip
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt"), weights_only=True)
+    ckpt[key] = value
+    weights = tmp_path / "bad.pt"
+    torch.save(ckpt, weights)
+    image, _ = image_and_scores(tmp_path, "a")
+    assert main(["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "predict", str(weights), words)
