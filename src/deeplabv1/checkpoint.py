@@ -122,7 +122,9 @@ def load_weights_only(
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read and validate a checkpoint; errors name the file and what is wrong."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DeepLabError(f"{path}: is a folder, not a checkpoint file")
+    if not path.exists():
         raise DeepLabError(f"{path}: checkpoint file not found")
     ckpt = load_weights_only(path, "deeplabv1 checkpoint", map_location)
     if not isinstance(ckpt, dict):

@@ -57,8 +57,13 @@ _HINTS = {
 }
 
 
+_TEMPORARIES: dict[str, Path] = {}  # temporaries of atomic writes in progress -> their output
+
+
 def write_error(path: str | os.PathLike, exc: OSError) -> DeepLabError:
-    """A DeepLabError for a failed write: the path, the system's reason and what it means."""
+    """A DeepLabError for a failed write: the path, the system's reason and what it means (a
+    temporary of an atomic write in progress is named by the output it is for)."""
+    path = _TEMPORARIES.get(os.fspath(path), path)
     reason = exc.strerror or str(exc)
     hint = _HINTS.get(exc.errno)
     return DeepLabError(f"{path}: cannot write ({reason}{'; ' + hint if hint else ''})")
@@ -415,6 +420,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
                                        dir=path.parent)  # fmt: skip
             os.close(fd)
             tmps.append(Path(tmp))
+            _TEMPORARIES[tmp] = _TEMPORARIES.get(os.fspath(path), path)  # an outer one's output
             # mkstemp creates 0600 files; give outputs the usual permissions (0666 - umask)
             os.chmod(tmp, 0o666 & ~umask)
         current = finals[0] if len(finals) == 1 else finals[0].parent
@@ -437,6 +443,9 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         if isinstance(exc, OSError):
             raise write_error(current, exc) from exc
         raise
+    finally:
+        for tmp in tmps:
+            _TEMPORARIES.pop(os.fspath(tmp), None)
 
 
 @contextlib.contextmanager
