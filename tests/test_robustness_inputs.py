@@ -298,10 +298,10 @@ def test_a_failed_write_inside_an_atomic_write_names_the_output(tmp_path, monkey
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(DeepLabError) as err, atomic_paths(tmp_path / "a.png", out) as tmps:
-        with atomic_path(tmps[-1]) as inner:
-            monkeypatch.setattr(os, "fsync", full)
-            inner.write_bytes(b"png")
+    with pytest.raises(DeepLabError) as err, atomic_paths(tmp_path / "a.png", out) as tmps, \
+            atomic_path(tmps[-1]) as inner:  # fmt: skip
+        monkeypatch.setattr(os, "fsync", full)
+        inner.write_bytes(b"png")
     assert str(err.value).startswith(f"{out}: cannot write (No space left on device")
     assert ".tmp" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
