@@ -248,6 +248,6 @@ def test_overwrite_deletes_only_the_checkpoints_train_wrote(synth_root, tmp_path
     assert "checkpoint_000000.pt" in proc.stderr and "not written by deeplabv1" in proc.stderr
     assert load_checkpoint(run / "final.pt")["config"]["seed"] == 2
     # the earlier run's checkpoint 1 was replaced by this run's, the newest kept; mine stays
-    assert sorted(p.name for p in run.glob("checkpoint_*.pt")) == ["checkpoint_000000.pt",
-                                                                    "checkpoint_000001.pt"]
+    left = sorted(p.name for p in run.glob("checkpoint_*.pt"))
+    assert left == ["checkpoint_000000.pt", "checkpoint_000001.pt"]
     assert load_checkpoint(run / "checkpoint_000001.pt")["config"]["seed"] == 2
