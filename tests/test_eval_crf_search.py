@@ -113,9 +113,16 @@ def test_grid_optimum_matches_exhaustive_and_resume(tiny, tmp_path, monkeypatch)
     again = run_crf_search(search_config(root, data, tmp_path / "s", resume=True))
     assert len(calls) == 3 and len(points_file.read_text().splitlines()) == 8
     assert again["best"]["mean_iou"] == search["best"]["mean_iou"]
-    # a resume with another setup is refused
-    with pytest.raises(DeepLabError, match="another setup"):
-        run_crf_search(search_config(root, data, tmp_path / "s", resume=True, iters=3))
+    # a resume with other settings that change the points or the search is refused, naming
+    # each difference, and the points stay as they were
+    before = points_file.read_bytes()
+    changes = {"iters": 3, "w2": 5.0, "sg": 2.0, "sb_max": 45.0, "refine_rounds": 1}
+    for key, value in changes.items():
+        with pytest.raises(DeepLabError, match="other settings") as err:
+            run_crf_search(search_config(root, data, tmp_path / "s", resume=True, **{key: value}))
+        assert f"{key} {GRID.get(key, search_config(root, data, 'x').__dict__[key])!r} -> " \
+            f"{value!r}" in str(err.value)  # fmt: skip
+    assert points_file.read_bytes() == before
 
 
 def test_parallel_processes_give_the_same_records(tiny, tmp_path):
@@ -162,3 +169,32 @@ def test_scores_round_trip_exactly(tmp_path):
     np.testing.assert_array_equal(back, coarse.numpy())
     assert (h, w, f) == (33, 25, 8)
     assert tuple(full_scores(back, h, w, f, crop).shape) == (3, 33, 25)
+
+
+@pytest.mark.parametrize("cut", ["empty", "half", "end", "npy"])
+def test_a_damaged_score_file_is_one_line_naming_it(tiny, tmp_path, capsys, cut):
+    """`crf-search --scores` (and `eval --scores`, which reads the same files) with a score file
+    that is empty, cut short or not an archive: one line naming the file, no traceback."""
+    import shutil
+
+    from deeplabv1.cli import main
+
+    root, data, ds = tiny
+    scores = tmp_path / "scores"
+    shutil.copytree(root / "scores", scores)
+    bad = scores / f"{ds.ids[1]}.npz"
+    whole = bad.read_bytes()
+    if cut == "npy":
+        np.save(tmp_path / "a.npy", np.zeros((4, 3, 3), np.float32))
+        bad.write_bytes((tmp_path / "a.npy").read_bytes())
+    else:
+        bad.write_bytes({"empty": b"", "half": whole[: len(whole) // 2], "end": whole[:-30]}[cut])
+    argv = ["crf-search", "--scores", str(scores), "--data", str(data), "--split", "trainval",
+            "--num-images", "3", "--iters", "1", "--refine-rounds", "0", "--progress", "false",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in GRID.items()]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("deeplabv1 crf-search: error")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "score file" in lines[0], err

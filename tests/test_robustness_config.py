@@ -19,6 +19,9 @@ from deeplabv1.train.loop import train
     ("momentum: 1.5\n", [], "momentum must lie in [0, 1), got 1.5"),
     ("num_classes: twenty-one\n", [], "num_classes: expected an integer"),
     ("base_lr: [0.1]\n", [], "base_lr: expected a number, got [0.1]"),
+    ("batch_size: [1, 2\nseed: 3\n", [], "c.yaml:2:5: not valid YAML: while parsing a flow "
+     "sequence: expected ',' or ']'"),
+    ("seed: 1\n\tmax_iter: 2\n", [], "c.yaml:2:1: not valid YAML"),
 ])  # fmt: skip
 def test_train_settings_are_checked_before_anything_runs(tmp_path, capsys, yaml_text, flags,
                                                          words):  # fmt: skip

@@ -4,6 +4,7 @@ bad item is reported and skipped while the rest are processed (exit status 1). `
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import zlib
@@ -244,3 +245,63 @@ def test_train_init_weight_mismatch_names_the_file(tmp_path, capsys):
             "--out-dir", str(tmp_path / "run")]  # fmt: skip
     assert main(argv) == 2
     assert_one_line_error(capsys.readouterr().err, "train", str(init), "conv1_1.weight", "width")
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("arch", "resnet", "unknown arch 'resnet'"),
+    ("width", -1.0, "width must be a number > 0, got -1.0"),
+    ("width", "wide", "width must be a number > 0"),
+    ("model_kwargs", [1], "model_kwargs must be a mapping"),
+    ("model_kwargs", {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+    ("num_classes", 0, "num_classes must be >= 1"),
+])  # fmt: skip
+def test_a_checkpoints_bad_network_description_names_the_file(tmp_path, capsys, key, value,
+                                                               words):  # fmt: skip
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "m.pt"), weights_only=True)
+    ckpt[key] = value
+    weights = tmp_path / "bad.pt"
+    torch.save(ckpt, weights)
+    image, _ = image_and_scores(tmp_path, "a")
+    assert main(["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "predict", str(weights), words)
+
+
+def test_weights_that_are_no_file_say_what_they_are(tmp_path, capsys):
+    """--weights naming a folder or an empty device says so (not "not found"); an empty
+    --from caffe model says it is empty (not that it does not match the model)."""
+    image, _ = image_and_scores(tmp_path, "a")
+    for weights, words in ((tmp_path, "is a folder, not a checkpoint file"),
+                           (os.devnull, "the file is empty")):  # fmt: skip
+        argv = ["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]
+        assert main(argv) == 2
+        line = assert_one_line_error(capsys.readouterr().err, "predict", str(weights), words)
+        assert "not found" not in line
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    argv = ["convert", "--from", "caffe", str(empty), "--arch", "deeplab-largefov", "-o",
+            str(tmp_path / "m.pt")]  # fmt: skip
+    assert main(argv) == 2
+    line = assert_one_line_error(capsys.readouterr().err, "convert", str(empty), "empty")
+    assert "does not match" not in line
+
+
+def test_a_failed_write_inside_an_atomic_write_names_the_output(tmp_path, monkeypatch):
+    """A writer that itself writes atomically into the temporary it was given (a figure
+    inside `predict`'s outputs): a full disk names the output, never a temporary."""
+    import errno
+
+    from deeplabv1.errors import DeepLabError
+    from deeplabv1.io import atomic_path, atomic_paths
+
+    out = tmp_path / "a_figure.png"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DeepLabError) as err, atomic_paths(tmp_path / "a.png", out) as tmps, \
+            atomic_path(tmps[-1]) as inner:  # fmt: skip
+        monkeypatch.setattr(os, "fsync", full)
+        inner.write_bytes(b"png")
+    assert str(err.value).startswith(f"{out}: cannot write (No space left on device")
+    assert ".tmp" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

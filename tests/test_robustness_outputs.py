@@ -261,3 +261,61 @@ def test_eval_never_writes_into_the_datasets_folders(tmp_path, capsys, layout):
     assert sorted(p for p in data.rglob("*")) == before
     # an output folder beside the dataset is fine
     assert main([*base, "-o", str(tmp_path / "e"), "--save-scores", str(tmp_path / "s")]) == 0
+
+
+def test_no_command_writes_inside_a_datasets_or_an_input_folder(tmp_path, capsys):
+    """`train --out-dir`, `eval -o` and `predict -o` are refused in a dataset's image, mask and
+    split-list folders and in any subfolder of them (a `predict` input folder that is a
+    dataset's images/ protects the whole dataset), and `predict -o` inside its input folder;
+    another subfolder of the dataset's root is fine."""
+    from deeplabv1.cli import main
+    from deeplabv1.data.synth import make_synthetic_folder
+
+    data = tmp_path / "data"
+    make_synthetic_folder(data, 3, size=(32, 32))
+    before = sorted(data.rglob("*"))
+    weights = tiny_checkpoint(tmp_path / "m.pt", num_classes=6)
+    train = ["train", "--data-root", str(data), "--split", "all", "--arch", "deeplab-largefov",
+             "--width", "0.0625", "--crop-size", "33", "--batch-size", "1", "--max-iter", "1",
+             "--workers", "0", "--device", "cpu", "--progress", "false", "--tensorboard",
+             "false"]  # fmt: skip
+    evaluate = ["eval", "--weights", str(weights), "--data", str(data), "--val-fraction", "0.4",
+                "--test-size", "33", "--device", "cpu", "--progress", "false"]  # fmt: skip
+    for folder in (data, data / "masks", data / "masks" / "sub", data / "images" / "a" / "b"):
+        assert main([*train, "--out-dir", str(folder)]) == 2, folder
+        assert_one_line_error(capsys.readouterr().err, "train", str(folder), "--data-root")
+        assert main([*evaluate, "-o", str(folder)]) == 2, folder
+        assert_one_line_error(capsys.readouterr().err, "eval", str(folder), "--data")
+    predict = ["predict", str(data / "images"), "--weights", str(weights), "--device", "cpu"]
+    for folder in (data / "masks", data / "masks" / "sub", data / "images" / "x.png"):
+        assert main([*predict, "-o", str(folder)]) == 2, folder
+        assert_one_line_error(capsys.readouterr().err, "predict", str(folder))
+    assert sorted(data.rglob("*")) == before
+    # a photo folder: no output folder inside it (a later `predict photos` would read it)
+    photos = tmp_path / "photos"
+    image_and_scores(photos, "a")
+    (photos / "a.npy").unlink()
+    assert main(["predict", str(photos), "--weights", str(weights), "--device", "cpu", "-o",
+                 str(photos / "x.png")]) == 2  # fmt: skip
+    assert_one_line_error(capsys.readouterr().err, "predict", str(photos / "x.png"), "inside")
+    assert not (photos / "x.png").exists()
+    # beside the dataset's folders, inside its root: fine
+    assert main([*predict, "-o", str(data / "predictions")]) == 0
+
+
+def test_overwrite_never_replaces_what_is_not_a_regular_file(tmp_path):
+    """A FIFO (as a device or a socket) named as an output, directly or through a symbolic
+    link, is refused even with --overwrite, and stays what it was."""
+    import stat
+
+    image, scores = image_and_scores(tmp_path, "a")
+    fifo = tmp_path / "labels.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.png"
+    link.symlink_to(fifo)
+    for out in (fifo, link):
+        proc = cli("crf", "--image", image, "--scores", scores, "-o", out, "--overwrite",
+                   timeout=120)  # fmt: skip
+        assert proc.returncode == 2
+        assert_one_line_error(proc.stderr, "crf", str(out), "named pipe", "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()

@@ -166,3 +166,88 @@ def test_a_finished_run_is_kept_from_fresh_runs_and_other_commands(synth_root, t
                             resume="auto"))  # fmt: skip
     assert more.returncode == 0, more.stderr
     assert load_checkpoint(run / "final.pt")["iteration"] == 3
+
+
+def _damaged_copy(synth_root, tmp_path, what: str) -> tuple[Path, Path]:
+    """A copy of the dataset with one training item damaged: a mask of the wrong size, or an
+    image cut short after its header (its size reads, its pixels do not)."""
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    sid = (root / "ImageSets" / "Segmentation" / "train.txt").read_text().split()[0]
+    if what == "mask":
+        bad = root / "SegmentationClass" / f"{sid}.png"
+        with Image.open(bad) as img:
+            img.crop((0, 0, img.width - 3, img.height)).save(bad)
+    else:
+        bad = root / "JPEGImages" / f"{sid}.jpg"
+        bad.write_bytes(bad.read_bytes()[:400])
+    return root, bad
+
+
+@pytest.mark.parametrize("what", ["mask", "image"])
+def test_a_bad_item_with_loader_workers_is_one_line(synth_root, tmp_path, what):
+    """With loader worker processes a bad item is the same one line as without them (a mask
+    of the wrong size is found before training starts; an image that cannot be decoded in a
+    worker comes back without the worker's traceback)."""
+    root, bad = _damaged_copy(synth_root, tmp_path, what)
+    for workers in (0, 2):
+        proc = cli(*_train_args(root, tmp_path / f"run{workers}", max_iter=3, checkpoint_every=0,
+                                workers=workers))  # fmt: skip
+        assert proc.returncode == 2
+        assert_one_line_error(proc.stderr, "train", str(bad))
+    if what == "mask":
+        assert "differs from image" in proc.stderr and not (tmp_path / "run2").exists()
+
+
+def test_a_killed_run_with_loader_workers_frees_its_folder_at_once(synth_root, tmp_path):
+    """kill -9 of a run whose DataLoader workers are still running: the folder is free at once
+    (the workers, which end only seconds later, hold no copy of the lock) and the run resumes."""
+    from deeplabv1.rundir import RunLock
+
+    out = tmp_path / "run"
+    run = subprocess.Popen([*CLI, *_train_args(synth_root, out, max_iter=400, checkpoint_every=1,
+                                               keep_checkpoints=2, workers=2)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint_000002.pt").is_file():
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        assert workers.stdout.split(), "the run had no loader worker processes"
+        RunLock(out).acquire().release()  # free at once, while the orphaned workers live on
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        run.stderr.close()
+    newest = max(int(p.stem.split("_")[1]) for p in out.glob("checkpoint_*.pt"))
+    proc = cli(*_train_args(synth_root, out, resume="auto", max_iter=newest + 2,
+                            checkpoint_every=0, workers=2))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert load_checkpoint(out / "final.pt")["iteration"] == newest + 2
+
+
+def test_overwrite_deletes_only_the_checkpoints_train_wrote(synth_root, tmp_path):
+    """`train --overwrite` over an earlier run deletes that run's own checkpoints, keeps (and
+    names) a checkpoint-named file of the user's, and pruning never deletes it either."""
+    run = tmp_path / "run"
+    assert cli(*_train_args(synth_root, run, max_iter=2, checkpoint_every=1)).returncode == 0
+    mine = run / "checkpoint_000000.pt"  # the oldest by its number: the first to prune
+    mine.write_bytes(b"my own notes, named like a checkpoint")
+    proc = cli(*_train_args(synth_root, run, seed=2, max_iter=2, checkpoint_every=1,
+                            keep_checkpoints=1, overwrite="true"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert mine.read_bytes() == b"my own notes, named like a checkpoint"
+    assert "checkpoint_000000.pt" in proc.stderr and "not written by deeplabv1" in proc.stderr
+    assert load_checkpoint(run / "final.pt")["config"]["seed"] == 2
+    # the earlier run's checkpoint 1 was replaced by this run's, the newest kept; mine stays
+    left = sorted(p.name for p in run.glob("checkpoint_*.pt"))
+    assert left == ["checkpoint_000000.pt", "checkpoint_000001.pt"]
+    assert load_checkpoint(run / "checkpoint_000001.pt")["config"]["seed"] == 2

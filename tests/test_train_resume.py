@@ -77,7 +77,9 @@ def test_crash_and_auto_resume_in_place_keeps_one_clean_log(synth_root, tmp_path
     longer = load_checkpoint(train(_cfg(synth_root, out, max_iter=12, checkpoint_every=5,
                                         resume="auto")))
     assert longer["iteration"] == 12
-    assert load_yaml(out / "config.yaml")["max_iter"] == 12
+    # config.yaml stays the record of how the run started; the checkpoint holds its own
+    assert load_yaml(out / "config.yaml")["max_iter"] == 10
+    assert longer["config"]["max_iter"] == 12
     # lr of the logged iterations follows the step policy (step_size 7)
     lrs = {r["iter"]: r["lr"] for r in read_log(out / "log.jsonl")}
     assert lrs[7] == pytest.approx(1e-3) and lrs[8] == pytest.approx(1e-4)
@@ -109,3 +111,30 @@ def test_end_to_end_crf_stage_starts_from_the_final_checkpoint(synth_root, tmp_p
     assert calls == [(3, out / "final.pt")]
     assert train(_cfg(synth_root, tmp_path / "plain", max_iter=1)) == tmp_path / "plain/final.pt"
     assert len(calls) == 1
+
+
+def test_resume_with_other_settings_is_refused_and_keeps_the_record(synth_root, tmp_path):
+    """A resumed run must train as its checkpoint did: settings that change the result are
+    refused in one line listing them; config.yaml, the record of the run, is never rewritten;
+    a checkpoint past --max-iter is refused; output and loader settings may change."""
+    out = tmp_path / "run"
+    train(_cfg(synth_root, out, max_iter=4, checkpoint_every=2))
+    ckpt = out / "checkpoint_000002.pt"
+    record = (out / "config.yaml").read_bytes()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.endswith(".pt")}
+    changed = {"batch_size": 2, "iter_size": 1, "base_lr": 1e-2, "seed": 3}
+    with pytest.raises(DeepLabError) as err:
+        train(_cfg(synth_root, out, max_iter=4, checkpoint_every=2, resume="auto", **changed))
+    msg = str(err.value)
+    assert "\n" not in msg and str(out / "final.pt") in msg
+    assert all(f"{key} " in msg for key in changed), msg
+    with pytest.raises(DeepLabError, match="is at iteration 2, past --max-iter 1"):
+        train(_cfg(synth_root, tmp_path / "other", max_iter=1, resume=str(ckpt)))
+    assert not (tmp_path / "other").exists()
+    assert (out / "config.yaml").read_bytes() == record
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name.endswith(".pt")} == before
+    # what does not change the result: loader workers, logging, checkpointing, a longer run
+    final = train(_cfg(synth_root, out, max_iter=6, checkpoint_every=3, resume=str(ckpt),
+                       workers=2, log_every=2))  # fmt: skip
+    assert load_checkpoint(final)["iteration"] == 6
+    assert (out / "config.yaml").read_bytes() == record

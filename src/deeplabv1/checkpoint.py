@@ -122,7 +122,9 @@ def load_weights_only(
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read and validate a checkpoint; errors name the file and what is wrong."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DeepLabError(f"{path}: is a folder, not a checkpoint file")
+    if not path.exists():
         raise DeepLabError(f"{path}: checkpoint file not found")
     ckpt = load_weights_only(path, "deeplabv1 checkpoint", map_location)
     if not isinstance(ckpt, dict):
@@ -138,9 +140,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     ckpt.setdefault("width", 1.0)
     ckpt.setdefault("model_kwargs", {})
     ckpt.setdefault("config", {})
+    _check_model_fields(ckpt, path)
     checkpoint_classes(ckpt, str(path))  # malformed names or palette: an error naming the file
     ckpt["file"] = str(path)
     return ckpt
+
+
+def _check_model_fields(ckpt: dict, path: Path) -> None:
+    """The network description (arch, width, model_kwargs) is one the builders take; errors
+    name the file."""
+    import math
+
+    from deeplabv1.models import MODEL_NAMES
+
+    arch, width = ckpt["arch"], ckpt["width"]
+    if not isinstance(arch, str) or arch not in MODEL_NAMES:
+        raise DeepLabError(f"{path}: unknown arch {arch!r} (known: {', '.join(MODEL_NAMES)})")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (
+            math.isfinite(width) and width > 0):  # fmt: skip
+        raise DeepLabError(f"{path}: width must be a number > 0, got {width!r}")
+    if not isinstance(ckpt["model_kwargs"], dict):
+        raise DeepLabError(f"{path}: model_kwargs must be a mapping, got "
+                           f"{type(ckpt['model_kwargs']).__name__}")  # fmt: skip
 
 
 def checkpoint_classes(ckpt: dict, where: str = "checkpoint"):
@@ -176,9 +197,11 @@ def model_from_checkpoint(
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt, map_location=map_location)
     source = ckpt.get("file", "checkpoint")
-    model = build_model(
-        ckpt["arch"], num_classes=ckpt["num_classes"], width=ckpt["width"], **ckpt["model_kwargs"]
-    )
+    try:
+        model = build_model(ckpt["arch"], num_classes=ckpt["num_classes"], width=ckpt["width"],
+                            **ckpt["model_kwargs"])  # fmt: skip
+    except (DeepLabError, TypeError) as exc:  # e.g. a model_kwargs key no builder takes
+        raise DeepLabError(f"{source}: {exc}") from None
     check_finite(ckpt["model"], source)
     try:
         model.load_state_dict(ckpt["model"], strict=True)

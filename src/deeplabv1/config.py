@@ -251,6 +251,16 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
     return cls(**values)
 
 
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: ``FILE:LINE:COLUMN: not valid YAML: what`` (1-based, where the parser
+    stopped)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else f"{path}"
+    what = ": ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None))
+                    if p) or str(exc).splitlines()[0]  # fmt: skip
+    return f"{where}: not valid YAML: {what}"
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping (a file or a packaged config's name), with errors naming the file."""
     path = locate_config(path)
@@ -259,7 +269,10 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: config file not found") from exc
     except yaml.YAMLError as exc:
-        raise DeepLabError(f"{path}: not valid YAML ({exc})") from exc
+        raise DeepLabError(_yaml_error(path, exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise DeepLabError(f"{path}: cannot read the config file ({why})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

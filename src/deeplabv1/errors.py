@@ -1,11 +1,29 @@
 """The one exception type for bad user input: the CLI prints its message, never a traceback."""
 
+import re
+
+# torch's DataLoader re-raises a worker's exception as the same type with the worker's whole
+# traceback as its message; the original message is the traceback's last entry
+_WORKER_WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_WORKER_ORIGINAL = re.compile(r"^(?:[\w.]+\.)?DeepLabError: (.*)$", re.MULTILINE)
+
 
 class DeepLabError(ValueError):
     """Bad input (a file, a flag, an array) described in words a user can act on.
 
     Subclasses ValueError so that library callers can catch either.
     """
+
+
+def error_message(exc: BaseException) -> str:
+    """The message of ``exc`` to show a user: a DeepLabError raised in a DataLoader worker
+    process comes back wrapped in the worker's traceback; this is its own one line again."""
+    msg = str(exc)
+    if isinstance(exc, DeepLabError) and _WORKER_WRAPPED.match(msg):
+        found = _WORKER_ORIGINAL.findall(msg)
+        if found:
+            return found[-1].strip()
+    return msg
 
 
 def describe_failure(name: object, exc: BaseException) -> str:
@@ -15,7 +33,7 @@ def describe_failure(name: object, exc: BaseException) -> str:
     going on with the rest.
     """
     if isinstance(exc, DeepLabError):
-        msg = str(exc)
+        msg = error_message(exc)
     elif isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename is not None else ""
         msg = f"{where}{exc.strerror or exc}"

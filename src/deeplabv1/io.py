@@ -16,8 +16,9 @@
   same file (inode).
 - Guarded: while a command's ``output_rules`` are active, a write to one of its inputs (the same
   path, a symbolic or a hard link to it) is refused; so is a write over an existing file that
-  is not ours, unless ``overwrite`` is set, and over a file another command wrote, even with
-  ``overwrite``. All are refused before anything is written.
+  is not ours, unless ``overwrite`` is set, and over a file another command wrote or anything
+  but a regular file (a device, a FIFO, a socket, a folder), even with ``overwrite``. All are
+  refused before anything is written.
 - Errors: an OSError while writing (disk full, read-only file system, no permission) becomes a
   ``DeepLabError`` naming the file; the previous file is intact.
 """
@@ -56,8 +57,13 @@ _HINTS = {
 }
 
 
+_TEMPORARIES: dict[str, Path] = {}  # temporaries of atomic writes in progress -> their output
+
+
 def write_error(path: str | os.PathLike, exc: OSError) -> DeepLabError:
-    """A DeepLabError for a failed write: the path, the system's reason and what it means."""
+    """A DeepLabError for a failed write: the path, the system's reason and what it means (a
+    temporary of an atomic write in progress is named by the output it is for)."""
+    path = _TEMPORARIES.get(os.fspath(path), path)
     reason = exc.strerror or str(exc)
     hint = _HINTS.get(exc.errno)
     return DeepLabError(f"{path}: cannot write ({reason}{'; ' + hint if hint else ''})")
@@ -285,6 +291,12 @@ def record_outputs(paths: Iterable[str | os.PathLike], *, grown: bool = False) -
 # --- a command's rules for its outputs -----------------------------------------------------------
 
 
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISCHR: "character device", stat.S_ISBLK: "block device",
+             stat.S_ISFIFO: "named pipe (FIFO)", stat.S_ISSOCK: "socket"}  # fmt: skip
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
 @dataclass(frozen=True)
 class OutputRules:
     """What one command may write: never its ``inputs``; over files not ours only with
@@ -327,6 +339,9 @@ class OutputRules:
             return f"{path}: is the same file as one of this command's inputs; refusing to write it"
         if os.path.isdir(path):
             return f"{path}: is a folder; refusing to replace it by a file"
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            return (f"{path}: is a {_file_kind(st.st_mode)}, not a regular file; refusing to "
+                    "replace it (even with --overwrite): choose another output")  # fmt: skip
         if not os.path.lexists(path):
             return None
         record = written_by(path)
@@ -405,6 +420,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
                                        dir=path.parent)  # fmt: skip
             os.close(fd)
             tmps.append(Path(tmp))
+            _TEMPORARIES[tmp] = _TEMPORARIES.get(os.fspath(path), path)  # an outer one's output
             # mkstemp creates 0600 files; give outputs the usual permissions (0666 - umask)
             os.chmod(tmp, 0o666 & ~umask)
         current = finals[0] if len(finals) == 1 else finals[0].parent
@@ -427,6 +443,9 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         if isinstance(exc, OSError):
             raise write_error(current, exc) from exc
         raise
+    finally:
+        for tmp in tmps:
+            _TEMPORARIES.pop(os.fspath(tmp), None)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ synth|prepare|download``) starts:
 2. it is created and locked: ``.deeplabv1.lock`` in it is held with an operating-system lock
    (``fcntl.flock``; ``msvcrt.locking`` on Windows) for the whole run. A second run gets a
    DeepLabError naming the holder (process id, host, command, start time). The lock dies with
-   its process, so the lock file of a killed run is stale and simply taken over;
+   its process, so the lock file of a killed run is stale and simply taken over (processes the
+   run forked, such as DataLoader workers, close their copy of the lock at once: a folder is
+   free as soon as the run's own process has ended);
 3. temporaries of atomic writes whose writer died are deleted from the folder itself (the
    subfolders a command writes are cleaned when it first writes there: ``deeplabv1.io``);
 4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``, the command's name)
@@ -72,6 +74,24 @@ def _holder(path: Path) -> str:
         return "holder unknown"
 
 
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_held_in_child() -> None:
+    """In a forked child (a DataLoader worker, a process pool's worker), close the inherited
+    lock descriptors: a flock belongs to every process holding a descriptor of it, so a child
+    outliving a killed run would keep its folder locked. Closing (never unlocking) leaves the
+    parent's lock as it is."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_in_child)
+
+
 class RunLock:
     """An exclusive lock on a folder (see the module doc); ``release()`` or process exit frees
     it."""
@@ -104,11 +124,13 @@ class RunLock:
             os.lseek(fd, 0, os.SEEK_SET)
             os.write(fd, (json.dumps(info) + "\n").encode())
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
         """Free the lock (the lock file stays: removing it would race with the next run)."""
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)  # closing the descriptor releases flock / msvcrt locks
             self._fd = None
 
@@ -137,17 +159,29 @@ def _folders(value: Folders) -> list[Path]:
     return [Path(v) for v in value]
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (existing or not) lies somewhere under ``folder``."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
 def check_not_input_folder(path: Path, input_folders: dict[str, Folders], flag: str) -> None:
     """Refuse an output folder ``path`` that is one of ``input_folders`` (``{flag: folder or
-    folders}``; the same folder under any name)."""
-    if not path.exists():
-        return
+    folders}``; the same folder under any name) or lies inside one that holds inputs itself:
+    of the folders given for one flag, those that hold others of them (a dataset's root, the
+    folders between it and its image, label and split-list folders) are refused as such only,
+    their other subfolders being free."""
     for name, value in input_folders.items():
-        if any(_same_folder(path, folder) for folder in _folders(value)):
-            kind = f"the {name} folder" if isinstance(value, (str, os.PathLike)) else (
-                f"a folder of the {name} inputs")  # fmt: skip
-            raise DeepLabError(f"{flag} {path} is {kind}: outputs would mix with the inputs; "
-                               "choose another output folder")  # fmt: skip
+        folders = _folders(value)
+        kind = f"the {name} folder" if isinstance(value, (str, os.PathLike)) else (
+            f"a folder of the {name} inputs")  # fmt: skip
+        for folder in folders:
+            if path.exists() and _same_folder(path, folder):
+                raise DeepLabError(f"{flag} {path} is {kind}: outputs would mix with the "
+                                   "inputs; choose another output folder")  # fmt: skip
+            holds_others = any(other != folder and _inside(other, folder) for other in folders)
+            if not holds_others and _inside(path, folder):
+                raise DeepLabError(f"{flag} {path} is inside {kind} ({folder}): outputs would "
+                                   "mix with the inputs; choose another output folder")  # fmt: skip
 
 
 def _check_new_or_own(path: Path, command: str | None, flag: str) -> None:

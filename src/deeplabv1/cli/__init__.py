@@ -15,7 +15,7 @@ import os
 import sys
 
 from deeplabv1 import __version__
-from deeplabv1.errors import DeepLabError
+from deeplabv1.errors import DeepLabError, error_message
 
 EPILOG = """\
 Run `deeplabv1 COMMAND --help` for a command's options and their defaults. Paper configs ship
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deeplabv1 {args.command}: {missing_extra(exc)}", file=sys.stderr)
         return 2
     except DeepLabError as exc:
-        report_error(args.command, str(exc), exc)
+        report_error(args.command, error_message(exc), exc)
         return 2
     except OSError as exc:  # a file the command could not read or write: name it, no traceback
         where = exc.filename if exc.filename is not None else "a file"

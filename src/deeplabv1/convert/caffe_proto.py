@@ -237,4 +237,6 @@ def read_caffemodel(path: str | os.PathLike) -> tuple[str, list[CaffeLayer]]:
         data = path.read_bytes()
     except OSError as exc:
         raise DeepLabError(f"{path}: cannot read Caffe model ({exc.strerror or exc})") from exc
+    if not data:
+        raise DeepLabError(f"{path}: not a Caffe model: the file is empty")
     return parse_net(data, str(path))

@@ -123,19 +123,37 @@ def label_warnings(
     return out
 
 
-def scan_labels(paths: Sequence[Path], num_classes: int, workers: int = 4) -> Counter:
+def scan_labels(paths: Sequence[Path], num_classes: int, workers: int = 4,
+                images: Sequence[Path] | None = None) -> Counter:  # fmt: skip
     """Pixel count of every label value over ``paths`` (values are checked: an error names the
-    file holding a value outside 0..num_classes-1 and 255)."""
+    file holding a value outside 0..num_classes-1 and 255); with ``images`` (one per mask),
+    a mask whose size differs from its image's is an error naming both."""
 
-    def count(path: Path) -> Counter:
-        values, counts = np.unique(read_label_png(path, num_classes), return_counts=True)
+    def count(path: Path, image: Path | None) -> Counter:
+        labels = read_label_png(path, num_classes)
+        if image is not None:
+            _check_size(path, labels, image)
+        values, counts = np.unique(labels, return_counts=True)
         return Counter(dict(zip(values.tolist(), counts.tolist())))
 
     total: Counter = Counter()
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for found in pool.map(count, paths):
+        for found in pool.map(count, paths, images or [None] * len(paths)):
             total.update(found)
     return total
+
+
+def _check_size(label: Path, labels: np.ndarray, image: Path) -> None:
+    """Raise the training loader's error when mask and image sizes differ (the image's size
+    from its header)."""
+    try:
+        with Image.open(image) as img:
+            width, height = img.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DeepLabError(f"{image}: cannot read image ({exc})") from exc
+    if labels.shape != (height, width):
+        raise DeepLabError(f"{label}: label size {labels.shape[1]}x{labels.shape[0]} differs "
+                           f"from image {image} size {width}x{height}")  # fmt: skip
 
 
 def _check_one(image_dir: Path, label_dir: Path, sid: str):

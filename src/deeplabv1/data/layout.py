@@ -90,6 +90,20 @@ def input_folders(
     return list(dict.fromkeys(found))
 
 
+def dataset_of_image_folder(path: str | os.PathLike) -> Path | None:
+    """The dataset root whose image folder (``images/`` of a plain dataset, ``JPEGImages/`` of
+    a VOC2012 one) ``path`` is, or None."""
+    path = Path(os.path.realpath(path))
+    if path.name not in (folder.IMAGES_DIR, "JPEGImages"):
+        return None
+    try:
+        layout, base = detect_layout(path.parent)
+    except DeepLabError:
+        return None
+    image_dir = base / ("JPEGImages" if layout == "voc" else folder.IMAGES_DIR)
+    return base if image_dir.resolve() == path else None
+
+
 def default_train_split(root: str | os.PathLike) -> str:
     """``train_aug`` for a VOC2012 root (the paper's), ``train`` for a plain folder."""
     return "train_aug" if detect_layout(root)[0] == "voc" else "train"

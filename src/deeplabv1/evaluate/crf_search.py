@@ -78,6 +78,22 @@ def best_record(records: Iterable[dict]) -> dict:
     return min(recs, key=lambda r: (-r["mean_iou"], point_key(r[n] for n in PARAM_NAMES)))
 
 
+def _differences(old, new: dict) -> str:
+    """``key old -> new`` for each setting that differs (a missing one shows as None)."""
+    old = old if isinstance(old, dict) else {}
+    keys = [k for k in dict.fromkeys([*new, *old]) if old.get(k) != new.get(k)]
+    shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:6])
+    return shown + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def search_settings(cfg: CRFSearchConfig) -> dict:
+    """The search's own settings that decide which points it evaluates and which is best (the
+    grid, the fixed w2 and sg, the refinement rounds): part of the setup ``--resume`` checks."""
+    names = ("w1_min", "w1_max", "w1_step", "sa_min", "sa_max", "sa_step", "sb_min", "sb_max",
+             "sb_step", "w2", "sg", "refine_rounds")  # fmt: skip
+    return {name: getattr(cfg, name) for name in names}
+
+
 class PointsFile:
     """The search's results: one JSON line per point, the file rewritten atomically on add."""
 
@@ -104,10 +120,10 @@ class PointsFile:
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise DeepLabError(f"{self.path}:{n}: not a search result line ({exc})") from exc
             if rec.get("setup") != self.setup:
-                raise DeepLabError(
-                    f"{self.path}:{n}: written for another setup {rec.get('setup')}; "
-                    f"this run is {self.setup}. Use a new output folder."
-                )
+                differ = _differences(rec.get("setup"), self.setup)
+                raise DeepLabError(f"{self.path}:{n}: written with other settings ({differ}); "
+                                   "--resume with the same settings, or use a new output "
+                                   "folder")  # fmt: skip
             self.records[key] = rec
 
     def add(self, rec: dict) -> None:
@@ -309,7 +325,8 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
 
     dist = dist if dist is not None else DistInfo()
     out = Path(cfg.out)
-    store = on_main(lambda: PointsFile(out / POINTS_NAME, tuning.setup, cfg.resume), dist)
+    setup = {**tuning.setup, **search_settings(cfg)}
+    store = on_main(lambda: PointsFile(out / POINTS_NAME, setup, cfg.resume), dist)
     store.write = dist.is_main
     images = tuning.loader()
     unary = unary_record(images, tuning.num_classes)  # reads every file once, before the grid

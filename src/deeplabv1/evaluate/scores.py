@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +73,21 @@ def load_scores(
     path = Path(folder) / f"{image_id}.npz"
     if not path.is_file():
         raise DeepLabError(f"{path}: score file not found (was it saved with --save-scores?)")
+    if path.stat().st_size == 0:
+        raise DeepLabError(f"{path}: not a readable score file (the file is empty)")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with z:
             coarse = np.asarray(z["scores"], dtype=np.float32)
             height, width, factor = int(z["height"]), int(z["width"]), int(z["factor"])
             crop = int(z["crop"]) if "crop" in z.files else 0
-    except (OSError, KeyError, ValueError) as exc:
-        raise DeepLabError(f"{path}: not a readable score file ({exc})") from exc
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, (EOFError, zipfile.BadZipFile, zlib.error)):
+            why = f"damaged or cut short: {why}"
+        raise DeepLabError(f"{path}: not a readable score file ({why})") from exc
     if coarse.ndim != 3:
         raise DeepLabError(f"{path}: scores must be (C, h, w), got shape {coarse.shape}")
     if factor < 1 or crop < 0:

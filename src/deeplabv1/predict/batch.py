@@ -133,6 +133,7 @@ SETUP = "predict_setup.json"
 def run_predict(cfg: PredictConfig) -> int:
     """Run ``deeplabv1 predict``, under torchrun or alone; returns 0, or 1 when any input
     failed (rank 0; the other ranks return 0). See the module doc."""
+    from deeplabv1.data.layout import dataset_of_image_folder, input_folders
     from deeplabv1.distributed.context import RANK_WAIT, distributed_session, env_rank
     from deeplabv1.predict.images import BACKGROUNDS, collect_inputs
     from deeplabv1.rundir import group_run_directory
@@ -148,7 +149,11 @@ def run_predict(cfg: PredictConfig) -> int:
     rank = env_rank()
     for msg in problems if rank == 0 else ():
         print(f"deeplabv1 predict: {msg}", file=sys.stderr)
-    folders = {f"input {item}": item for item in cfg.inputs if Path(item).is_dir()}
+    folders: dict = {f"input {item}": item for item in cfg.inputs if Path(item).is_dir()}
+    for item in list(folders.values()):  # a dataset's images/: none of its folders either
+        root = dataset_of_image_folder(item)
+        if root is not None:
+            folders[f"dataset {root}"] = input_folders(root)
     folder = group_run_directory(cfg.output, rank=rank, inputs=[*paths, cfg.weights],
                                  input_folders=folders, overwrite=cfg.overwrite,
                                  flag="-o", command="predict")  # fmt: skip

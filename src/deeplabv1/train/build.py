@@ -207,7 +207,7 @@ def build_dataset(cfg: TrainConfig):
 def mask_warnings(dataset, cfg: TrainConfig) -> list[str]:
     """Label sanity warnings (``deeplabv1.data.check.label_warnings``) from up to
     ``MASK_SCAN_LIMIT`` masks of ``dataset``, evenly spread; a value outside the classes and
-    void is an error naming the file."""
+    void, or a mask whose size differs from its image's, is an error naming the file."""
     import numpy as np
 
     from deeplabv1.data.check import label_warnings, scan_labels
@@ -217,7 +217,8 @@ def mask_warnings(dataset, cfg: TrainConfig) -> list[str]:
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), MASK_SCAN_LIMIT))
                       .round().astype(int))  # fmt: skip
     counts = scan_labels([dataset.label_path(int(i)) for i in picks], dataset.num_classes,
-                         workers=max(1, cfg.workers))  # fmt: skip
+                         workers=max(1, cfg.workers),
+                         images=[dataset.image_path(int(i)) for i in picks])  # fmt: skip
     where = f"the {len(dataset):,} training masks"
     if len(picks) < len(dataset):
         where = f"{len(picks):,} of {where} (evenly spread)"

@@ -221,6 +221,8 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     start_iter = position = 0
     if resumed:
         path, state = resumed
+        notes += st.check_resume_settings(path, state, config_to_dict(cfg),
+                                          iteration_key="crf_max_iter")  # fmt: skip
         try:
             layer.load_state_dict(state["crf_state"])
             optimizer.load_state_dict(state["optimizer"])

@@ -6,7 +6,8 @@ cross-entropy sum divided by the number of valid (non-255) score-grid pixels of 
 so accumulation and DDP give the gradient of one big batch (``loss_norm: micro`` = Caffe's
 per-micro-batch normalisation instead). Then one SGD step and one lr-schedule step.
 
-Outputs in ``cfg.out_dir``: ``config.yaml`` (the resolved config), ``log.jsonl``, ``tb/``
+Outputs in ``cfg.out_dir``: ``config.yaml`` (the resolved config; a resumed run keeps its run's
+and must have the same settings: ``state.check_resume_settings``), ``log.jsonl``, ``tb/``
 (TensorBoard, when installed), ``checkpoint_<iter>.pt`` every ``checkpoint_every`` iterations
 (resumable: optimizer, scheduler, RNG states of every process, data position) and ``final.pt``.
 
@@ -16,7 +17,8 @@ a killed run are removed; files there that the run would replace or prune must b
 own (or, for files deeplabv1 did not write, ``overwrite``), and the ``init`` checkpoint is never
 written over. A folder holding an earlier run (its final.pt, checkpoints or log) is only
 continued (``resume``) or, with ``overwrite``, cleared of that run's checkpoints first; a fresh
-run never mixes with it.
+run never mixes with it. Only checkpoints ``train`` wrote (and that are unchanged since) are ever
+deleted, by ``overwrite`` or by pruning.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -32,7 +35,7 @@ import torch
 
 from deeplabv1.config import config_to_dict, save_config
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import check_outputs
+from deeplabv1.io import check_outputs, is_ours
 from deeplabv1.models.inference import shrink_labels
 from deeplabv1.train import state as st
 from deeplabv1.train.build import (
@@ -68,6 +71,7 @@ def seed_process(seed: int, rank: int) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says (joining torchrun's process group if any); return ``final.pt``
     (``crf/final.pt`` with ``crf: end-to-end``)."""
+    from deeplabv1.data.layout import input_folders
     from deeplabv1.rundir import run_directory
 
     cfg.validate()
@@ -78,8 +82,9 @@ def train(cfg: TrainConfig) -> Path:
     inputs = [cfg.init]
     if cfg.resume is not None and not _continues(cfg, out_dir):
         inputs.append(cfg.resume)  # a checkpoint of another run: never written over
-    with run_directory(out_dir, inputs=inputs, overwrite=cfg.overwrite, flag="--out-dir",
-                       command="train"):  # fmt: skip
+    dataset = {"--data-root": input_folders(cfg.data_root, cfg.label_dir, cfg.split)}
+    with run_directory(out_dir, inputs=inputs, input_folders=dataset, overwrite=cfg.overwrite,
+                       flag="--out-dir", command="train"):  # fmt: skip
         check_outputs(_replaceable(out_dir))
         _start_over(cfg, out_dir)
         return _train_stages(cfg)
@@ -113,14 +118,27 @@ def _start_over(cfg: TrainConfig, out_dir: Path) -> None:
     if not earlier:
         return
     if not cfg.overwrite:
-        shown = ", ".join(str(p.relative_to(out_dir)) for p in earlier[:3])
-        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
-        raise DeepLabError(f"--out-dir {out_dir}: holds an earlier training run ({shown}{more}); "
-                           "pass --resume auto to continue it, --overwrite to replace it, or "
-                           "choose another folder")  # fmt: skip
+        raise DeepLabError(f"--out-dir {out_dir}: holds an earlier training run "
+                           f"({_shown(earlier, out_dir)}); pass --resume auto to continue it, "
+                           "--overwrite to start over (deleting the checkpoints train wrote "
+                           "there), or choose another folder")  # fmt: skip
+    kept = []
     for path in earlier:
-        if path.name != "log.jsonl":  # the log is truncated when this run starts it
+        if path.name == "log.jsonl":  # the log is truncated when this run starts it
+            continue
+        if is_ours(path):
             path.unlink()
+        else:  # never deleted: deeplabv1 did not write it (or it was changed since)
+            kept.append(path)
+    if kept:
+        print(f"deeplabv1 train: note: kept {_shown(kept, out_dir)} in {out_dir} (not written by "
+              "deeplabv1, so not deleted; this run replaces a file of the same name when it "
+              "writes one)", file=sys.stderr)  # fmt: skip
+
+
+def _shown(paths: list[Path], folder: Path) -> str:
+    shown = ", ".join(str(p.relative_to(folder)) for p in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _train_stages(cfg: TrainConfig) -> Path:
@@ -165,6 +183,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     resume_path = st.find_resume(out_dir, cfg.resume) if cfg.resume else None
     if resume_path is not None:
         ckpt = st.load_training_checkpoint(resume_path)
+        notes += st.check_resume_settings(resume_path, ckpt, config_to_dict(cfg))
         try:
             model.load_state_dict(ckpt["model"], strict=True)
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -187,7 +206,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     logger = None
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+        if resume_path is None or not _continues(cfg, out_dir) or not (
+                out_dir / "config.yaml").is_file():  # fmt: skip
+            save_config(cfg, out_dir / "config.yaml")  # a resumed run keeps its run's record
         logger = TrainLogger(out_dir, start_iter=start_iter, max_iter=cfg.max_iter,
                              progress=cfg.progress, tensorboard=cfg.tensorboard)
         for note in notes:

@@ -8,6 +8,7 @@ Every value is a tensor or plain Python data, so ``torch.load(weights_only=True)
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 
 from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import may_replace
+from deeplabv1.io import is_ours
 
 CHECKPOINT_RE = re.compile(r"^checkpoint_(\d{6,})\.pt$")
 FINAL_NAME = "final.pt"
@@ -67,7 +68,7 @@ def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
     if keep <= 0:
         return
     for _, path in list_checkpoints(out_dir)[:-keep]:
-        if may_replace(path):  # never a file deeplabv1 did not write (unless --overwrite)
+        if is_ours(path):  # never a file deeplabv1 did not write (even with --overwrite)
             path.unlink(missing_ok=True)
 
 
@@ -136,6 +137,56 @@ def save_training_checkpoint(
         world_size=len(rng),
         **extra,
     )
+
+
+# settings a resumed run may change: where it writes, what it shows, how it loads and runs
+# (not what it computes, up to floating-point rounding), and how long it goes on
+RESUME_FREE = frozenset({
+    "out_dir", "overwrite", "resume", "log_every", "progress", "tensorboard", "workers",
+    "checkpoint_every", "keep_checkpoints", "crf_checkpoint_every", "threads", "device",
+    "compile", "channels_last", "max_iter", "crf_max_iter",
+})  # fmt: skip
+_PATH_SETTINGS = ("data_root", "init", "split", "label_dir")
+
+
+def _same_setting(key: str, old: Any, new: Any) -> bool:
+    if old == new:
+        return True
+    if key in _PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+        try:
+            return os.path.samefile(old, new)  # the same file or folder, named differently
+        except OSError:
+            return False
+    return False
+
+
+def check_resume_settings(path: Path, ckpt: dict, config: dict, *,
+                          iteration_key: str = "max_iter") -> list[str]:  # fmt: skip
+    """Refuse resuming ``ckpt`` (read from ``path``) with a ``config`` whose settings that
+    affect the result differ from those it was trained with (all but ``RESUME_FREE``), or
+    whose ``iteration_key`` (the run's length) is below the checkpoint's iteration. Returns
+    notes on the free settings that changed (for the log)."""
+    saved = ckpt.get("config") or {}
+    shared = [k for k in config if k in saved]  # a setting older files lack is not compared
+    differ = [k for k in shared
+              if k not in RESUME_FREE and not _same_setting(k, saved[k], config[k])]  # fmt: skip
+    if differ:
+        shown = ", ".join(f"{k} {saved[k]!r} -> {config[k]!r}" for k in differ[:6])
+        more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+        raise DeepLabError(
+            f"{path}: was trained with other settings ({shown}{more}); a resumed run keeps "
+            "them (only output, logging, loader, device and length settings may change): drop "
+            "those flags, or start a new run (--init) in another folder"
+        )
+    iteration = int(ckpt.get("iteration", 0))
+    if iteration > int(config[iteration_key]):
+        raise DeepLabError(
+            f"{path}: is at iteration {iteration}, past --{iteration_key.replace('_', '-')} "
+            f"{config[iteration_key]}; pass a larger value to go on from it"
+        )
+    return [f"resumed with {k} {saved[k]!r} -> {config[k]!r}" for k in shared
+            if k in RESUME_FREE and k not in ("resume", "overwrite")
+            and not _same_setting(k, saved[k], config[k])]  # fmt: skip
 
 
 def load_training_checkpoint(path: Path) -> dict:
