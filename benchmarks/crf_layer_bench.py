@@ -1,4 +1,4 @@
-"""Forward + backward time and memory of the CRF layer (deeplabv1.crf.layer.CRFLayer).
+"""Forward + backward time and memory of the CRF layer (deeplabv1.crf.torch.layer.CRFLayer).
 
     .venv/bin/python benchmarks/crf_layer_bench.py                       # CPU, 321x321 and 500x375
     .venv/bin/python benchmarks/crf_layer_bench.py --device cuda --repeats 10
@@ -41,7 +41,8 @@ def scene(height: int, width: int, num_classes: int, device):
 def run_one(args) -> dict:
     """Time and memory of one configuration in this process."""
     import torch
-    from deeplabv1.crf.layer import CRFLayer
+
+    from deeplabv1.crf.torch.layer import CRFLayer
 
     if args.threads:
         torch.set_num_threads(args.threads)

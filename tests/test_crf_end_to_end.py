@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from deeplabv1.crf.layer import CRFLayer
-from deeplabv1.crf.learned import LearnedCRFParams
 
 from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
 from deeplabv1.crf import deeplab_crf
 from deeplabv1.crf.params import CRFParams
+from deeplabv1.crf.torch.layer import CRFLayer
+from deeplabv1.crf.torch.learned import LearnedCRFParams
 from deeplabv1.train.config import TrainConfig
 from deeplabv1.train.loop import train
 

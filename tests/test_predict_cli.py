@@ -80,7 +80,7 @@ def test_unreadable_file_is_skipped_and_reported(tmp_path, weights, capsys):
 
 
 def test_crf_side_by_side_with_ground_truth(tmp_path, weights):
-    pytest.importorskip("deeplabv1.crf.lattice")
+    pytest.importorskip("deeplabv1.crf.torch.lattice")
     arrays = _images(tmp_path / "in", n=1)
     gt = np.zeros(arrays[0].shape[:2], np.uint8)
     gt[5:20, 5:30] = 12

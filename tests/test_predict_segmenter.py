@@ -98,7 +98,7 @@ def test_image_larger_than_test_size(tmp_path):
 
 
 def test_crf_result_and_checkpoint_crf_params(tmp_path):
-    pytest.importorskip("deeplabv1.crf.lattice")
+    pytest.importorskip("deeplabv1.crf.torch.lattice")
     from deeplabv1.crf import deeplab_crf
     from deeplabv1.crf.params import DEEPLAB_CRF_PARAMS, CRFParams
 
