@@ -209,12 +209,13 @@ def test_a_killed_run_with_loader_workers_frees_its_folder_at_once(synth_root, t
     from deeplabv1.rundir import RunLock
 
     out = tmp_path / "run"
-    run = subprocess.Popen([*CLI, *_train_args(synth_root, out, max_iter=400, checkpoint_every=1,
-                                               keep_checkpoints=2, workers=2)],
+    run = subprocess.Popen([*CLI, *_train_args(synth_root, out, max_iter=1_000_000,
+                                               checkpoint_every=1, keep_checkpoints=2, workers=2)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not (out / "checkpoint_000002.pt").is_file():
+        # any checkpoint past the first (pruning removes older ones while we look)
+        while not [p for p in out.glob("checkpoint_*.pt") if int(p.stem.split("_")[1]) >= 2]:
             assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
             time.sleep(0.05)
         workers = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True)

@@ -13,6 +13,7 @@ command that does not use torch (``crf-search`` on score folders) runs without i
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ def cleanup_distributed() -> None:
     """Leave the process group, if any."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
+        # DDP wrappers sit in reference cycles: collect them first, or their reducer may be
+        # torn down after the group at exit ("terminate called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
 
 
