@@ -109,3 +109,15 @@ def test_a_shared_error_names_the_ranks_only_when_they_differ(tmp_path, monkeypa
     got = {torch.load(tmp_path / f"{r}.pt") for r in (0, 1)}
     assert got == {"eval: 2 processes failed: rank 0: nope.pt: not found; "
                    "rank 1: image_1.png: unreadable"}  # fmt: skip
+
+
+def test_a_train_setting_every_rank_rejects_is_printed_once(data, tmp_path, capfd):
+    """A batch the processes do not divide: the same check fails on every rank."""
+    root, voc = data
+    argv = ["train", "--data-root", str(voc), "--split", "trainval", "--width", "0.0625",
+            "--max-iter", "1", "--crop-size", "41", "--batch-size", "3", "--device", "cpu",
+            "--progress", "false", "--out-dir", str(tmp_path / "t")]  # fmt: skip
+    spawn(_expect, 2, argv, 2)
+    lines = error_lines(capfd.readouterr().err)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("deeplabv1 train: error: ") and "not divisible" in lines[0], lines

@@ -21,7 +21,8 @@ Under torchrun each process takes its share of the pairs, e.g.
 
 Images are read as `deeplabv1 predict` reads them (any mode, EXIF orientation, transparency on
 --background, at most --max-megapixels). Outputs never replace an input, nor a file deeplabv1 did
-not write unless --overwrite; --out-dir must differ from --image-dir and --scores-dir.
+not write unless --overwrite; --out-dir may not be --image-dir or --scores-dir nor lie inside
+either.
 """
 
 from __future__ import annotations

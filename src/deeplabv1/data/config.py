@@ -123,7 +123,8 @@ class SynthConfig:
     num_classes: int = _f(6, "number of classes, background included (2..21)")
     val_fraction: float = _f(0.25, "fraction of the ids (the last ones) listed as val, in [0, 1)")
     void_width: int = _f(4, "void band width in pixels (0 = no band)")
-    overwrite: bool = _f(False, "replace files in out that deeplabv1 did not write")
+    overwrite: bool = _f(False, "replace changed files in a folder data synth wrote before (a "
+                              "folder it did not write is refused even so)")
 
     def validate(self) -> None:
         """Reject impossible values, naming the setting."""

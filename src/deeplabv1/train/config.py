@@ -90,7 +90,9 @@ class TrainConfig:
     # output and progress
     out_dir: str = _f("runs/train", "folder for checkpoints, config.yaml and log.jsonl (one run "
                       "at a time: a second run into it is refused)")
-    overwrite: bool = _f(False, "replace files in out_dir that deeplabv1 did not write")
+    overwrite: bool = _f(False, "start over in a folder holding an earlier run, replacing "
+                              "files deeplabv1 did not write (never another command's "
+                              "outputs; checkpoint-named files of yours are not deleted)")
     checkpoint_every: int = _f(1000, "write a resumable checkpoint every K iterations (0 = off)")
     keep_checkpoints: int = _f(2, "keep the newest K periodic checkpoints (0 = keep all)")
     resume: str | None = _f(None, "checkpoint to resume from, or 'auto' for the newest in out_dir")

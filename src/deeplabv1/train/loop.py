@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from deeplabv1.config import config_to_dict, save_config
+from deeplabv1.distributed.work import GroupError
 from deeplabv1.errors import DeepLabError
 from deeplabv1.io import check_outputs, is_ours
 from deeplabv1.models.inference import shrink_labels
@@ -162,7 +163,10 @@ def _train_stages(cfg: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> Path:
-    cfg.validate(info.world_size)
+    try:
+        cfg.validate(info.world_size)
+    except DeepLabError as exc:  # the same settings on every rank: rank 0 reports it
+        raise GroupError(str(exc)) from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if info.device.type == "cuda":
