@@ -26,6 +26,14 @@ def error_message(exc: BaseException) -> str:
     return msg
 
 
+def os_error_message(exc: OSError, unnamed: str | None = "a file") -> str:
+    """One line for a file the command could not read or write: the file, then the problem
+    (``unnamed`` stands for the file when the error names none; None leaves it out)."""
+    where = exc.filename if exc.filename is not None else unnamed
+    problem = exc.strerror or str(exc)
+    return problem if where is None else f"{where}: {problem}"
+
+
 def describe_failure(name: object, exc: BaseException) -> str:
     """One line for an item of a batch that failed: what went wrong, naming the item.
 
@@ -35,8 +43,7 @@ def describe_failure(name: object, exc: BaseException) -> str:
     if isinstance(exc, DeepLabError):
         msg = error_message(exc)
     elif isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        msg = f"{where}{exc.strerror or exc}"
+        msg = os_error_message(exc, unnamed=None)
     else:
         msg = f"{type(exc).__name__}: {exc}"
     return msg if str(name) in msg else f"{name}: {msg}"

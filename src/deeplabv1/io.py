@@ -388,12 +388,6 @@ def check_outputs(paths: Iterable[str | os.PathLike]) -> None:
         raise DeepLabError(f"{len(problems)} outputs refused; the first: {problems[0]}")
 
 
-def may_replace(path: str | os.PathLike) -> bool:
-    """Whether the active rules (if any) let this command replace or delete ``path``."""
-    rules = _RULES.get()
-    return rules is None or rules.problem(path) is None
-
-
 # --- atomic writes -------------------------------------------------------------------------------
 
 

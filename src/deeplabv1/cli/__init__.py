@@ -15,7 +15,7 @@ import os
 import sys
 
 from deeplabv1 import __version__
-from deeplabv1.errors import DeepLabError, error_message
+from deeplabv1.errors import DeepLabError, error_message, os_error_message
 
 EPILOG = """\
 Run `deeplabv1 COMMAND --help` for a command's options and their defaults. Paper configs ship
@@ -141,16 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ModuleNotFoundError as exc:  # an optional dependency (the CRF needs none of them)
-        if missing_extra(exc) is None:
+        hint = missing_extra(exc)
+        if hint is None:
             raise
-        print(f"deeplabv1 {args.command}: {missing_extra(exc)}", file=sys.stderr)
+        print(f"deeplabv1 {args.command}: {hint}", file=sys.stderr)
         return 2
     except DeepLabError as exc:
         report_error(args.command, error_message(exc), exc)
         return 2
     except OSError as exc:  # a file the command could not read or write: name it, no traceback
-        where = exc.filename if exc.filename is not None else "a file"
-        report_error(args.command, f"{where}: {exc.strerror or exc}", exc)
+        report_error(args.command, os_error_message(exc), exc)
         return 2
     except KeyboardInterrupt:
         print(f"deeplabv1 {args.command}: interrupted", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from deeplabv1.distributed.context import DistInfo, broadcast_object, gather_objects
-from deeplabv1.errors import DeepLabError
+from deeplabv1.errors import DeepLabError, os_error_message
 from deeplabv1.io import atomic_write_json
 
 T = TypeVar("T")
@@ -149,8 +149,7 @@ def on_every_rank(fn: Callable[[], T], info: DistInfo, what: str) -> T:
         if isinstance(exc, DeepLabError):
             message = str(exc)
         elif isinstance(exc, OSError):  # a file this rank could not read or write: no traceback
-            where = exc.filename if exc.filename is not None else "a file"
-            message = f"{where}: {exc.strerror or exc}"
+            message = os_error_message(exc)
         else:
             import traceback
 
