@@ -2,9 +2,11 @@
 
 LLVM vectorises numba's label loops 64 floats wide (16 lanes x 4), so rows of 24 labels (21
 padded to a multiple of 8) ran scalar; these operations load, combine and store one row of 8
-labels as a single vector. Each is the same per-lane arithmetic as the scalar loop it
-replaces (a multiply, then an add: no fused multiply-add), so the bits do not change. The
-prefetch hints ask for a row that a later pixel will read or write.
+labels as a single vector: the slices, splats and blur rows, and the softmax's per-pixel row
+work (logits and their maximum, the shift, the normalisation). Each is the same per-lane
+arithmetic in the same order as the scalar loop it replaces (a multiply, then an add: no
+fused multiply-add), so the bits do not change. The prefetch hints ask for a row that a
+later pixel will read or write.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ __all__ = [
     "prefetch_write",
     "slice8_3",
     "slice8_6",
-    "softmax8",
+    "copy8",
+    "logits8",
+    "normalize8",
+    "shift8",
 ]
 
-# The softmax's exp (fused.py's scalar code and softmax8 alike): exp(x) = p(r) 2^n for
+# The softmax's exp (fused.py's kernels): exp(x) = p(r) 2^n for
 # float32 -87 <= x <= 0, Cody-Waite reduction r = x - n ln2 with n = floor(x log2(e) + 1/2),
 # and a degree-7 Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7).
 EXP = {
@@ -207,126 +212,150 @@ if numba is not None:
     prefetch_read = _prefetch_gen(0)
     prefetch_write = _prefetch_gen(1)
 
-    def _const8(value, ty):
-        return ir.Constant(ir.VectorType(ty, 8), [value] * 8)
+    def _flat_ptr(context, builder, aryty, ary, off, offty):
+        """Pointer to the 8 elements at flat element ``off`` (a Python-typed integer)."""
+        off = context.cast(builder, off, offty, nbtypes.intp)
+        return _lanes8(context, builder, aryty, ary, off)
 
-    def _exp8(builder, v):
-        """EXP's polynomial on an 8-lane float32 vector, operation for operation as the
-        scalar code (multiplies and adds, no fused multiply-add): the same bits."""
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 8)
-        lo = _const8(float(EXP["min_x"]), f32)
-        v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
-        t = builder.fadd(builder.fmul(v, _const8(float(EXP["log2e"]), f32)),
-                         _const8(float(EXP["half"]), f32))  # fmt: skip
-        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
-                                               "llvm.floor.v8f32")  # fmt: skip
-        n = builder.call(floor, [t])
-        r = builder.fsub(builder.fsub(v, builder.fmul(n, _const8(float(EXP["ln2_hi"]), f32))),
-                         builder.fmul(n, _const8(float(EXP["ln2_lo"]), f32)))  # fmt: skip
-        coef = [float(c) for c in EXP["coef"]] + [1.0, 1.0]
-        p = _const8(coef[0], f32)
-        for c in coef[1:]:
-            p = builder.fadd(builder.fmul(p, r), _const8(c, f32))
-        i32 = ir.IntType(32)
-        bits = builder.add(builder.shl(builder.fptosi(n, ir.VectorType(i32, 8)), _const8(23, i32)),
-                           _const8(int(EXP["bias"]), i32))  # fmt: skip
-        return builder.fmul(p, builder.bitcast(bits, vec))
+    def _rows(context, builder, aryty, ary):
+        """The number of 8-lane vectors in a C-contiguous 1-D array."""
+        n = cgutils.unpack_tuple(builder, context.make_array(aryty)(context, builder, ary).shape)[0]
+        return builder.udiv(n, ir.Constant(n.type, 8))
+
+    def _vec_at(builder, ptr, k):
+        """The k-th 8-lane vector after ``ptr`` (a vector pointer)."""
+        return builder.gep(ptr, [k])
+
+    def _lanes(builder, v):
+        return [builder.extract_element(v, ir.Constant(ir.IntType(32), j)) for j in range(8)]
+
+    def _greater(builder, a, b):
+        """a if a > b else b (an ordered compare and a select: the scalar code's bits)."""
+        return builder.select(builder.fcmp_ordered(">", a, b), a, b)
 
     @intrinsic
-    def softmax8(typingctx, x, y, unary, p, c):  # pragma: no cover - compiled
-        """x[:] = softmax((x - unary[p]) + y) over the first c of x's Cp lanes (Cp a multiple
-        of 8; lanes c.. get 0), in 8-lane vectors: float32 C arrays x, y (Cp,), unary (P, C).
-        The same operations in the same order as fused.py's scalar softmax (lane-wise partial
-        max and sum over the vectors, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7))): the same
-        bits."""
+    def logits8(typingctx, x, y, unary, uoff):  # pragma: no cover - compiled
+        """x[:] = (x - unary.flat[uoff:+Cp]) + y over x's Cp lanes (a multiple of 8) and
+        returns their maximum: a lane-wise running max over the vectors, then lanes 0..7 in
+        order, with compare-and-select (the scalar kernel's order: the same bits)."""
         if not (_rows_ok(x, y) and _rows_ok(x, unary) and x.dtype == nbtypes.float32
-                and unary.ndim == 2 and isinstance(p, nbtypes.Integer)
+                and y.dtype == unary.dtype == nbtypes.float32
+                and isinstance(uoff, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            xa, ya, ua, uo = args
+            n = _rows(context, builder, sig.args[0], xa)
+            xp = _flat_ptr(context, builder, sig.args[0], xa, ir.Constant(n.type, 0), nbtypes.intp)
+            yp = _flat_ptr(context, builder, sig.args[1], ya, ir.Constant(n.type, 0), nbtypes.intp)
+            up = _flat_ptr(context, builder, sig.args[2], ua, uo, sig.args[3])
+            part = cgutils.alloca_once(builder, _vec8(context, nbtypes.float32))
+            with cgutils.for_range(builder, n) as loop:
+                k = loop.index
+                v = builder.fsub(builder.load(_vec_at(builder, xp, k), align=4),
+                                 builder.load(_vec_at(builder, up, k), align=4))  # fmt: skip
+                v = builder.fadd(v, builder.load(_vec_at(builder, yp, k), align=4))
+                builder.store(v, _vec_at(builder, xp, k), align=4)
+                first = builder.icmp_unsigned("==", k, ir.Constant(k.type, 0))
+                larger = _greater(builder, builder.load(part), v)
+                builder.store(builder.select(first, v, larger), part)
+            lanes = _lanes(builder, builder.load(part))
+            mx = lanes[0]
+            for lane in lanes[1:]:
+                mx = _greater(builder, mx, lane)
+            return mx
+
+        return nbtypes.float32(x, y, unary, uoff), codegen
+
+    @intrinsic
+    def shift8(typingctx, dst, doff, src, s):  # pragma: no cover - compiled
+        """dst.flat[doff:+Cp] = src - s over src's Cp lanes (a multiple of 8), float32."""
+        if not (_rows_ok(dst, src) and dst.dtype == src.dtype == nbtypes.float32
+                and isinstance(doff, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            da, do, sa, sv = args
+            n = _rows(context, builder, sig.args[2], sa)
+            dp = _flat_ptr(context, builder, sig.args[0], da, do, sig.args[1])
+            sp = _flat_ptr(context, builder, sig.args[2], sa, ir.Constant(n.type, 0), nbtypes.intp)
+            sv = _splat8(context, builder, sv, sig.args[3], nbtypes.float32)
+            with cgutils.for_range(builder, n) as loop:
+                v = builder.load(_vec_at(builder, sp, loop.index), align=4)
+                builder.store(builder.fsub(v, sv), _vec_at(builder, dp, loop.index), align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, doff, src, s), codegen
+
+    @intrinsic
+    def normalize8(typingctx, dst, src, soff, c):  # pragma: no cover - compiled
+        """dst[:] = row / sum(row) for the row src.flat[soff:+Cp] (Cp = len(dst), a multiple
+        of 8) whose lanes c.. are first set to 0 (in src too). The sum: lane-wise over the
+        vectors, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)); dst = row * (1 / sum): the scalar
+        kernel's order, the same bits."""
+        if not (_rows_ok(dst, src) and dst.dtype == src.dtype == nbtypes.float32
+                and isinstance(soff, nbtypes.Integer)
                 and isinstance(c, nbtypes.Integer)):  # fmt: skip
             return None
 
         def codegen(context, builder, sig, args):
-            xa, ya, ua, pv, cv = args
-            ity = nbtypes.intp
+            da, sa, so, cv = args
             f32, i32 = ir.FloatType(), ir.IntType(32)
-            vec = ir.VectorType(f32, 8)
-            xarr = context.make_array(sig.args[0])(context, builder, xa)
-            cp = cgutils.unpack_tuple(builder, xarr.shape)[0]
-            uarr = context.make_array(sig.args[2])(context, builder, ua)
-            ucols = cgutils.unpack_tuple(builder, uarr.shape)[1]
-            pv = context.cast(builder, pv, sig.args[3], ity)
-            cv = builder.trunc(context.cast(builder, cv, sig.args[4], ity), i32)
-            urow = builder.mul(pv, ucols)
-            lanes = ir.Constant(ir.VectorType(i32, 8), list(range(8)))
-            mask_ty = ir.VectorType(ir.IntType(1), 8)
-            mask_fn = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(vec, [vec.as_pointer(), i32, mask_ty, vec]),
-                "llvm.masked.load.v8f32.p0",
-            )
-            nvec = builder.udiv(cp, ir.Constant(cp.type, 8))
-            acc = cgutils.alloca_once(builder, vec)
-
-            def splat_i32(value):
-                first = builder.insert_element(ir.Constant(ir.VectorType(i32, 8), ir.Undefined),
-                                               value, ir.Constant(i32, 0))  # fmt: skip
-                zeros = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
-                return builder.shuffle_vector(first, first, zeros)
-
-            limit = splat_i32(cv)
-
-            def lane_mask(k0):
-                """Lanes k0.. that hold labels (< c)."""
-                base = splat_i32(builder.trunc(k0, i32))
-                return builder.icmp_signed("<", builder.add(base, lanes), limit)
-
-            # logits, padding lanes LOW; running lane-wise max
-            with cgutils.for_range(builder, nvec) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
-                xp = _lanes8(context, builder, sig.args[0], xa, k0)
-                yp = _lanes8(context, builder, sig.args[1], ya, k0)
-                up = _lanes8(context, builder, sig.args[2], ua, builder.add(urow, k0))
-                mask = lane_mask(k0)
-                u = builder.call(mask_fn, [up, ir.Constant(i32, 4), mask,
-                                           ir.Constant(vec, [0.0] * 8)])  # fmt: skip
-                v = builder.fadd(builder.fsub(builder.load(xp, align=4), u),
-                                 builder.load(yp, align=4))  # fmt: skip
-                v = builder.select(mask, v, _const8(float(LOW), f32))
-                builder.store(v, xp, align=4)
-                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
-                old = builder.load(acc)
-                larger = builder.select(builder.fcmp_ordered(">", old, v), old, v)
-                builder.store(builder.select(first, v, larger), acc)
-            part = builder.load(acc)
-            mx = builder.extract_element(part, ir.Constant(i32, 0))
-            for j in range(1, 8):
-                lane = builder.extract_element(part, ir.Constant(i32, j))
-                mx = builder.select(builder.fcmp_ordered(">", mx, lane), mx, lane)
-            mxv = _splat8(context, builder, mx, nbtypes.float32, nbtypes.float32)
-            # exp, padding lanes 0; running lane-wise sum
-            with cgutils.for_range(builder, nvec) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
-                xp = _lanes8(context, builder, sig.args[0], xa, k0)
-                e = _exp8(builder, builder.fsub(builder.load(xp, align=4), mxv))
-                e = builder.select(lane_mask(k0), e, _const8(0.0, f32))
-                builder.store(e, xp, align=4)
-                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
-                builder.store(builder.select(first, e, builder.fadd(builder.load(acc), e)), acc)
-            part = builder.load(acc)
-            lane = [builder.extract_element(part, ir.Constant(i32, j)) for j in range(8)]
-            s = builder.fadd(builder.fadd(builder.fadd(lane[0], lane[1]),
-                                          builder.fadd(lane[2], lane[3])),
-                             builder.fadd(builder.fadd(lane[4], lane[5]),
-                                          builder.fadd(lane[6], lane[7])))  # fmt: skip
-            inv = builder.fdiv(ir.Constant(f32, 1.0), s)
+            n = _rows(context, builder, sig.args[0], da)
+            dp = _flat_ptr(context, builder, sig.args[0], da, ir.Constant(n.type, 0), nbtypes.intp)
+            sp = _flat_ptr(context, builder, sig.args[1], sa, so, sig.args[2])
+            cv = builder.trunc(context.cast(builder, cv, sig.args[3], nbtypes.intp), i32)
+            ivec = ir.VectorType(i32, 8)
+            limit = builder.shuffle_vector(
+                builder.insert_element(ir.Constant(ivec, ir.Undefined), cv, ir.Constant(i32, 0)),
+                ir.Constant(ivec, ir.Undefined), ir.Constant(ivec, [0] * 8))  # fmt: skip
+            lanes = ir.Constant(ivec, list(range(8)))
+            zero = ir.Constant(ir.VectorType(f32, 8), [0.0] * 8)
+            part = cgutils.alloca_once(builder, ir.VectorType(f32, 8))
+            with cgutils.for_range(builder, n) as loop:
+                k = loop.index
+                base = builder.trunc(builder.mul(k, ir.Constant(k.type, 8)), i32)
+                base = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(ivec, ir.Undefined), base,
+                                           ir.Constant(i32, 0)),
+                    ir.Constant(ivec, ir.Undefined), ir.Constant(ivec, [0] * 8))  # fmt: skip
+                keep = builder.icmp_signed("<", builder.add(base, lanes), limit)
+                v = builder.select(keep, builder.load(_vec_at(builder, sp, k), align=4), zero)
+                builder.store(v, _vec_at(builder, sp, k), align=4)
+                first = builder.icmp_unsigned("==", k, ir.Constant(k.type, 0))
+                builder.store(builder.select(first, v, builder.fadd(builder.load(part), v)), part)
+            s = _lanes(builder, builder.load(part))
+            low = builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3]))
+            high = builder.fadd(builder.fadd(s[4], s[5]), builder.fadd(s[6], s[7]))
+            total = builder.fadd(low, high)
+            inv = builder.fdiv(ir.Constant(f32, 1.0), total)
             invv = _splat8(context, builder, inv, nbtypes.float32, nbtypes.float32)
-            with cgutils.for_range(builder, nvec) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
-                xp = _lanes8(context, builder, sig.args[0], xa, k0)
-                builder.store(builder.fmul(builder.load(xp, align=4), invv), xp, align=4)
+            with cgutils.for_range(builder, n) as loop:
+                v = builder.load(_vec_at(builder, sp, loop.index), align=4)
+                builder.store(builder.fmul(v, invv), _vec_at(builder, dp, loop.index), align=4)
             return context.get_dummy_value()
 
-        return nbtypes.void(x, y, unary, p, c), codegen
+        return nbtypes.void(dst, src, soff, c), codegen
+
+    @intrinsic
+    def copy8(typingctx, dst, doff, src):  # pragma: no cover - compiled
+        """dst.flat[doff:+Cp] = src over src's Cp lanes (a multiple of 8), in vectors."""
+        if not (_rows_ok(dst, src) and dst.dtype == src.dtype
+                and isinstance(doff, nbtypes.Integer)):  # fmt: skip
+            return None
+
+        def codegen(context, builder, sig, args):
+            da, do, sa = args
+            n = _rows(context, builder, sig.args[2], sa)
+            dp = _flat_ptr(context, builder, sig.args[0], da, do, sig.args[1])
+            sp = _flat_ptr(context, builder, sig.args[2], sa, ir.Constant(n.type, 0), nbtypes.intp)
+            with cgutils.for_range(builder, n) as loop:
+                v = builder.load(_vec_at(builder, sp, loop.index), align=4)
+                builder.store(v, _vec_at(builder, dp, loop.index), align=4)
+            return context.get_dummy_value()
+
+        return nbtypes.void(dst, doff, src), codegen
 
 else:  # pragma: no cover - the kernels are never called without numba
-    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = softmax8 = None
+    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = None
+    logits8 = shift8 = normalize8 = copy8 = None
