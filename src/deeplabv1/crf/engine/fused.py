@@ -6,9 +6,9 @@ marginals into both terms' lattices, so that Q never makes a trip through memory
 two. Two kernels, the same arithmetic in the same order (the same bits):
 
 - ``fused_step_wide`` for label rows padded to a multiple of 8 (8 labels and more): slices,
-  splats and the softmax's row work in 8-lane vectors (simd.py; measured at 500x375, 21
-  labels, one thread: the pass 18.9 -> 16.4 ms with the softmax rows as vectors), lattice
-  rows prefetched a few pixels ahead;
+  splats (simd.py) and the softmax's row work (simd_rows.py) in 8-lane vectors (measured at
+  500x375, 21 labels, one thread: the pass 18.9 -> 16.4 ms with the softmax rows as vectors),
+  lattice rows prefetched a few pixels ahead;
 - ``fused_step`` for any row width (a few labels, unpadded): scalar loops that LLVM
   vectorises, the exp over blocks of pixels.
 
@@ -24,15 +24,12 @@ from deeplabv1.crf.engine.simd import (
     EXP,
     LOW,
     axpy8,
-    copy8,
-    logits8,
-    normalize8,
     prefetch_read,
     prefetch_write,
-    shift8,
     slice8_3,
     slice8_6,
 )
+from deeplabv1.crf.engine.simd_rows import copy8, logits8, normalize8, shift8
 
 __all__ = ["fused_step", "fused_step_wide"]
 
