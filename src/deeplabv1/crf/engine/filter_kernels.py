@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from deeplabv1.crf.engine.jit import kernel
-from deeplabv1.crf.engine.simd import blur8
+from deeplabv1.crf.engine.simd import blur8, prefetch_read
+
+_AHEAD = 8
 
 __all__ = ["blur", "reduce_rows", "slice_", "splat"]
 
@@ -47,6 +49,13 @@ def blur(src, dst, n1, n2, lo, hi):  # pragma: no cover - compiled
     half = src.dtype.type(0.5)
     if c % 8 == 0:
         for m in range(lo, hi):
+            if m + _AHEAD < hi:
+                a = n1[m + _AHEAD] * c
+                b = n2[m + _AHEAD] * c
+                prefetch_read(src, a)
+                prefetch_read(src, a + c - 1)
+                prefetch_read(src, b)
+                prefetch_read(src, b + c - 1)
             a = n1[m] * c
             b = n2[m] * c
             for k0 in range(0, c, 8):

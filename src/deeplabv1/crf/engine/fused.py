@@ -26,10 +26,9 @@ from deeplabv1.crf.engine.simd import (
     axpy8,
     prefetch_read,
     prefetch_write,
-    slice8_3,
-    slice8_6,
 )
 from deeplabv1.crf.engine.simd_rows import copy8, logits8, normalize8, shift8
+from deeplabv1.crf.engine.simd_vertices import slice_row3, slice_row6, splat_row3, splat_row6
 
 __all__ = ["fused_step", "fused_step_wide"]
 
@@ -92,6 +91,7 @@ def fused_step_wide(
     if bary2.shape[1] > 0:
         acc2[: acc2.shape[0] - 1] = 0
     nv, nv2 = wts.shape[1], wts2.shape[1]  # 0 without slices (the first pass): x = y = 0
+    nb1, nb2 = bary.shape[1], bary2.shape[1]  # 0 without splats (the last pass)
     x = np.zeros(cp, dtype=np.float32)
     y = np.zeros(cp, dtype=np.float32)
     blk = np.zeros((_BLOCK, cp), dtype=np.float32)
@@ -114,11 +114,9 @@ def fused_step_wide(
             # the slices, in vertex order (helpers taking arrays would cost reference
             # counting per call: written out here)
             if nv == 6:
-                for k0 in range(0, cp, 8):
-                    slice8_6(x, k0, lat, offs, wts, p, k0)
+                slice_row6(x, lat, offs, wts, p)
             elif nv == 3:
-                for k0 in range(0, cp, 8):
-                    slice8_3(x, k0, lat, offs, wts, p, k0)
+                slice_row3(x, lat, offs, wts, p)
             else:
                 for k in range(cp):
                     x[k] = 0
@@ -127,11 +125,9 @@ def fused_step_wide(
                     for k0 in range(0, cp, 8):
                         axpy8(x, k0, lat, base + k0, wts[p, r])
             if nv2 == 6:
-                for k0 in range(0, cp, 8):
-                    slice8_6(y, k0, lat2, offs2, wts2, p, k0)
+                slice_row6(y, lat2, offs2, wts2, p)
             elif nv2 == 3:
-                for k0 in range(0, cp, 8):
-                    slice8_3(y, k0, lat2, offs2, wts2, p, k0)
+                slice_row3(y, lat2, offs2, wts2, p)
             else:
                 for k in range(cp):
                     y[k] = 0
@@ -164,14 +160,24 @@ def fused_step_wide(
                 copy8(q, p * cp, x)
             if qt.shape[0] > 0:
                 copy8(flat, i * cp, x)
-            for r in range(bary.shape[1]):
-                base = offs[p, r] * cp
-                for k0 in range(0, cp, 8):
-                    axpy8(acc, base + k0, x, k0, bary[p, r])
-            for r in range(bary2.shape[1]):
-                base = offs2[p, r] * cp
-                for k0 in range(0, cp, 8):
-                    axpy8(acc2, base + k0, x, k0, bary2[p, r])
+            if nb1 == 6:
+                splat_row6(acc, offs, bary, p, x)
+            elif nb1 == 3:
+                splat_row3(acc, offs, bary, p, x)
+            else:
+                for r in range(nb1):
+                    base = offs[p, r] * cp
+                    for k0 in range(0, cp, 8):
+                        axpy8(acc, base + k0, x, k0, bary[p, r])
+            if nb2 == 6:
+                splat_row6(acc2, offs2, bary2, p, x)
+            elif nb2 == 3:
+                splat_row3(acc2, offs2, bary2, p, x)
+            else:
+                for r in range(nb2):
+                    base = offs2[p, r] * cp
+                    for k0 in range(0, cp, 8):
+                        axpy8(acc2, base + k0, x, k0, bary2[p, r])
         if qt.shape[0] > 0:
             _write_block(qt, blk, p0, nb, c)
 

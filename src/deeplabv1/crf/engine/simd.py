@@ -2,9 +2,10 @@
 
 LLVM vectorises numba's label loops 64 floats wide (16 lanes x 4), so rows of 24 labels (21
 padded to a multiple of 8) ran scalar; these operations load, combine and store one row of 8
-labels as a single vector (slices, splats, blur rows; whole rows: simd_rows.py). Each is
-the same per-lane arithmetic in the same order as the scalar loop it replaces (a multiply,
-then an add: no fused multiply-add), so the bits do not change. The prefetch hints ask for
+labels as a single vector (splat and blur rows; whole rows: simd_rows.py and
+simd_vertices.py). Each is the same per-lane arithmetic in the same order as the scalar loop
+it replaces (a multiply, then an add: no fused multiply-add), so the bits do not change. The
+prefetch hints ask for
 a row that a later pixel will read or write.
 """
 
@@ -23,8 +24,6 @@ __all__ = [
     "blur8",
     "prefetch_read",
     "prefetch_write",
-    "slice8_3",
-    "slice8_6",
 ]
 
 # The softmax's exp (fused.py's kernels): exp(x) = p(r) 2^n for
@@ -110,52 +109,6 @@ if numba is not None:
 
         return nbtypes.void(dst, doff, src, soff, w), codegen
 
-    def _slice8_gen(nv: int):
-        @intrinsic
-        def slice8(typingctx, dst, doff, src, offs, wts, p, k0):  # pragma: no cover
-            """dst.flat[doff:+8] = sum_r wts[p, r] * src[offs[p, r], k0:k0+8] over nv
-            vertices, summed in registers in vertex order (8-lane vectors; the caller keeps
-            the offsets in bounds)."""
-            if not (_rows_ok(dst, src) and isinstance(offs, nbtypes.Array)
-                    and isinstance(offs.dtype, nbtypes.Integer) and offs.ndim == 2
-                    and isinstance(wts, nbtypes.Array) and wts.ndim == 2
-                    and isinstance(wts.dtype, nbtypes.Float)):  # fmt: skip
-                return None
-
-            def codegen(context, builder, sig, args):
-                d, do, sv, ov, wv, pv, kv = args
-                ity = nbtypes.intp
-                do = context.cast(builder, do, sig.args[1], ity)
-                pv = context.cast(builder, pv, sig.args[5], ity)
-                kv = context.cast(builder, kv, sig.args[6], ity)
-                sarr = context.make_array(sig.args[2])(context, builder, sv)
-                cp = cgutils.unpack_tuple(builder, sarr.shape)[1]
-                oarr = context.make_array(sig.args[3])(context, builder, ov)
-                warr = context.make_array(sig.args[4])(context, builder, wv)
-                total = None
-                for r in range(nv):
-                    idx = [pv, context.get_constant(ity, r)]
-                    o = cgutils.get_item_pointer(context, builder, sig.args[3], oarr, idx)
-                    w = cgutils.get_item_pointer(context, builder, sig.args[4], warr, idx)
-                    o = context.cast(builder, builder.load(o), sig.args[3].dtype, ity)
-                    wvec = _splat8(context, builder, builder.load(w), sig.args[4].dtype,
-                                   sig.args[2].dtype)  # fmt: skip
-                    off = builder.add(builder.mul(o, cp), kv)
-                    term = builder.fmul(
-                        wvec, builder.load(_lanes8(context, builder, sig.args[2], sv, off), align=4)
-                    )
-                    total = term if total is None else builder.fadd(total, term)
-                total = _convert8(context, builder, total, sig.args[2].dtype, sig.args[0].dtype)
-                builder.store(total, _lanes8(context, builder, sig.args[0], d, do), align=4)
-                return context.get_dummy_value()
-
-            return nbtypes.void(dst, doff, src, offs, wts, p, k0), codegen
-
-        return slice8
-
-    slice8_3 = _slice8_gen(3)
-    slice8_6 = _slice8_gen(6)
-
     @intrinsic
     def blur8(typingctx, dst, doff, src, moff, aoff, boff):  # pragma: no cover - compiled
         """dst.flat[doff:+8] = src[moff:+8] + 0.5 * (src[aoff:+8] + src[boff:+8]) on 8 lanes
@@ -208,4 +161,4 @@ if numba is not None:
     prefetch_write = _prefetch_gen(1)
 
 else:  # pragma: no cover - the kernels are never called without numba
-    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = None
+    axpy8 = blur8 = prefetch_read = prefetch_write = None
