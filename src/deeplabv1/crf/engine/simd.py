@@ -5,8 +5,7 @@ padded to a multiple of 8) ran scalar; these operations load, combine and store 
 labels as a single vector (splat and blur rows; whole rows: simd_rows.py and
 simd_vertices.py). Each is the same per-lane arithmetic in the same order as the scalar loop
 it replaces (a multiply, then an add: no fused multiply-add), so the bits do not change. The
-prefetch hints ask for
-a row that a later pixel will read or write.
+prefetch hints ask for a row that a later pixel will read or write.
 """
 
 from __future__ import annotations
