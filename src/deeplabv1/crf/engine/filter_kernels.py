@@ -24,6 +24,12 @@ def splat(offs, bary, values, acc, lo, hi):  # pragma: no cover - compiled
     thread's (M + 1, C) buffer; its zero last row is left alone)."""
     c = values.shape[1]
     acc[: acc.shape[0] - 1] = 0
+    if c == 1:  # one column (the normaliser): no label loop
+        for i in range(lo, hi):
+            x = values[i, 0]
+            for r in range(offs.shape[1]):
+                acc[offs[i, r], 0] += bary[i, r] * x
+        return
     for i in range(lo, hi):
         for r in range(offs.shape[1]):
             w = bary[i, r]
@@ -75,6 +81,13 @@ def slice_(offs, wts, lat, out, lo, hi, base):  # pragma: no cover - compiled
     c = out.shape[1]
     cp = lat.shape[1]
     add = base.shape[0] > 0
+    if cp == 1:  # one column (the normaliser): no label loop
+        for i in range(lo, hi):
+            t = out.dtype.type(0)
+            for r in range(offs.shape[1]):
+                t += wts[i, r] * lat[offs[i, r], 0]
+            out[i, 0] = base[i, 0] + t if add else t
+        return
     acc = np.empty(cp, dtype=out.dtype)
     for i in range(lo, hi):
         for k in range(cp):
