@@ -105,3 +105,20 @@ def test_read_only_install_falls_back_to_user_then_temp_cache(tmp_path):
     finally:
         for mount in reversed(mounts):
             subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_changed_intrinsic_module_recompiles_the_kernels(tmp_path):
+    """The kernels inline the LLVM IR of the simd modules, whose files numba does not watch:
+    a newer one of them (a changed intrinsic) must recompile the cached kernels, an
+    untouched package must not."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(REPO / "src" / "deeplabv1", pkg / "deeplabv1",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    env = {"PYTHONPATH": str(pkg), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    assert _crf(env, 1).count(NOTICE) == 1
+    assert _crf(env, 1).count(NOTICE) == 0
+    intrinsics = pkg / "deeplabv1" / "crf" / "engine" / "simd_vertices.py"
+    later = intrinsics.stat().st_mtime + 10
+    os.utime(intrinsics, (later, later))
+    assert _crf(env, 1).count(NOTICE) == 1
+    assert _crf(env, 1).count(NOTICE) == 0

@@ -149,11 +149,14 @@ def test_meanfield_against_exact_and_torch_path(monkeypatch, voc_samples, norm) 
     assert min(agree) >= 0.98 and np.mean(agree) >= 0.99
 
 
+@pytest.mark.parametrize("threads_", [1, 2])
 @pytest.mark.parametrize("mode", ["none", "before", "after", "symmetric"])
-def test_numpy_meanfield_terms_and_modes(monkeypatch, mode) -> None:
+def test_numpy_meanfield_terms_and_modes(monkeypatch, mode, threads_) -> None:
     """engine_mf.mean_field (fused kernels) with 1-3 terms and a batch of 2 equals the
     same iteration written with message/step (filter per term) and the torch path's
-    mean_field with numba disabled (CSR filters on the sort-built lattice)."""
+    mean_field with numba disabled (CSR filters on the sort-built lattice), on one thread
+    (where the blur's buffers swap roles after an even number of axes: the 5-D term) and
+    on two."""
     from deeplabv1.crf.torch.meanfield import PairwiseTerm, mean_field
 
     rng = np.random.default_rng(4)
@@ -164,7 +167,7 @@ def test_numpy_meanfield_terms_and_modes(monkeypatch, mode) -> None:
     for count in (1, 2, 3):
         terms = [engine_mf.prepare_term(engine_build.build_lattice(f, n), w, mode)
                  for f, w in zip(feats[:count], weights)]  # fmt: skip
-        q = engine_mf.mean_field(u, terms, 5)
+        q = engine_mf.mean_field(u, terms, 5, num_threads=threads_)
         assert q.shape == (batch, num_labels, n) and q.dtype == np.float32
         np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
         neg = np.ascontiguousarray(-u.transpose(0, 2, 1).reshape(-1, num_labels))

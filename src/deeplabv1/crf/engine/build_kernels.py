@@ -26,67 +26,93 @@ _F = np.float32
 _ONE = _F(1.0)
 _EMPTY = -(1 << 62)  # no packed code is negative
 _MIX = np.int64(-7046029254386353131)  # odd 64-bit multiplier (0x9E3779B97F4A7C15)
+_EMBED_CHUNK = 64  # points per step of embed
 
 
 @kernel
 def embed(features_t, scale, q0, rank, bary, bad, lo, hi):  # pragma: no cover - compiled
     """The enclosing simplex of float32 features (d, P), points lo..hi: q0 (d+1, P) int64 with
     rem0 = (d+1) q0, rank (d+1, P) int64 and the barycentric weights bary (d+1, P) float32.
-    bad[0] = 1 and a return at the first point whose float32 arithmetic gives no simplex
-    (features so large that the rounding errors exceed a lattice step: the remainder leaves
-    0..d, and pydensecrf writes out of bounds there).
+    bad[0] = 1 and a return after the first chunk with a point whose float32 arithmetic gives
+    no simplex (features so large that the rounding errors exceed a lattice step: the
+    remainder leaves 0..d, and pydensecrf writes out of bounds there; the caller discards
+    the tables).
 
     pydensecrf's SSE arithmetic in float32, operation for operation (any other rounding
     moves points whose residuals nearly tie into another simplex: the filter then differs
     by up to a few per cent there, most often with standard deviations of a pixel or less):
     the elevation ``sm - (j * cf)`` with the product rounded first, the nearest remainder-0
     point by rounding e * float32(1/(d+1)) half to even, and bary[0] = s[0] + (1 - s[d]).
-    ``scale`` holds its float32 scale factors (lattice.scale_factors).
+    ``scale`` holds its float32 scale factors (lattice.scale_factors). Points go in chunks
+    of _EMBED_CHUNK, each step a loop over the chunk's points (LLVM vectorises them:
+    measured 10.9 -> 7.0 ms for 500x375 points in 5-D); the rank-sorted scatter into the
+    barycentric weights stays per point.
     """
     d = features_t.shape[0]
-    d1 = _F(d + 1)
+    nv = d + 1
+    d1 = _F(nv)
     inv = _ONE / d1
-    e = np.empty(d + 1, dtype=np.float32)
-    resid = np.empty(d + 1, dtype=np.float32)
-    s = np.empty(d + 1, dtype=np.float32)
-    qi = np.empty(d + 1, dtype=np.int64)
-    rk = np.empty(d + 1, dtype=np.int64)
-    for p in range(lo, hi):
-        sm = _F(0)
+    e = np.empty((nv, _EMBED_CHUNK), dtype=np.float32)
+    resid = np.empty((nv, _EMBED_CHUNK), dtype=np.float32)
+    qi = np.empty((nv, _EMBED_CHUNK), dtype=np.int64)
+    rk = np.empty((nv, _EMBED_CHUNK), dtype=np.int64)
+    sm = np.empty(_EMBED_CHUNK, dtype=np.float32)
+    total = np.empty(_EMBED_CHUNK, dtype=np.int64)
+    s = np.empty(nv, dtype=np.float32)
+    for c0 in range(lo, hi, _EMBED_CHUNK):
+        n = min(_EMBED_CHUNK, hi - c0)
+        for t in range(n):
+            sm[t] = 0
+            total[t] = 0
         for j in range(d, 0, -1):
-            cf = features_t[j - 1, p] * scale[j - 1]
-            e[j] = sm - _F(j) * cf
-            sm = sm + cf
-        e[0] = sm
-        total = 0
-        for i in range(d + 1):
-            qf = np.rint(e[i] * inv)
-            resid[i] = e[i] - qf * d1
-            qi[i] = np.int64(qf)
-            rk[i] = 0
-            total += qi[i]
-        for i in range(d):  # branch-free: the comparisons are unpredictable
-            for j in range(i + 1, d + 1):
-                lower = np.int64(resid[i] < resid[j])
-                rk[i] += lower
-                rk[j] += 1 - lower
-        for i in range(d + 1):
-            r = rk[i] + total
-            if r < 0:
-                r += d + 1
-                qi[i] += 1
-            elif r > d:
-                r -= d + 1
-                qi[i] -= 1
-            if r < 0 or r > d:
-                bad[0] = 1
-                return
-            rank[i, p] = r
-            q0[i, p] = qi[i]
-            s[d - r] = (e[i] - np.float32(qi[i]) * d1) * inv
-        for k in range(1, d + 1):
-            bary[k, p] = s[k] - s[k - 1]
-        bary[0, p] = s[0] + (_ONE - s[d])
+            sc = scale[j - 1]
+            fj = _F(j)
+            for t in range(n):
+                cf = features_t[j - 1, c0 + t] * sc
+                e[j, t] = sm[t] - fj * cf
+                sm[t] = sm[t] + cf
+        for t in range(n):
+            e[0, t] = sm[t]
+        for i in range(nv):
+            for t in range(n):
+                qf = np.rint(e[i, t] * inv)
+                resid[i, t] = e[i, t] - qf * d1
+                qi[i, t] = np.int64(qf)
+                rk[i, t] = 0
+        for i in range(nv):
+            for t in range(n):
+                total[t] += qi[i, t]
+        for i in range(d):
+            for j in range(i + 1, nv):
+                for t in range(n):
+                    lower = np.int64(resid[i, t] < resid[j, t])
+                    rk[i, t] += lower
+                    rk[j, t] += 1 - lower
+        wrong = 0
+        for i in range(nv):
+            for t in range(n):
+                r = rk[i, t] + total[t]
+                q = qi[i, t]
+                up = np.int64(r < 0)
+                down = np.int64(r > d)
+                r = r + (up - down) * nv
+                q = q + up - down
+                wrong |= np.int64(r < 0) | np.int64(r > d)
+                rk[i, t] = r
+                qi[i, t] = q
+                rank[i, c0 + t] = r
+                q0[i, c0 + t] = q
+        if wrong:
+            bad[0] = 1
+            return
+        for t in range(n):
+            p = c0 + t
+            for i in range(nv):
+                r = rk[i, t]
+                s[d - r] = (e[i, t] - np.float32(qi[i, t]) * d1) * inv
+            for k in range(1, nv):
+                bary[k, p] = s[k] - s[k - 1]
+            bary[0, p] = s[0] + (_ONE - s[d])
 
 
 @inline

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from deeplabv1.crf.engine.jit import kernel
-from deeplabv1.crf.engine.simd import blur8
+from deeplabv1.crf.engine.simd import blur8, prefetch_read
+
+_AHEAD = 8
 
 __all__ = ["blur", "reduce_rows", "slice_", "splat"]
 
@@ -22,6 +24,12 @@ def splat(offs, bary, values, acc, lo, hi):  # pragma: no cover - compiled
     thread's (M + 1, C) buffer; its zero last row is left alone)."""
     c = values.shape[1]
     acc[: acc.shape[0] - 1] = 0
+    if c == 1:  # one column (the normaliser): no label loop
+        for i in range(lo, hi):
+            x = values[i, 0]
+            for r in range(offs.shape[1]):
+                acc[offs[i, r], 0] += bary[i, r] * x
+        return
     for i in range(lo, hi):
         for r in range(offs.shape[1]):
             w = bary[i, r]
@@ -47,6 +55,13 @@ def blur(src, dst, n1, n2, lo, hi):  # pragma: no cover - compiled
     half = src.dtype.type(0.5)
     if c % 8 == 0:
         for m in range(lo, hi):
+            if m + _AHEAD < hi:
+                a = n1[m + _AHEAD] * c
+                b = n2[m + _AHEAD] * c
+                prefetch_read(src, a)
+                prefetch_read(src, a + c - 1)
+                prefetch_read(src, b)
+                prefetch_read(src, b + c - 1)
             a = n1[m] * c
             b = n2[m] * c
             for k0 in range(0, c, 8):
@@ -66,6 +81,13 @@ def slice_(offs, wts, lat, out, lo, hi, base):  # pragma: no cover - compiled
     c = out.shape[1]
     cp = lat.shape[1]
     add = base.shape[0] > 0
+    if cp == 1:  # one column (the normaliser): no label loop
+        for i in range(lo, hi):
+            t = out.dtype.type(0)
+            for r in range(offs.shape[1]):
+                t += wts[i, r] * lat[offs[i, r], 0]
+            out[i, 0] = base[i, 0] + t if add else t
+        return
     acc = np.empty(cp, dtype=out.dtype)
     for i in range(lo, hi):
         for k in range(cp):

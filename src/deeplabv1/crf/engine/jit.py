@@ -19,7 +19,7 @@ import os
 import sys
 import tempfile
 
-__all__ = ["NOTICE", "OPTIONS", "available", "inline", "kernel", "numba"]
+__all__ = ["INTRINSIC_FILES", "NOTICE", "OPTIONS", "available", "inline", "kernel", "numba"]
 
 from deeplabv1.crf.engine import threads
 
@@ -58,9 +58,30 @@ def kernel(func):
     if numba is None:
         return func
     dispatcher = numba.njit(**OPTIONS)(func)
+    _stamp_intrinsics(dispatcher)
     if FAST_LOAD:
         _load_without_refresh(dispatcher)
     return dispatcher
+
+
+# The intrinsics (LLVM IR written in these modules) are compiled into the kernels that call
+# them, but numba checks only a kernel's own file before it loads the kernel from the cache:
+# their files join its stamp, so that a change to them recompiles the kernels.
+INTRINSIC_FILES = ("simd.py", "simd_rows.py", "simd_vertices.py")
+
+
+def _stamp_intrinsics(dispatcher) -> None:
+    """Add the intrinsic modules' (mtime, size) to the source stamp of ``dispatcher``'s cache
+    index; a no-op where this numba's cache lacks the attribute used."""
+    index = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if index is None or not hasattr(index, "_source_stamp"):
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for name in INTRINSIC_FILES:
+        st = os.stat(os.path.join(here, name))
+        stamps.append((st.st_mtime, st.st_size))
+    index._source_stamp = (index._source_stamp, tuple(stamps))
 
 
 # numba loads a cached kernel only after "refreshing" its compiler: importing and registering

@@ -141,7 +141,9 @@ class NumpyLattice:
         (returned); the first ``used`` thread buffers of acc (all by default) hold splats and
         are summed into acc[0] first. acc[0] is the ping-pong partner of a; an even axis count
         goes through b first (acc[1] or a spare buffer) so that the result lands in a, outside
-        acc (the fused mean-field pass splats into acc while it slices the result)."""
+        acc (the fused mean-field pass splats into acc while it slices the result). With b
+        None and an even axis count the result lands in acc[0] (returned): the caller swaps
+        the buffers' roles."""
         axes = list(range(len(self.n1) - 1, -1, -1) if reverse else range(len(self.n1)))
         return blur_axes(self, acc, a, b, axes, num_threads, used or acc.shape[0])
 
@@ -155,6 +157,13 @@ def blur_axes(lat: NumpyLattice, acc, a, b, axes: list[int], num_threads: int, u
     # time) stay the same for every thread count.
     threads.run(filter_kernels.reduce_rows, [(acc[:used], lo, hi) for lo, hi in parts])
     src = acc[0]
+    if len(axes) % 2 == 0 and b is None:  # no spare: src -> a -> acc[0] -> ... -> acc[0]
+        for k, j in enumerate(axes):
+            dst = a if k % 2 == 0 else acc[0]
+            threads.run(filter_kernels.blur, [(src, dst, lat.n1[j], lat.n2[j], lo, hi)
+                                              for lo, hi in parts])  # fmt: skip
+            src = dst
+        return src
     if len(axes) % 2 == 0:
         j = axes.pop(0)
         threads.run(filter_kernels.blur, [(src, b, lat.n1[j], lat.n2[j], lo, hi)

@@ -148,7 +148,16 @@ class _Plan:
         if not term.potts:  # the compatibility is applied to the sliced values
             post = term.post[:, None] if term.post is not None else np.float32(1.0)
         self.wts = lat.slice_weights(post)
-        self.ws = lat.workspace(width, nt)  # its own buffers: lattices may be shared
+        # its own buffers (lattices may be shared); one thread: two (1, M+1, C) buffers that
+        # swap roles when the blur leaves its result in the splat buffer (an even axis
+        # count; no third buffer: measured 3.3 -> 2.8 ms a bilateral blur at 500x375)
+        if nt == 1:
+            rows = (1, lat.num_lattice + 1, width)
+            self.spare = np.zeros(rows, np.float32)
+            self.ws = (np.zeros(rows, np.float32), self.spare[0], None)
+        else:
+            self.spare = None
+            self.ws = lat.workspace(width, nt)
 
 
 class _Empty:
@@ -242,7 +251,12 @@ def _blur(plan: _Plan, qn: np.ndarray | None, nt: int, used: int) -> np.ndarray:
         threads.run(filter_kernels.splat, [(lat.offs, plan.splat, qn, acc[t], lo, hi)
                                            for t, (lo, hi) in enumerate(parts)])  # fmt: skip
         used = len(parts)
-    return lat.blur(acc, a, b, False, nt, used) if lat.n1 else acc[0]
+    if not lat.n1:
+        return acc[0]
+    out = lat.blur(acc, a, b, False, nt, used)
+    if plan.spare is not None and len(lat.n1) % 2 == 0:  # the result is in acc[0]: swap
+        plan.spare, plan.ws = acc, (plan.spare, out, None)
+    return out
 
 
 def _subtract_message(base: np.ndarray, plan: _Plan, sliced: np.ndarray, nt: int, c: int):
@@ -269,4 +283,4 @@ def _release_buffers(plans, nt: int, width: int) -> None:
     kernel still takes a (1, width) buffer per thread."""
     dummy = np.zeros((nt, 1, width), np.float32)
     for plan in plans:
-        plan.ws = (dummy, None, None)
+        plan.ws, plan.spare = (dummy, None, None), None

@@ -2,8 +2,9 @@
 
 LLVM vectorises numba's label loops 64 floats wide (16 lanes x 4), so rows of 24 labels (21
 padded to a multiple of 8) ran scalar; these operations load, combine and store one row of 8
-labels as a single vector. Each is the same per-lane arithmetic as the scalar loop it
-replaces (a multiply, then an add: no fused multiply-add), so the bits do not change. The
+labels as a single vector (splat and blur rows; whole rows: simd_rows.py and
+simd_vertices.py). Each is the same per-lane arithmetic in the same order as the scalar loop
+it replaces (a multiply, then an add: no fused multiply-add), so the bits do not change. The
 prefetch hints ask for a row that a later pixel will read or write.
 """
 
@@ -22,12 +23,9 @@ __all__ = [
     "blur8",
     "prefetch_read",
     "prefetch_write",
-    "slice8_3",
-    "slice8_6",
-    "softmax8",
 ]
 
-# The softmax's exp (fused.py's scalar code and softmax8 alike): exp(x) = p(r) 2^n for
+# The softmax's exp (fused.py's kernels): exp(x) = p(r) 2^n for
 # float32 -87 <= x <= 0, Cody-Waite reduction r = x - n ln2 with n = floor(x log2(e) + 1/2),
 # and a degree-7 Taylor polynomial on |r| <= ln2/2 (relative error below 1e-7).
 EXP = {
@@ -110,52 +108,6 @@ if numba is not None:
 
         return nbtypes.void(dst, doff, src, soff, w), codegen
 
-    def _slice8_gen(nv: int):
-        @intrinsic
-        def slice8(typingctx, dst, doff, src, offs, wts, p, k0):  # pragma: no cover
-            """dst.flat[doff:+8] = sum_r wts[p, r] * src[offs[p, r], k0:k0+8] over nv
-            vertices, summed in registers in vertex order (8-lane vectors; the caller keeps
-            the offsets in bounds)."""
-            if not (_rows_ok(dst, src) and isinstance(offs, nbtypes.Array)
-                    and isinstance(offs.dtype, nbtypes.Integer) and offs.ndim == 2
-                    and isinstance(wts, nbtypes.Array) and wts.ndim == 2
-                    and isinstance(wts.dtype, nbtypes.Float)):  # fmt: skip
-                return None
-
-            def codegen(context, builder, sig, args):
-                d, do, sv, ov, wv, pv, kv = args
-                ity = nbtypes.intp
-                do = context.cast(builder, do, sig.args[1], ity)
-                pv = context.cast(builder, pv, sig.args[5], ity)
-                kv = context.cast(builder, kv, sig.args[6], ity)
-                sarr = context.make_array(sig.args[2])(context, builder, sv)
-                cp = cgutils.unpack_tuple(builder, sarr.shape)[1]
-                oarr = context.make_array(sig.args[3])(context, builder, ov)
-                warr = context.make_array(sig.args[4])(context, builder, wv)
-                total = None
-                for r in range(nv):
-                    idx = [pv, context.get_constant(ity, r)]
-                    o = cgutils.get_item_pointer(context, builder, sig.args[3], oarr, idx)
-                    w = cgutils.get_item_pointer(context, builder, sig.args[4], warr, idx)
-                    o = context.cast(builder, builder.load(o), sig.args[3].dtype, ity)
-                    wvec = _splat8(context, builder, builder.load(w), sig.args[4].dtype,
-                                   sig.args[2].dtype)  # fmt: skip
-                    off = builder.add(builder.mul(o, cp), kv)
-                    term = builder.fmul(
-                        wvec, builder.load(_lanes8(context, builder, sig.args[2], sv, off), align=4)
-                    )
-                    total = term if total is None else builder.fadd(total, term)
-                total = _convert8(context, builder, total, sig.args[2].dtype, sig.args[0].dtype)
-                builder.store(total, _lanes8(context, builder, sig.args[0], d, do), align=4)
-                return context.get_dummy_value()
-
-            return nbtypes.void(dst, doff, src, offs, wts, p, k0), codegen
-
-        return slice8
-
-    slice8_3 = _slice8_gen(3)
-    slice8_6 = _slice8_gen(6)
-
     @intrinsic
     def blur8(typingctx, dst, doff, src, moff, aoff, boff):  # pragma: no cover - compiled
         """dst.flat[doff:+8] = src[moff:+8] + 0.5 * (src[aoff:+8] + src[boff:+8]) on 8 lanes
@@ -207,126 +159,5 @@ if numba is not None:
     prefetch_read = _prefetch_gen(0)
     prefetch_write = _prefetch_gen(1)
 
-    def _const8(value, ty):
-        return ir.Constant(ir.VectorType(ty, 8), [value] * 8)
-
-    def _exp8(builder, v):
-        """EXP's polynomial on an 8-lane float32 vector, operation for operation as the
-        scalar code (multiplies and adds, no fused multiply-add): the same bits."""
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 8)
-        lo = _const8(float(EXP["min_x"]), f32)
-        v = builder.select(builder.fcmp_ordered(">", v, lo), v, lo)
-        t = builder.fadd(builder.fmul(v, _const8(float(EXP["log2e"]), f32)),
-                         _const8(float(EXP["half"]), f32))  # fmt: skip
-        floor = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec]),
-                                               "llvm.floor.v8f32")  # fmt: skip
-        n = builder.call(floor, [t])
-        r = builder.fsub(builder.fsub(v, builder.fmul(n, _const8(float(EXP["ln2_hi"]), f32))),
-                         builder.fmul(n, _const8(float(EXP["ln2_lo"]), f32)))  # fmt: skip
-        coef = [float(c) for c in EXP["coef"]] + [1.0, 1.0]
-        p = _const8(coef[0], f32)
-        for c in coef[1:]:
-            p = builder.fadd(builder.fmul(p, r), _const8(c, f32))
-        i32 = ir.IntType(32)
-        bits = builder.add(builder.shl(builder.fptosi(n, ir.VectorType(i32, 8)), _const8(23, i32)),
-                           _const8(int(EXP["bias"]), i32))  # fmt: skip
-        return builder.fmul(p, builder.bitcast(bits, vec))
-
-    @intrinsic
-    def softmax8(typingctx, x, y, unary, p, c):  # pragma: no cover - compiled
-        """x[:] = softmax((x - unary[p]) + y) over the first c of x's Cp lanes (Cp a multiple
-        of 8; lanes c.. get 0), in 8-lane vectors: float32 C arrays x, y (Cp,), unary (P, C).
-        The same operations in the same order as fused.py's scalar softmax (lane-wise partial
-        max and sum over the vectors, then ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7))): the same
-        bits."""
-        if not (_rows_ok(x, y) and _rows_ok(x, unary) and x.dtype == nbtypes.float32
-                and unary.ndim == 2 and isinstance(p, nbtypes.Integer)
-                and isinstance(c, nbtypes.Integer)):  # fmt: skip
-            return None
-
-        def codegen(context, builder, sig, args):
-            xa, ya, ua, pv, cv = args
-            ity = nbtypes.intp
-            f32, i32 = ir.FloatType(), ir.IntType(32)
-            vec = ir.VectorType(f32, 8)
-            xarr = context.make_array(sig.args[0])(context, builder, xa)
-            cp = cgutils.unpack_tuple(builder, xarr.shape)[0]
-            uarr = context.make_array(sig.args[2])(context, builder, ua)
-            ucols = cgutils.unpack_tuple(builder, uarr.shape)[1]
-            pv = context.cast(builder, pv, sig.args[3], ity)
-            cv = builder.trunc(context.cast(builder, cv, sig.args[4], ity), i32)
-            urow = builder.mul(pv, ucols)
-            lanes = ir.Constant(ir.VectorType(i32, 8), list(range(8)))
-            mask_ty = ir.VectorType(ir.IntType(1), 8)
-            mask_fn = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(vec, [vec.as_pointer(), i32, mask_ty, vec]),
-                "llvm.masked.load.v8f32.p0",
-            )
-            nvec = builder.udiv(cp, ir.Constant(cp.type, 8))
-            acc = cgutils.alloca_once(builder, vec)
-
-            def splat_i32(value):
-                first = builder.insert_element(ir.Constant(ir.VectorType(i32, 8), ir.Undefined),
-                                               value, ir.Constant(i32, 0))  # fmt: skip
-                zeros = ir.Constant(ir.VectorType(i32, 8), [0] * 8)
-                return builder.shuffle_vector(first, first, zeros)
-
-            limit = splat_i32(cv)
-
-            def lane_mask(k0):
-                """Lanes k0.. that hold labels (< c)."""
-                base = splat_i32(builder.trunc(k0, i32))
-                return builder.icmp_signed("<", builder.add(base, lanes), limit)
-
-            # logits, padding lanes LOW; running lane-wise max
-            with cgutils.for_range(builder, nvec) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
-                xp = _lanes8(context, builder, sig.args[0], xa, k0)
-                yp = _lanes8(context, builder, sig.args[1], ya, k0)
-                up = _lanes8(context, builder, sig.args[2], ua, builder.add(urow, k0))
-                mask = lane_mask(k0)
-                u = builder.call(mask_fn, [up, ir.Constant(i32, 4), mask,
-                                           ir.Constant(vec, [0.0] * 8)])  # fmt: skip
-                v = builder.fadd(builder.fsub(builder.load(xp, align=4), u),
-                                 builder.load(yp, align=4))  # fmt: skip
-                v = builder.select(mask, v, _const8(float(LOW), f32))
-                builder.store(v, xp, align=4)
-                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
-                old = builder.load(acc)
-                larger = builder.select(builder.fcmp_ordered(">", old, v), old, v)
-                builder.store(builder.select(first, v, larger), acc)
-            part = builder.load(acc)
-            mx = builder.extract_element(part, ir.Constant(i32, 0))
-            for j in range(1, 8):
-                lane = builder.extract_element(part, ir.Constant(i32, j))
-                mx = builder.select(builder.fcmp_ordered(">", mx, lane), mx, lane)
-            mxv = _splat8(context, builder, mx, nbtypes.float32, nbtypes.float32)
-            # exp, padding lanes 0; running lane-wise sum
-            with cgutils.for_range(builder, nvec) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
-                xp = _lanes8(context, builder, sig.args[0], xa, k0)
-                e = _exp8(builder, builder.fsub(builder.load(xp, align=4), mxv))
-                e = builder.select(lane_mask(k0), e, _const8(0.0, f32))
-                builder.store(e, xp, align=4)
-                first = builder.icmp_unsigned("==", loop.index, ir.Constant(cp.type, 0))
-                builder.store(builder.select(first, e, builder.fadd(builder.load(acc), e)), acc)
-            part = builder.load(acc)
-            lane = [builder.extract_element(part, ir.Constant(i32, j)) for j in range(8)]
-            s = builder.fadd(builder.fadd(builder.fadd(lane[0], lane[1]),
-                                          builder.fadd(lane[2], lane[3])),
-                             builder.fadd(builder.fadd(lane[4], lane[5]),
-                                          builder.fadd(lane[6], lane[7])))  # fmt: skip
-            inv = builder.fdiv(ir.Constant(f32, 1.0), s)
-            invv = _splat8(context, builder, inv, nbtypes.float32, nbtypes.float32)
-            with cgutils.for_range(builder, nvec) as loop:
-                k0 = builder.mul(loop.index, ir.Constant(cp.type, 8))
-                xp = _lanes8(context, builder, sig.args[0], xa, k0)
-                builder.store(builder.fmul(builder.load(xp, align=4), invv), xp, align=4)
-            return context.get_dummy_value()
-
-        return nbtypes.void(x, y, unary, p, c), codegen
-
 else:  # pragma: no cover - the kernels are never called without numba
-    axpy8 = blur8 = slice8_3 = slice8_6 = prefetch_read = prefetch_write = softmax8 = None
+    axpy8 = blur8 = prefetch_read = prefetch_write = None
