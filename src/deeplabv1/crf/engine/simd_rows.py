@@ -1,4 +1,4 @@
-"""Whole-row vector operations of the fused mean-field pass and the splat, as LLVM IR.
+"""Whole-row vector operations of the fused mean-field pass's softmax, as LLVM IR.
 
 A row is one pixel's or one lattice point's Cp floats (Cp a multiple of 8): the softmax's
 per-pixel work: ``logits8`` (the logits and their maximum), ``shift8``, ``normalize8`` and
@@ -8,7 +8,9 @@ fused.py's ``fused_step``: the same bits.
 
 from __future__ import annotations
 
-from deeplabv1.crf.engine.jit import numba
+import numpy as np
+
+from deeplabv1.crf.engine.jit import inline, numba
 
 __all__ = ["copy8", "logits8", "normalize8", "shift8"]
 
@@ -145,24 +147,13 @@ if numba is not None:
 
         return nbtypes.void(dst, src, soff, c), codegen
 
-    @intrinsic
-    def copy8(typingctx, dst, doff, src):  # pragma: no cover - compiled
-        """dst.flat[doff:+Cp] = src over src's Cp lanes (a multiple of 8), in vectors."""
-        if not (_rows_ok(dst, src) and dst.dtype == src.dtype
-                and isinstance(doff, nbtypes.Integer)):  # fmt: skip
-            return None
+    _ZERO = np.float32(0.0)
 
-        def codegen(context, builder, sig, args):
-            da, do, sa = args
-            n = _rows(context, builder, sig.args[2], sa)
-            dp = _flat_ptr(context, builder, sig.args[0], da, do, sig.args[1])
-            sp = _flat_ptr(context, builder, sig.args[2], sa, ir.Constant(n.type, 0), nbtypes.intp)
-            with cgutils.for_range(builder, n) as loop:
-                v = builder.load(_vec_at(builder, sp, loop.index), align=4)
-                builder.store(v, _vec_at(builder, dp, loop.index), align=4)
-            return context.get_dummy_value()
-
-        return nbtypes.void(dst, doff, src), codegen
+    @inline
+    def copy8(dst, doff, src):  # pragma: no cover - compiled
+        """dst.flat[doff:+Cp] = src over src's Cp lanes (a multiple of 8): ``shift8`` by 0
+        (x - 0 is x, bit for bit, -0 and NaN included)."""
+        shift8(dst, doff, src, _ZERO)
 
 
 else:  # pragma: no cover - the kernels are never called without numba
