@@ -147,7 +147,7 @@ def test_fused_step_skips_slices_splats_and_store() -> None:
 @pytest.mark.parametrize("threads", [1, 2])
 def test_fused_step_label_major_output(c, cp, batch, threads) -> None:
     """qt (B, C, n) receives Q label-major, bit for bit q's values (n = 301 / 3 images: blocks
-    of 32 pixels span two images); q itself is left alone when store is off."""
+    of 64 pixels span two images); q itself is left alone when store is off."""
     p = 903
     unary, terms, lats = _case(c + batch, p, c, cp, (6, 3))
     want, want_splats = _run(unary, terms, lats, cp, threads)

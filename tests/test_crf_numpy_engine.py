@@ -184,6 +184,35 @@ def test_numpy_meanfield_terms_and_modes(monkeypatch, mode, threads_) -> None:
         np.testing.assert_allclose(q, ref, rtol=0, atol=5e-5)
 
 
+def test_numpy_meanfield_float64_tables_keep_their_precision_on_one_thread() -> None:
+    """float64 lattice tables: the one-thread pass (two blur buffers swapping roles) keeps
+    float64 lattice values as the two-thread one (NumpyLattice.workspace) does: the same
+    bits on one and two threads, both close to a float64 iteration on the float64 filter."""
+    from deeplabv1.crf.torch.lattice import PermutohedralLattice
+
+    rng = np.random.default_rng(3)
+    n, num_labels = 2000, 21
+    feats = [rng.random((1, n, d)) * s for d, s in ((2, 8.0), (5, 6.0))]
+    lats = [PermutohedralLattice(torch.from_numpy(f)).numba_tables() for f in feats]
+    assert all(lat.dtype == np.float64 for lat in lats)
+    u = rng.normal(0.0, 2.0, (1, num_labels, n)).astype(np.float32)
+    for mode in ("symmetric", "after"):
+        terms = [engine_mf.prepare_term(lat, w, mode) for lat, w in zip(lats, (3.0, 10.0))]
+        neg = -u[0].T.astype(np.float64)
+        ref = np.exp(neg - neg.max(1, keepdims=True))
+        ref /= ref.sum(1, keepdims=True)
+        for _ in range(5):
+            m = neg.copy()
+            for t in terms:
+                m += t.lattice.filter(ref * t.pre[:, None] if t.pre is not None else ref,
+                                      num_threads=1) * t.post[:, None]  # fmt: skip
+            ref = np.exp(m - m.max(1, keepdims=True))
+            ref /= ref.sum(1, keepdims=True)
+        one, two = (engine_mf.mean_field(u, terms, 5, num_threads=k) for k in (1, 2))
+        np.testing.assert_allclose(one[0], ref.T, rtol=0, atol=2e-6)
+        assert np.array_equal(one, two)
+
+
 def test_features_bitwise_equal_torch(voc_samples) -> None:
     for h, w, s in [(375, 500, 3.0), (17, 23, (0.7, 7.3)), (5, 4, 121.0)]:
         np.testing.assert_array_equal(gaussian_features_np(h, w, s),

@@ -6,7 +6,7 @@ marginals into both terms' lattices, so that Q never makes a trip through memory
 two. Two kernels, the same arithmetic in the same order (the same bits):
 
 - ``fused_step_wide`` for label rows padded to a multiple of 8 (8 labels and more): slices,
-  splats (simd.py) and the softmax's row work (simd_rows.py) in 8-lane vectors (measured at
+  splats (simd_vertices.py) and the softmax's row work (simd_rows.py) in 8-lane vectors (measured at
   500x375, 21 labels, one thread: the pass 18.9 -> 16.4 ms with the softmax rows as vectors),
   lattice rows prefetched a few pixels ahead;
 - ``fused_step`` for any row width (a few labels, unpadded): scalar loops that LLVM
