@@ -22,6 +22,7 @@ __all__ = [
     "axpy8",
     "blur8",
     "prefetch_read",
+    "prefetch_stream",
     "prefetch_write",
 ]
 
@@ -131,7 +132,7 @@ if numba is not None:
 
         return nbtypes.void(dst, doff, src, moff, aoff, boff), codegen
 
-    def _prefetch_gen(write: int):
+    def _prefetch_gen(write: int, locality: int = 3):
         @intrinsic
         def prefetch(typingctx, arr, off):  # pragma: no cover - compiled
             """A hint to bring the cache line of flat element ``off`` of a C-contiguous array
@@ -148,7 +149,7 @@ if numba is not None:
                 i32 = ir.IntType(32)
                 fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
                 fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-                flags = [ir.Constant(i32, write), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+                flags = [ir.Constant(i32, write), ir.Constant(i32, locality), ir.Constant(i32, 1)]
                 builder.call(fn, [ptr, *flags])
                 return context.get_dummy_value()
 
@@ -158,6 +159,9 @@ if numba is not None:
 
     prefetch_read = _prefetch_gen(0)
     prefetch_write = _prefetch_gen(1)
+    # non-temporal: data read once (the pixel streams of a pass), which should not push the
+    # lattices out of the caches (x86: prefetchnta)
+    prefetch_stream = _prefetch_gen(0, 0)
 
 else:  # pragma: no cover - the kernels are never called without numba
-    axpy8 = blur8 = prefetch_read = prefetch_write = None
+    axpy8 = blur8 = prefetch_read = prefetch_write = prefetch_stream = None
