@@ -13,6 +13,8 @@ from deeplabv1.crf.engine import threads as engine_threads
 from deeplabv1.crf.engine.meanfield import PAD
 
 _NO_OUT = np.zeros((0, 1, 1), np.float32)  # fused_step's qt: no label-major output
+# a term's (post, alpha) that leave its slice weights as given: (wts * 1) * 1
+_UNIT = (np.ones(100_000, np.float32), np.float32(1.0))
 
 pytestmark = pytest.mark.skipif(not jit.available(), reason="numba not installed")
 
@@ -57,7 +59,8 @@ def _run(unary, terms, lats, cp, threads, *, slices=True, splat=True, store=True
         args.append((offs, wts, bary, acc))
     call = []
     for (offs, wts, bary, acc), lat in zip(args, lats):
-        call += [offs, wts if slices else wts[:, :0], lat, bary if splat else bary[:, :0], acc]
+        call += [offs, wts if slices else wts[:, :0], *_UNIT, lat, bary if splat else bary[:, :0],
+                 acc]
     _fused(unary, q, call, store, _NO_OUT, threads, kernel)
     return q, [a.sum(0) for a in accs]
 
@@ -72,7 +75,7 @@ def _fused(unary, q, call, store, qt, nt: int, kernel=None) -> None:
     padded[:, :c] = unary
     jobs = []
     for t, (lo, hi) in enumerate(engine_threads.ranges(unary.shape[0], nt)):
-        args = [a[t] if k % 5 == 4 else a for k, a in enumerate(call)]
+        args = [a[t] if k % 7 == 6 else a for k, a in enumerate(call)]
         jobs.append((padded, q, *args, store, qt, c, lo, hi))
     engine_threads.run(kernel, jobs)
 
@@ -158,7 +161,7 @@ def test_fused_step_label_major_output(c, cp, batch, threads) -> None:
     accs = []
     for (offs, wts, bary), lat in zip(terms, lats):
         accs.append(np.zeros((threads, lat.shape[0], cp), np.float32))
-        call += [offs, wts, lat, bary, accs[-1]]
+        call += [offs, wts, *_UNIT, lat, bary, accs[-1]]
     _fused(unary, q, call, False, qt, threads)
     assert np.array_equal(qt, want[:, :c].reshape(batch, n, c).transpose(0, 2, 1))
     assert np.all(q == 0)
@@ -176,8 +179,35 @@ def test_fused_step_float64_tables() -> None:
     accs = [np.zeros((1, lat.shape[0], 24)) for lat in lats]
     call = []
     for (offs, wts, bary), lat, acc in zip(terms64, lats, accs):
-        call += [offs, wts, lat.astype(np.float64), bary, acc]
+        call += [offs, wts, *_UNIT, lat.astype(np.float64), bary, acc]
     _fused(unary, q, call, True, _NO_OUT, 1)
     np.testing.assert_allclose(q, want, rtol=0, atol=1e-6)
     for got, ref in zip(accs, want_splats):
         np.testing.assert_allclose(got.sum(0), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("c", "cp"), [(21, 24), (37, 40), (5, 5)])
+def test_folded_slice_weights_round_as_stored_ones(c, cp) -> None:
+    """The kernels form each slice weight as (float32(base) * alpha) * post[p]: the same bits
+    as slicing with the weights lattice.slice_weights stores ((bary * alpha) * post rounded
+    to float32 by numpy), for float32 and float64 bases."""
+    unary, terms, lats = _case(c + 11, 300, c, cp, (6, 3))
+    rng = np.random.default_rng(5)
+    p = unary.shape[0]
+    alpha = np.float32(1.0 / (1.0 + 2.0**-5))
+    for dtype in (np.float32, np.float64):
+        folded, stored = [], []
+        for (offs, _, bary), lat in zip(terms, lats):
+            base = rng.uniform(0.0, 1.0, offs.shape).astype(dtype)
+            post = rng.uniform(0.1, 3.0, p).astype(np.float32)
+            wts = np.multiply(base, alpha, dtype=np.float32)
+            wts *= post[:, None]
+            acc = np.zeros((1, lat.shape[0], cp), np.float32)
+            folded += [offs, base, post, alpha, lat, bary, acc]
+            stored += [offs, wts, *_UNIT, lat, bary, acc.copy()]
+        for kernel in (fused.fused_step, fused.fused_step_wide) if cp % 8 == 0 else (None,):
+            q1, q2 = np.zeros((p, cp), np.float32), np.zeros((p, cp), np.float32)
+            _fused(unary, q1, folded, True, _NO_OUT, 1, kernel)
+            _fused(unary, q2, stored, True, _NO_OUT, 1, kernel)
+            assert np.array_equal(q1, q2)
+            assert np.array_equal(folded[6], stored[6]) and np.array_equal(folded[13], stored[13])

@@ -86,7 +86,8 @@ def _write_block(qt, blk, p0, nb, c):  # pragma: no cover - compiled
 
 @kernel
 def fused_step_wide(
-    unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2, store, qt, c, lo, hi
+    unary, q, offs, wts, post, alpha, lat, bary, acc,
+    offs2, wts2, post2, alpha2, lat2, bary2, acc2, store, qt, c, lo, hi
 ):  # pragma: no cover - compiled
     """``fused_step`` for rows of Cp = a multiple of 8 floats: slices and splats in 8-lane
     vectors, lattice rows prefetched a few pixels ahead; the unary (P, Cp) holds the padding
@@ -119,6 +120,9 @@ def fused_step_wide(
                 prefetch_stream(offs2, pn * offs2.shape[1])
                 prefetch_stream(wts2, pn * wts2.shape[1])
                 prefetch_stream(bary2, pn * bary2.shape[1])
+                if (pn & 15) == 0:  # 16 floats a line
+                    prefetch_stream(post, min(pn, post.shape[0] - 1))
+                    prefetch_stream(post2, min(pn, post2.shape[0] - 1))
             if slicing and p + _AHEAD < hi:  # the slice rows of a pixel ahead
                 for r in range(offs.shape[1]):
                     base = offs[p + _AHEAD, r] * cp
@@ -131,27 +135,29 @@ def fused_step_wide(
             # the slices, in vertex order (helpers taking arrays would cost reference
             # counting per call: written out here)
             if nv == 6:
-                slice_row6(x, lat, offs, wts, p)
+                slice_row6(x, lat, offs, wts, post, alpha, p)
             elif nv == 3:
-                slice_row3(x, lat, offs, wts, p)
+                slice_row3(x, lat, offs, wts, post, alpha, p)
             else:
                 for k in range(cp):
                     x[k] = 0
                 for r in range(nv):
                     base = offs[p, r] * cp
+                    w = (np.float32(wts[p, r]) * alpha) * post[p]
                     for k0 in range(0, cp, 8):
-                        axpy8(x, k0, lat, base + k0, wts[p, r])
+                        axpy8(x, k0, lat, base + k0, w)
             if nv2 == 6:
-                slice_row6(y, lat2, offs2, wts2, p)
+                slice_row6(y, lat2, offs2, wts2, post2, alpha2, p)
             elif nv2 == 3:
-                slice_row3(y, lat2, offs2, wts2, p)
+                slice_row3(y, lat2, offs2, wts2, post2, alpha2, p)
             else:
                 for k in range(cp):
                     y[k] = 0
                 for r in range(nv2):
                     base = offs2[p, r] * cp
+                    w = (np.float32(wts2[p, r]) * alpha2) * post2[p]
                     for k0 in range(0, cp, 8):
-                        axpy8(y, k0, lat2, base + k0, wts2[p, r])
+                        axpy8(y, k0, lat2, base + k0, w)
             mx = logits8(x, y, unary, p * cp)  # padding: (0 - PAD) + 0 = LOW
             shift8(flat, i * cp, x, mx)
         m = nb * cp  # exp over the whole block in one long loop
@@ -201,7 +207,8 @@ def fused_step_wide(
 
 @kernel
 def fused_step(
-    unary, q, offs, wts, lat, bary, acc, offs2, wts2, lat2, bary2, acc2, store, qt, c, lo, hi
+    unary, q, offs, wts, post, alpha, lat, bary, acc,
+    offs2, wts2, post2, alpha2, lat2, bary2, acc2, store, qt, c, lo, hi
 ):  # pragma: no cover - compiled
     """One pass over the pixels lo..hi of c labels' unary energies (P, >= c columns):
     q[p] = softmax(-unary[p] + sum_r wts[p,r] lat[offs[p,r]] + the same for term 2),
@@ -242,12 +249,20 @@ def fused_step(
                 prefetch_stream(offs2, pn * offs2.shape[1])
                 prefetch_stream(wts2, pn * wts2.shape[1])
                 prefetch_stream(bary2, pn * bary2.shape[1])
+                if (pn & 15) == 0:  # 16 floats a line
+                    prefetch_stream(post, min(pn, post.shape[0] - 1))
+                    prefetch_stream(post2, min(pn, post2.shape[0] - 1))
             # the slices (3 and 6 vertices written out, so that the label loop vectorises;
             # helpers taking arrays would cost reference counting per call)
             nv = wts.shape[1]
             if nv == 6:  # d = 5
-                w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
-                w3, w4, w5 = wts[p, 3], wts[p, 4], wts[p, 5]
+                sc = post[p]
+                w0 = (np.float32(wts[p, 0]) * alpha) * sc
+                w1 = (np.float32(wts[p, 1]) * alpha) * sc
+                w2 = (np.float32(wts[p, 2]) * alpha) * sc
+                w3 = (np.float32(wts[p, 3]) * alpha) * sc
+                w4 = (np.float32(wts[p, 4]) * alpha) * sc
+                w5 = (np.float32(wts[p, 5]) * alpha) * sc
                 v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
                 v3, v4, v5 = offs[p, 3], offs[p, 4], offs[p, 5]
                 for k in range(cp):
@@ -255,7 +270,10 @@ def fused_step(
                     a = (a + w3 * lat[v3, k]) + w4 * lat[v4, k]
                     x[k] = a + w5 * lat[v5, k]
             elif nv == 3:  # d = 2
-                w0, w1, w2 = wts[p, 0], wts[p, 1], wts[p, 2]
+                sc = post[p]
+                w0 = (np.float32(wts[p, 0]) * alpha) * sc
+                w1 = (np.float32(wts[p, 1]) * alpha) * sc
+                w2 = (np.float32(wts[p, 2]) * alpha) * sc
                 v0, v1, v2 = offs[p, 0], offs[p, 1], offs[p, 2]
                 for k in range(cp):
                     x[k] = (w0 * lat[v0, k] + w1 * lat[v1, k]) + w2 * lat[v2, k]
@@ -263,14 +281,19 @@ def fused_step(
                 for k in range(cp):
                     x[k] = 0
                 for r in range(nv):
-                    w = wts[p, r]
+                    w = (np.float32(wts[p, r]) * alpha) * post[p]
                     v = offs[p, r]
                     for k in range(cp):
                         x[k] += w * lat[v, k]
             nv = wts2.shape[1]
             if nv == 6:
-                w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
-                w3, w4, w5 = wts2[p, 3], wts2[p, 4], wts2[p, 5]
+                sc = post2[p]
+                w0 = (np.float32(wts2[p, 0]) * alpha2) * sc
+                w1 = (np.float32(wts2[p, 1]) * alpha2) * sc
+                w2 = (np.float32(wts2[p, 2]) * alpha2) * sc
+                w3 = (np.float32(wts2[p, 3]) * alpha2) * sc
+                w4 = (np.float32(wts2[p, 4]) * alpha2) * sc
+                w5 = (np.float32(wts2[p, 5]) * alpha2) * sc
                 v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
                 v3, v4, v5 = offs2[p, 3], offs2[p, 4], offs2[p, 5]
                 for k in range(cp):
@@ -278,7 +301,10 @@ def fused_step(
                     a = (a + w3 * lat2[v3, k]) + w4 * lat2[v4, k]
                     y[k] = a + w5 * lat2[v5, k]
             elif nv == 3:
-                w0, w1, w2 = wts2[p, 0], wts2[p, 1], wts2[p, 2]
+                sc = post2[p]
+                w0 = (np.float32(wts2[p, 0]) * alpha2) * sc
+                w1 = (np.float32(wts2[p, 1]) * alpha2) * sc
+                w2 = (np.float32(wts2[p, 2]) * alpha2) * sc
                 v0, v1, v2 = offs2[p, 0], offs2[p, 1], offs2[p, 2]
                 for k in range(cp):
                     y[k] = (w0 * lat2[v0, k] + w1 * lat2[v1, k]) + w2 * lat2[v2, k]
@@ -286,7 +312,7 @@ def fused_step(
                 for k in range(cp):
                     y[k] = 0
                 for r in range(nv):
-                    w = wts2[p, r]
+                    w = (np.float32(wts2[p, r]) * alpha2) * post2[p]
                     v = offs2[p, r]
                     for k in range(cp):
                         y[k] += w * lat2[v, k]

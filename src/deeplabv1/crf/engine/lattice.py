@@ -63,6 +63,13 @@ class NumpyLattice:
             return self._wts
         return self.bary * self.dtype.type(self.alpha)
 
+    def slice_base(self) -> tuple[np.ndarray, np.float32]:
+        """(base, alpha): the slice weights are (float32(base) * alpha) * post in float32,
+        the rounding of ``slice_weights`` (base the stored weights with alpha 1, else bary)."""
+        if self._wts is not None:
+            return self._wts, np.float32(1.0)
+        return self.bary, np.float32(self.dtype.type(self.alpha))
+
     def slice_weights(self, post) -> np.ndarray:
         """float32 slice weights times ``post`` ((P, 1) array or a scalar), a new array:
         (bary * alpha) * post, rounded as the stored product would be."""

@@ -80,25 +80,44 @@ if numba is not None:
 
     def _slice_row_gen(nv: int):
         @intrinsic
-        def slice_row(typingctx, dst, lat, offs, wts, p):  # pragma: no cover - compiled
-            """dst[:] = sum over r < nv, in order, of wts[p, r] * lat[offs[p, r]]: dst (Cp,)
-            float C, lat (M+1, Cp) C, Cp a multiple of 8; the caller keeps ids in bounds."""
+        def slice_row(typingctx, dst, lat, offs, wts, post, alpha, p):  # pragma: no cover
+            """dst[:] = sum over r < nv, in order, of w_r * lat[offs[p, r]] with the slice
+            weight w_r = (float32(wts[p, r]) * alpha) * post[p] rounded as float32 (what
+            lattice.slice_weights stores): dst (Cp,) float C, lat (M+1, Cp) C, Cp a multiple
+            of 8, post float32, alpha a float32; the caller keeps ids in bounds."""
             if not (_ok(lat, offs, wts, p) and isinstance(dst, nbtypes.Array)
-                    and dst.layout == "C" and isinstance(dst.dtype, nbtypes.Float)):  # fmt: skip
+                    and dst.layout == "C" and isinstance(dst.dtype, nbtypes.Float)
+                    and isinstance(post, nbtypes.Array) and post.dtype == nbtypes.float32
+                    and alpha == nbtypes.float32):  # fmt: skip
                 return None
 
             def codegen(context, builder, sig, args):
-                da, la, oa, wa, pv = args
-                pv = context.cast(builder, pv, sig.args[4], nbtypes.intp)
+                da, la, oa, wa, pa, av, pv = args
+                ity = nbtypes.intp
+                pv = context.cast(builder, pv, sig.args[6], ity)
                 rows, nvec = _row_vectors(context, builder, sig.args[1], la)
                 out = builder.bitcast(_data(context, builder, sig.args[0], da),
                                       _vec8(context, sig.args[0].dtype).as_pointer())  # fmt: skip
                 dt = sig.args[1].dtype
+                parr = context.make_array(sig.args[4])(context, builder, pa)
+                scale = builder.load(cgutils.get_item_pointer(context, builder, sig.args[4],
+                                                              parr, [pv]))  # fmt: skip
+                oty, wty = sig.args[2], sig.args[3]
+                oarr = context.make_array(oty)(context, builder, oa)
+                warr = context.make_array(wty)(context, builder, wa)
 
                 def emit(first, count):
                     sums = [None] * count
                     for r in range(nv):
-                        o, w = _vertex(context, builder, sig, (2, oa), (3, wa), pv, r, dt)
+                        idx = [pv, context.get_constant(ity, r)]
+                        o = builder.load(cgutils.get_item_pointer(context, builder, oty, oarr,
+                                                                  idx))  # fmt: skip
+                        o = context.cast(builder, o, oty.dtype, ity)
+                        w = builder.load(cgutils.get_item_pointer(context, builder, wty, warr,
+                                                                  idx))  # fmt: skip
+                        w = context.cast(builder, w, wty.dtype, nbtypes.float32)
+                        w = builder.fmul(builder.fmul(w, av), scale)
+                        w = _splat8(context, builder, w, nbtypes.float32, dt)
                         base = builder.add(builder.mul(o, nvec), first)
                         for i in range(count):
                             at = builder.add(base, ir.Constant(base.type, i))
@@ -112,7 +131,7 @@ if numba is not None:
                 _by_width(builder, nvec, emit)
                 return context.get_dummy_value()
 
-            return nbtypes.void(dst, lat, offs, wts, p), codegen
+            return nbtypes.void(dst, lat, offs, wts, post, alpha, p), codegen
 
         return slice_row
 
