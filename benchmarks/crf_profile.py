@@ -126,10 +126,11 @@ def traffic(rgb, unary) -> dict:
     out = {}
     verts = sum(lat.offs.shape[1] for lat in lats)
     rows = sum(lat.num_lattice for lat in lats)
-    # per pixel: padded unary row, 3 index/weight tables per vertex; per lattice row: slice read and
-    # splat read-modify-write of 24 floats
+    # per pixel: padded unary row, a vertex id and a barycentric weight per vertex (the slice
+    # weights are formed from them), a normaliser factor per term; per lattice row: slice read
+    # and splat read-modify-write of 24 floats
     out["fused_step_wide"] = {
-        "bytes": p * (4 * cp + verts * 12) + rows * cp * 4 * 3,
+        "bytes": p * (4 * cp + verts * 8 + len(lats) * 4) + rows * cp * 4 * 3,
         "flops": p * (verts * cp * 4 + cp * 30),
     }
     for lat in lats:
