@@ -45,8 +45,8 @@ _BLOCK = 64
 _AHEAD = 4
 # Pixels ahead whose rows of the pixel streams (unary, vertex ids, weights) both kernels
 # prefetch non-temporally: read once a pass, they then no longer push the lattices out of
-# L2 / L3 (measured at 500x375, 21 labels, one thread, 40 alternating CRFs: 226 -> 209 ms
-# at the first quartile, 250 -> 215 ms median; 16 or 64 ahead the same).
+# L2 / L3 (measured at 500x375, 21 labels, one thread, 40 alternating CRFs: 206 -> 186 ms
+# at the first quartile, 237 -> 197 ms median; 16 or 64 ahead about the same).
 _STREAM_AHEAD = 32
 
 
@@ -211,7 +211,10 @@ def fused_step(
     offs2, wts2, post2, alpha2, lat2, bary2, acc2, store, qt, c, lo, hi
 ):  # pragma: no cover - compiled
     """One pass over the pixels lo..hi of c labels' unary energies (P, >= c columns):
-    q[p] = softmax(-unary[p] + sum_r wts[p,r] lat[offs[p,r]] + the same for term 2),
+    q[p] = softmax(-unary[p] + sum_r w[p,r] lat[offs[p,r]] + the same for term 2) with the
+    slice weights w[p,r] = (float32(wts[p,r]) * alpha) * post[p] (the base weights wts (P,
+    d+1), the float32 scale alpha and the per-pixel factors post (P,) float32: the rounding
+    of lattice.slice_weights, formed here instead of streamed from memory),
     then scatter bary[p,r] q[p] into acc[offs[p,r]] (and acc2): this thread's (M + 1, Cp)
     buffers, zeroed first. q, lat and acc have Cp >= C columns (any Cp; q's padding stays 0).
     The slices run over wts' columns, the splats over bary's: 0-column arrays skip a term's
