@@ -366,9 +366,10 @@ def _main() -> int:
     try:
         return main()
     except ModuleNotFoundError as exc:
-        if missing_extra(exc) is None:
+        hint = missing_extra(exc)
+        if hint is None:
             raise
-        print(f"deeplabv1.demo: {missing_extra(exc)}", file=sys.stderr)
+        print(f"deeplabv1.demo: {hint}", file=sys.stderr)
         return 2
 
 
