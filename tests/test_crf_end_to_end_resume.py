@@ -182,3 +182,35 @@ def test_msc_trunk_stays_frozen_in_the_joint_stage(synth_root, tmp_path, arch, f
     assert changed & branches
     assert bool(changed & fc8) == fc8_trained
     assert changed <= branches | fc8
+
+
+def test_auto_resume_passes_over_a_damaged_joint_stage_checkpoint(synth_root, tmp_path, straight,
+                                                                   capsys):  # fmt: skip
+    """The joint stage chooses its newest checkpoint in crf/ as stage 1 does in its folder: a
+    damaged one is named on stderr and kept, and the stage continues from the one before
+    exactly (the straight run's result, which an explicit resume from it gives)."""
+    _, final, log = straight
+    out = tmp_path / "run"
+    train(_cfg(synth_root, out, crf_checkpoint_every=1))
+    (out / "crf" / "final.pt").unlink()  # a crash after joint iteration 3
+    newest, previous = out / "crf" / "checkpoint_000003.pt", out / "crf" / "checkpoint_000002.pt"
+    newest.write_bytes(newest.read_bytes()[:4096])
+    damaged = newest.read_bytes()
+    capsys.readouterr()
+    done = train(_cfg(synth_root, out, crf_checkpoint_every=1, resume="auto"))
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "note:" in line]
+    assert len(notes) == 1, err
+    assert f"{newest}: not a deeplabv1 checkpoint: the file is damaged or cut short" in notes[0]
+    assert f"resuming from {previous} instead" in notes[0]
+    assert newest.read_bytes() == damaged
+    _assert_same_training_state(final, load_checkpoint(done))
+    assert _exact(read_log(out / "crf" / "log.jsonl")) == _exact(log)
+    # no joint-stage checkpoint loads: an error naming crf/, the damaged files kept
+    previous.write_bytes(b"not a checkpoint")
+    (out / "crf" / "final.pt").unlink()
+    (out / "crf" / "checkpoint_000001.pt").write_bytes(b"")
+    with pytest.raises(DeepLabError, match=f"^{out / 'crf'}: nothing to resume from: none of "
+                                           "its 3 checkpoints loads"):  # fmt: skip
+        train(_cfg(synth_root, out, crf_checkpoint_every=1, resume="auto"))
+    assert newest.read_bytes() == damaged

@@ -61,6 +61,65 @@ def test_negative_test_size_is_refused(tmp_path, capsys, command):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("yaml_text", "words"), [
+    ("crf_params: largefov", "crf_params: unknown variant 'largefov'; expected one of deeplab,"),
+    ("crf_param: deeplab", "unknown setting(s) crf_param; known:"),
+    ("sa: -50", "sa: must be a positive number (a standard deviation), got -50.0"),
+    ("sb: 0", "sb: must be a positive number (a standard deviation), got 0.0"),
+    ("sg: .nan", "sg: must be a positive number (a standard deviation), got nan"),
+    ("sg: three", "sg: expected a number (or null), got 'three'"),
+    ("w1: .inf", "w1: must be a finite number, got inf"),
+    ("w2: [3]", "w2: expected a number (or null), got [3]"),
+    ("crf_normalization: afterwards", "crf_normalization: expected one of 'after', "),
+    ("crf_iters: -1", "crf_iters: must be >= 0, got -1"),
+])  # fmt: skip
+@pytest.mark.parametrize("crf", [[], ["--crf"]], ids=["", "crf"])
+def test_eval_config_crf_settings_are_checked_with_or_without_crf(
+    tmp_path, capsys, monkeypatch, yaml_text, words, crf
+):
+    """Bad CRF settings in `eval --config FILE` are one line naming the file and the setting,
+    before anything runs, whether or not --crf asks for the CRF."""
+    import deeplabv1.evaluate.run
+
+    monkeypatch.setattr(deeplabv1.evaluate.run, "run_eval", lambda cfg: pytest.fail("ran"))
+    weights = tiny_checkpoint(tmp_path / "m.pt")
+    image_and_scores(tmp_path, "a")
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml_text + "\n")
+    argv = ["eval", "--config", str(config), "--weights", str(weights), "--data", str(tmp_path),
+            "-o", str(tmp_path / "o"), *crf]  # fmt: skip
+    assert main(argv) == 2
+    line = assert_one_line_error(capsys.readouterr().err, "eval", words)
+    assert line.startswith(f"deeplabv1 eval: error: {config}: "), line
+    assert not (tmp_path / "o").exists()
+
+
+def test_crf_settings_are_checked_alike_by_every_command(tmp_path, capsys):
+    """The same CRF setting is refused the same way by `eval`, `predict` and `crf`, from a
+    config file (named) or a flag, and in a config built in Python."""
+    from deeplabv1.evaluate.config import EvalConfig
+
+    weights = tiny_checkpoint(tmp_path / "m.pt")
+    image, scores = image_and_scores(tmp_path, "a")
+    config = tmp_path / "c.yaml"
+    config.write_text("crf_params: no-such-set\n")
+    assert main(["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o"),
+                 "--config", str(config)]) == 2  # fmt: skip
+    assert_one_line_error(capsys.readouterr().err, "predict",
+                          f"{config}: crf_params: unknown variant 'no-such-set'")  # fmt: skip
+    config.write_text("sb: -5\n")
+    assert main(["crf", "--image", str(image), "--scores", str(scores), "-o",
+                 str(tmp_path / "o.png"), "--config", str(config)]) == 2  # fmt: skip
+    assert_one_line_error(capsys.readouterr().err, "crf", f"{config}: sb: must be a positive "
+                          "number (a standard deviation), got -5.0")  # fmt: skip
+    assert main(["eval", "--weights", str(weights), "--data", str(tmp_path), "-o",
+                 str(tmp_path / "o"), "--sa", "-1"]) == 2  # fmt: skip
+    assert_one_line_error(capsys.readouterr().err, "eval", "command line: sa: must be a positive")
+    with pytest.raises(DeepLabError, match=r"^eval: sg must be a positive number"):
+        EvalConfig(sg=0.0).validate()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.png").exists()
+
+
 def test_all_nan_caffemodel_is_refused_by_convert(tmp_path, capsys):
     from test_convert_caffe import _caffe_layers, _write
 

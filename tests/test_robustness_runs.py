@@ -252,3 +252,29 @@ def test_overwrite_deletes_only_the_checkpoints_train_wrote(synth_root, tmp_path
     left = sorted(p.name for p in run.glob("checkpoint_*.pt"))
     assert left == ["checkpoint_000000.pt", "checkpoint_000001.pt"]
     assert load_checkpoint(run / "checkpoint_000001.pt")["config"]["seed"] == 2
+
+
+def test_resume_auto_from_the_console_passes_over_a_damaged_checkpoint(synth_root, tmp_path):
+    """`train --resume auto`: a damaged newest checkpoint is one note line on stderr (the run
+    goes on from the one before and keeps the file); when none loads, one error line naming
+    the folder and exit status 2."""
+    out = tmp_path / "run"
+    assert cli(*_train_args(synth_root, out, max_iter=3, checkpoint_every=1)).returncode == 0
+    (out / "final.pt").unlink()
+    newest = out / "checkpoint_000002.pt"
+    newest.write_bytes(b"PK\x03\x04 cut short")
+    proc = cli(*_train_args(synth_root, out, max_iter=3, checkpoint_every=1, resume="auto"))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("deeplabv1 train: ")]
+    assert notes == [f"deeplabv1 train: note: {newest}: not a deeplabv1 checkpoint: the file is "
+                     f"damaged or cut short; resuming from {out / 'checkpoint_000001.pt'} "
+                     "instead (the unreadable file is kept as it is)"]  # fmt: skip
+    assert newest.read_bytes() == b"PK\x03\x04 cut short"
+    assert load_checkpoint(out / "final.pt")["iteration"] == 3
+    for path in out.glob("*.pt"):
+        path.write_bytes(b"")
+    proc = cli(*_train_args(synth_root, out, max_iter=3, checkpoint_every=1, resume="auto"))
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "train", f"{out}: nothing to resume from", "final.pt",
+                          "the file is empty", "--resume PATH")  # fmt: skip

@@ -10,6 +10,7 @@ import torch
 from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
 from deeplabv1.config import load_yaml
 from deeplabv1.errors import DeepLabError
+from deeplabv1.rundir import LOCK_NAME
 from deeplabv1.train.config import TrainConfig
 from deeplabv1.train.logger import read_log
 from deeplabv1.train.loop import train
@@ -138,3 +139,79 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_record(synth_root, 
                        workers=2, log_every=2))  # fmt: skip
     assert load_checkpoint(final)["iteration"] == 6
     assert (out / "config.yaml").read_bytes() == record
+
+
+def _files(folder) -> dict[str, bytes]:
+    """The run's files and their bytes (not the lock, which names the last run to take it)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != LOCK_NAME}
+
+
+def _damage(path, how: str) -> bytes:
+    """Damage a checkpoint as a failed copy or a disk error would; return its new bytes."""
+    data = path.read_bytes()
+    damaged = data[: len(data) // 3] if how == "truncated" else b"\x13garbage\x00" * 999
+    path.write_bytes(damaged)
+    return damaged
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_auto_resume_passes_over_a_damaged_newest_checkpoint(synth_root, tmp_path, capsys, how):
+    """A crash after iteration 6 whose newest checkpoint is damaged: `resume: auto` says which
+    file is unreadable and why, continues from the one before exactly as an explicit resume
+    from it does, and neither writes over nor prunes the damaged file."""
+    out = tmp_path / "run"
+    train(_cfg(synth_root, out, max_iter=8, checkpoint_every=2))
+    (out / "final.pt").unlink()
+    newest, previous = out / "checkpoint_000006.pt", out / "checkpoint_000004.pt"
+    explicit = load_checkpoint(train(_cfg(synth_root, tmp_path / "ref", max_iter=8,
+                                          checkpoint_every=2, resume=str(previous))))
+    damaged = _damage(newest, how)
+    capsys.readouterr()
+    final = train(_cfg(synth_root, out, max_iter=8, checkpoint_every=2, keep_checkpoints=1,
+                       resume="auto"))  # fmt: skip
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if "note:" in line]
+    why = "the file is damaged or cut short" if how == "truncated" else "not a PyTorch file"
+    assert len(notes) == 1 and f"{newest}: not a deeplabv1 checkpoint: {why}" in notes[0]
+    assert f"resuming from {previous} instead" in notes[0]
+    assert f"resumed from {previous} at iteration 4" in captured.out
+    assert newest.read_bytes() == damaged  # never written over, nor pruned (keep 1)
+    assert not (out / "checkpoint_000002.pt").exists()  # pruning goes on around it
+    resumed = load_checkpoint(final)
+    _assert_same_state(explicit["model"], resumed["model"])
+    for pa, pb in zip(explicit["optimizer"]["state"].values(),
+                      resumed["optimizer"]["state"].values()):  # fmt: skip
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    assert (resumed["iteration"], resumed["data_position"]) == (8, 32)
+    assert [r["iter"] for r in read_log(out / "log.jsonl")] == list(range(1, 9))
+
+
+def test_auto_resume_with_nothing_readable_or_a_damaged_final(synth_root, tmp_path):
+    """A damaged final.pt would be written over by the resumed run: refused before any work
+    unless --overwrite. An explicit --resume of a damaged file stays an error naming it. No
+    checkpoint loads: one error naming the folder. Nothing is written in any of these."""
+    out = tmp_path / "run"
+    train(_cfg(synth_root, out, max_iter=4, checkpoint_every=2))
+    final, mid = out / "final.pt", out / "checkpoint_000002.pt"
+    damaged = _damage(final, "truncated")
+    with pytest.raises(DeepLabError) as err:
+        train(_cfg(synth_root, out, max_iter=4, checkpoint_every=2, resume="auto"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{final}: not a deeplabv1 checkpoint")
+    assert f"resuming from {mid}" in msg and "--overwrite" in msg
+    copy = shutil.copytree(out, tmp_path / "copy")  # --overwrite: resumed, final.pt replaced
+    done = train(_cfg(synth_root, copy, max_iter=4, checkpoint_every=2, resume="auto",
+                      overwrite=True))  # fmt: skip
+    assert load_checkpoint(done)["iteration"] == 4
+
+    _damage(mid, "garbage")
+    before = _files(out)
+    with pytest.raises(DeepLabError, match=f"^{mid}: not a deeplabv1 checkpoint: not a PyTorch"):
+        train(_cfg(synth_root, tmp_path / "other", max_iter=4, resume=str(mid)))
+    with pytest.raises(DeepLabError) as err:
+        train(_cfg(synth_root, out, max_iter=4, checkpoint_every=2, resume="auto"))
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    assert msg.startswith(f"{out}: nothing to resume from: none of its 2 checkpoints loads")
+    assert final.read_bytes() == damaged
+    assert _files(out) == before

@@ -4,6 +4,11 @@ Every command describes its settings as a dataclass. ``add_config_args`` turns t
 flags (``--base-lr``) plus ``--config``; ``resolve_config`` merges them; ``save_config`` writes
 the resolved values next to a run's outputs so that every result says where it came from.
 
+A field's metadata may hold a ``check``: a function of a (typed, not None) value that returns
+why the value is refused, or None. It applies wherever the value comes from: a YAML file or a
+flag (the error names the file, or the command line, and the setting) and a config built in
+Python (``check_types``, which every command's ``validate`` calls).
+
 ``--config`` takes a YAML file or the name of a config shipped in the package
 (``deeplabv1/configs/*.yaml``: ``voc-largefov-stage1`` is ``voc_largefov_stage1.yaml``), so the
 paper's runs work from an installed wheel as well as from a clone; ``packaged_configs`` lists them.
@@ -227,28 +232,47 @@ def _fits(value: Any, tp: Any) -> bool:
     return True
 
 
+def _refused(field: dataclasses.Field, value: Any) -> str | None:
+    """Why the field's ``check`` (see the module doc) refuses ``value``, or None."""
+    check = field.metadata.get("check")
+    return None if check is None or value is None else check(value)
+
+
 def check_types(cfg: Any, where: str) -> None:
     """Raise a DeepLabError naming the first setting of config dataclass ``cfg`` whose value
-    does not have its declared type (for configs built in Python rather than from flags/YAML,
-    e.g. ``TrainConfig(num_classes="21")``)."""
+    does not have its declared type, or that its field's ``check`` refuses (for configs built
+    in Python rather than from flags/YAML, e.g. ``TrainConfig(num_classes="21")``)."""
     hints = typing.get_type_hints(type(cfg))
     for field in dataclasses.fields(cfg):
         value = getattr(cfg, field.name)
         if not _fits(value, hints[field.name]):
             raise DeepLabError(f"{where}: {field.name} must be {_describe(hints[field.name])}, "
                                f"got {value!r} ({type(value).__name__})")  # fmt: skip
+        problem = _refused(field, value)
+        if problem is not None:
+            raise DeepLabError(f"{where}: {field.name} {problem}")
+
+
+def _values(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``data``'s settings of ``cls`` typed and checked; errors name ``source`` and the key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise DeepLabError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(fields))}")
+    values = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
+    for key, value in values.items():
+        problem = _refused(fields[key], value)
+        if problem is not None:
+            raise DeepLabError(f"{source}: {key}: {problem}")
+    return values
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys and ill-typed values by name."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise DeepLabError(f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                           f"known: {', '.join(sorted(names))}")
-    values = {k: _coerce(v, hints[k], f"{source}: {k}") for k, v in data.items()}
-    return cls(**values)
+    """Build ``cls`` from a mapping, rejecting unknown keys and ill-typed or refused values
+    (a field's ``check``) by name."""
+    return cls(**_values(cls, data, source))
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
@@ -281,16 +305,17 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def resolve_config(cls: type[T], args: argparse.Namespace) -> T:
-    """Merge dataclass defaults, the optional ``--config`` YAML and explicit flags."""
-    merged: dict[str, Any] = {}
+    """Merge dataclass defaults, the optional ``--config`` YAML and explicit flags; a bad value
+    is reported naming the config file (or the command line) and the setting."""
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+             if getattr(args, f.name, None) is not None}  # fmt: skip
+    values: dict[str, Any] = {}
     config_path = getattr(args, "config", None)
-    if config_path is not None:
-        merged.update(load_yaml(config_path))
-    for field in dataclasses.fields(cls):
-        value = getattr(args, field.name, None)
-        if value is not None:
-            merged[field.name] = value
-    return config_from_dict(cls, merged, str(config_path) if config_path else "command line")
+    if config_path is not None:  # the file's settings that no flag replaces
+        data = {k: v for k, v in load_yaml(config_path).items() if k not in flags}
+        values = _values(cls, data, str(config_path))
+    values.update(_values(cls, flags, "command line"))
+    return cls(**values)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

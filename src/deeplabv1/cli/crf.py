@@ -33,11 +33,12 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from deeplabv1.cli.crf_files import ScoreSettings
+from deeplabv1.crf.params import std_problem, variant_problem, weight_problem
 from deeplabv1.errors import DeepLabError
 
 
-def _help(text: str):
-    return field(default=None, metadata={"help": text})
+def _help(text: str, check=None):
+    return field(default=None, metadata={"help": text, "check": check})
 
 
 @dataclass
@@ -54,13 +55,17 @@ class CRFConfig(ScoreSettings):
                                  "marginals (C, H, W) float32, or both"},
     )  # fmt: skip
     params: str = field(
-        default="deeplab-largefov", metadata={"help": "variant whose CRF parameters to use"}
+        default="deeplab-largefov",
+        metadata={"help": "variant whose CRF parameters to use", "check": variant_problem},
     )
-    w1: float | None = _help("bilateral weight (overrides --params)")
-    sa: float | None = _help("bilateral position std dev in pixels (overrides --params)")
-    sb: float | None = _help("bilateral colour std dev, 0-255 units (overrides --params)")
-    w2: float | None = _help("Gaussian weight (overrides --params)")
-    sg: float | None = _help("Gaussian position std dev in pixels (overrides --params)")
+    w1: float | None = _help("bilateral weight (overrides --params)", weight_problem)
+    sa: float | None = _help("bilateral position std dev in pixels (overrides --params)",
+                             std_problem)  # fmt: skip
+    sb: float | None = _help("bilateral colour std dev, 0-255 units (overrides --params)",
+                             std_problem)  # fmt: skip
+    w2: float | None = _help("Gaussian weight (overrides --params)", weight_problem)
+    sg: float | None = _help("Gaussian position std dev in pixels (overrides --params)",
+                             std_problem)  # fmt: skip
     iters: int = field(default=10, metadata={"help": "mean-field iterations"})
     normalization: Literal["after", "symmetric", "before", "none"] = field(
         default="after", metadata={"help": "kernel normalisation (DeepLab: after)"}

@@ -27,6 +27,9 @@ __all__ = [
     "RELEASE_CRF_PARAMS",
     "CRFParams",
     "get_params",
+    "std_problem",
+    "variant_problem",
+    "weight_problem",
 ]
 
 
@@ -41,17 +44,35 @@ class CRFParams:
     sg: float  # Gaussian position standard deviation
 
     def __post_init__(self) -> None:
-        for name in ("sa", "sb", "sg"):
-            value = getattr(self, name)
-            if not (value > 0 and value < float("inf")):
-                raise ValueError(f"CRFParams.{name}: must be a positive number, got {value}")
-        for name in ("w1", "w2"):
-            value = getattr(self, name)
-            if not (abs(value) < float("inf")):
-                raise ValueError(f"CRFParams.{name}: must be finite, got {value}")
+        for name in ("w1", "sa", "sb", "w2", "sg"):
+            check = weight_problem if name in ("w1", "w2") else std_problem
+            problem = check(getattr(self, name))
+            if problem is not None:
+                raise ValueError(f"CRFParams.{name}: {problem}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def std_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a kernel standard deviation (sa, sb, sg: a positive, finite
+    number), or None."""
+    if value > 0 and value < float("inf"):
+        return None
+    return f"must be a positive number (a standard deviation), got {value}"
+
+
+def weight_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a kernel weight (w1, w2: a finite number), or None."""
+    return None if abs(value) < float("inf") else f"must be a finite number, got {value}"
+
+
+def variant_problem(name: str) -> str | None:
+    """Why ``get_params`` does not know the parameter set ``name``, or None."""
+    known = {**DEEPLAB_CRF_PARAMS, **RELEASE_CRF_PARAMS}
+    if str(name).lower() in known:
+        return None
+    return f"unknown variant {name!r}; expected one of {', '.join(sorted(known))}"
 
 
 _LARGEFOV = CRFParams(w1=4, sa=121, sb=5, w2=3, sg=3)

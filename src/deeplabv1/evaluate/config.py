@@ -7,13 +7,21 @@ Values come from the dataclass defaults < ``--config FILE.yaml`` < flags
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from deeplabv1.cli.crf_files import ScoreSettings
+from deeplabv1.crf.params import std_problem, variant_problem, weight_problem
 from deeplabv1.errors import DeepLabError
 
 
-def _f(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
+def _f(default, help_text: str, check=None):
+    """A field with its ``--help`` text and optional value check (``deeplabv1.config``)."""
+    return field(default=default, metadata={"help": help_text, "check": check})
+
+
+def _at_least(minimum: int):
+    """A value check: the setting must be >= ``minimum``."""
+    return lambda value: None if value >= minimum else f"must be >= {minimum}, got {value}"
 
 
 @dataclass
@@ -33,22 +41,26 @@ class EvalConfig:
         513, "pad inputs to this square size (513 as released); longer sides to the next size "
         "the test network takes; 0: minimal padding (as predict)")
     crf: bool = _f(False, "also evaluate network + dense CRF")
+    # checked whether or not --crf is given: a config file is valid or not on its own
     crf_params: str | None = _f(
-        None, "CRF parameter set by variant name (default: the checkpoint's, else its arch's)"
-    )
-    w1: float | None = _f(None, "override the bilateral weight w1")
-    sa: float | None = _f(None, "override the bilateral position std sa (pixels)")
-    sb: float | None = _f(None, "override the bilateral colour std sb (0-255 units)")
-    w2: float | None = _f(None, "override the Gaussian weight w2")
-    sg: float | None = _f(None, "override the Gaussian position std sg (pixels)")
-    crf_iters: int = _f(10, "mean-field iterations")
-    crf_normalization: str = _f("after", "CRF normalisation: after (DeepLab), symmetric, ...")
-    crf_method: str = _f("lattice", "CRF filtering: lattice (O(N)) or dense (exact, tiny images)")
-    crf_device: str = _f(
+        None, "CRF parameter set by variant name (default: the checkpoint's, else its arch's)",
+        variant_problem,
+    )  # fmt: skip
+    w1: float | None = _f(None, "override the bilateral weight w1", weight_problem)
+    sa: float | None = _f(None, "override the bilateral position std sa (pixels)", std_problem)
+    sb: float | None = _f(None, "override the bilateral colour std sb (0-255 units)", std_problem)
+    w2: float | None = _f(None, "override the Gaussian weight w2", weight_problem)
+    sg: float | None = _f(None, "override the Gaussian position std sg (pixels)", std_problem)
+    crf_iters: int = _f(10, "mean-field iterations", _at_least(0))
+    crf_normalization: Literal["after", "symmetric", "before", "none"] = _f(
+        "after", "CRF normalisation: after (DeepLab), symmetric, ...")
+    crf_method: Literal["lattice", "dense"] = _f(
+        "lattice", "CRF filtering: lattice (O(N)) or dense (exact, tiny images)")
+    crf_device: Literal["auto", "cpu", "same"] = _f(
         "auto", "where the CRF runs: auto (the network's GPU, else the CPU engine), cpu, same"
     )
     crf_batch_size: int | None = _f(
-        None, "images of one size per CRF call (default: 8 on a GPU, 1 on the CPU)"
+        None, "images of one size per CRF call (default: 8 on a GPU, 1 on the CPU)", _at_least(1)
     )
     trimap: bool = _f(False, "also score mean IoU in bands around the void boundary")
     trimap_max_width: int = _f(40, "largest trimap band width (pixels)")
@@ -75,7 +87,6 @@ class EvalConfig:
         checks = [
             (self.test_size is None or self.test_size >= 0, "test_size (--test-size) must be >= 0"),
             (self.num_images is None or self.num_images >= 1, "num_images must be >= 1"),
-            (self.crf_iters >= 0, "crf_iters (--crf-iters) must be >= 0"),
             (self.trimap_max_width >= 1, "trimap_max_width must be >= 1"),
             (self.batch_size >= 1, "batch_size (--batch-size) must be >= 1"),
             (self.workers >= 0, "workers (--workers) must be >= 0"),

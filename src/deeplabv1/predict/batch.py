@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from deeplabv1.crf.params import variant_problem
 from deeplabv1.errors import DeepLabError
 from deeplabv1.predict.images import ImageSettings
 
@@ -47,8 +48,9 @@ class PredictConfig(ImageSettings):
     output: str = ""
     crf: bool = False
     crf_params: str | None = field(
-        default=None, metadata={"help": "CRF variant (default: the checkpoint's, else its arch's)"}
-    )
+        default=None, metadata={"help": "CRF variant (default: the checkpoint's, else its arch's)",
+                                "check": variant_problem},
+    )  # fmt: skip
     crf_iters: int = field(default=10, metadata={"help": "mean-field iterations"})
     crf_device: Literal["auto", "cpu", "same"] = field(
         default="auto",

@@ -17,14 +17,16 @@ Outputs in ``<out_dir>/crf/``: ``log.jsonl``, ``checkpoint_<iter>.pt`` every
 resumable training checkpoints (``train.state``: network, optimizer, iteration, data position,
 RNG states) that also carry ``stage`` = ``"crf-end-to-end"``, ``crf_state`` (the layer's exact
 parameters), ``stage1_iteration`` and the ``crf`` entry (``iters`` = ``crf_test_iters``, 10)
-that ``eval`` and ``predict`` read. ``resume: auto`` continues from the newest of them (stage 1,
-finished, runs no iteration); ``resume: <one of them>`` skips stage 1 (``loop.train``). Single
-process (under torchrun only rank 0 runs this stage). """
+that ``eval`` and ``predict`` read. ``resume: auto`` continues from the newest of them that
+loads, as stage 1 does (``state.find_resume``; stage 1, finished, runs no iteration);
+``resume: <one of them>`` skips stage 1 (``loop.train``). Single process (under torchrun only
+rank 0 runs this stage). """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -114,34 +116,39 @@ def resumes_joint_stage(cfg) -> bool:
 
     if getattr(cfg, "crf", "none") != "end-to-end" or cfg.resume in (None, "auto"):
         return False
-    return is_stage_checkpoint(load_checkpoint(st.find_resume(cfg.out_dir, cfg.resume)))
+    return is_stage_checkpoint(load_checkpoint(st.find_resume(cfg.out_dir, cfg.resume).path))
 
 
-def _resume_state(cfg, out_dir: Path, stage1) -> tuple[Path, dict] | None:
-    """The checkpoint this stage continues from and its contents, or None (a fresh start).
+def _resume_state(cfg, out_dir: Path, stage1) -> tuple[st.ResumeFrom, dict | None]:
+    """The checkpoint this stage continues from and its contents (None: a fresh start).
 
-    ``resume: auto`` = the newest in ``out_dir``, refused when it followed another stage 1;
-    a path = that checkpoint when it is one of this stage's (a stage-1 path resumed stage 1).
+    ``resume: auto`` = the newest in ``out_dir`` that loads (those passed over are noted on
+    stderr and kept), refused when it followed another stage 1; a path = that checkpoint when
+    it is one of this stage's (a stage-1 path resumed stage 1).
     """
     from deeplabv1.checkpoint import load_checkpoint
 
     if not cfg.resume:
-        return None
-    path = st.find_resume(out_dir, cfg.resume)
+        return st.ResumeFrom(None), None
+    found = st.find_resume(out_dir, cfg.resume)
+    st.check_final_kept(found, out_dir, cfg.overwrite)
+    for note in found.notes():
+        print(f"deeplabv1 train: note: CRF stage: {note}", file=sys.stderr)
+    path = found.path
     if path is None:
-        return None
+        return found, None
     ckpt = st.load_training_checkpoint(path)
     if not is_stage_checkpoint(ckpt):
         if cfg.resume == "auto":
             raise DeepLabError(f"{path}: not a checkpoint of the joint CRF stage")
-        return None
+        return st.ResumeFrom(None), None
     if cfg.resume == "auto" and Path(stage1).is_file():
         stage1_iter = load_checkpoint(stage1).get("iteration")
         if ckpt.get("stage1_iteration") != stage1_iter:
             raise DeepLabError(
                 f"{path}: continues a stage 1 of {ckpt.get('stage1_iteration')} iterations, but "
                 f"{stage1} has {stage1_iter}: move {out_dir} away to restart the joint stage")
-    return path, ckpt
+    return found, ckpt
 
 
 def _stage1_trained(ckpt: dict) -> set[str] | None:
@@ -199,10 +206,11 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    resumed = _resume_state(cfg, out_dir, stage1)
-    ckpt = resumed[1] if resumed else load_checkpoint(stage1)
-    source = ckpt.get("source", str(stage1)) if resumed else str(stage1)
-    stage1_iter = ckpt.get("stage1_iteration") if resumed else ckpt.get("iteration")
+    found, resumed = _resume_state(cfg, out_dir, stage1)
+    kept = set() if cfg.overwrite else found.kept()  # unreadable checkpoints: never replaced
+    ckpt = resumed if resumed is not None else load_checkpoint(stage1)
+    source = ckpt.get("source", str(stage1)) if resumed is not None else str(stage1)
+    stage1_iter = ckpt.get("stage1_iteration") if resumed is not None else ckpt.get("iteration")
     # dropout off by default: the CRF should learn on the unaries it will see at test time
     model = model_from_checkpoint(ckpt).to(device).train(s.crf_dropout)
     notes = _freeze_like_stage1(model, cfg, ckpt)
@@ -219,8 +227,8 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     # the stage's lr is constant; the scheduler is the training state's usual companion
     scheduler = build_scheduler(optimizer, replace(cfg, lr_policy="fixed"))
     start_iter = position = 0
-    if resumed:
-        path, state = resumed
+    if resumed is not None:
+        path, state = found.path, resumed
         notes += st.check_resume_settings(path, state, config_to_dict(cfg),
                                           iteration_key="crf_max_iter")  # fmt: skip
         try:
@@ -256,8 +264,8 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
             crf_stage=asdict(s), source=source, stage1_iteration=stage1_iter,
         )  # fmt: skip
 
-    if resumed:
-        st.set_rng_state(resumed[1]["rng"][0])
+    if resumed is not None:
+        st.set_rng_state(resumed["rng"][0])
     else:
         torch.manual_seed(cfg.seed + 1)
     t_start = t_window = time.perf_counter()
@@ -290,8 +298,13 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
             window, window_loss, t_window = 0, 0.0, now
         if s.crf_checkpoint_every and done % s.crf_checkpoint_every == 0 and done < s.crf_max_iter:
             t_save = time.perf_counter()
-            save(st.checkpoint_path(out_dir, done), done)
-            st.prune_checkpoints(out_dir, cfg.keep_checkpoints)
+            path = st.checkpoint_path(out_dir, done)
+            if path in kept:
+                logger.message(f"CRF stage: checkpoint of iteration {done} not written: {path} "
+                               "is unreadable and kept as it is (--overwrite replaces it)")
+            else:
+                save(path, done)
+            st.prune_checkpoints(out_dir, cfg.keep_checkpoints, kept=found.kept())
             t_window += time.perf_counter() - t_save  # keep images/s about training only
     save(final, max(start_iter, s.crf_max_iter))
     logger.message(f"CRF stage: final checkpoint {final} ({layer.crf_params()})")

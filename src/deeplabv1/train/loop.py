@@ -18,7 +18,9 @@ own (or, for files deeplabv1 did not write, ``overwrite``), and the ``init`` che
 written over. A folder holding an earlier run (its final.pt, checkpoints or log) is only
 continued (``resume``) or, with ``overwrite``, cleared of that run's checkpoints first; a fresh
 run never mixes with it. Only checkpoints ``train`` wrote (and that are unchanged since) are ever
-deleted, by ``overwrite`` or by pruning.
+deleted, by ``overwrite`` or by pruning. ``resume: auto`` passes over checkpoints that do not
+load (``state.find_resume``, one note each on stderr) and never deletes or writes over them
+(without ``overwrite``).
 """
 
 from __future__ import annotations
@@ -86,18 +88,23 @@ def train(cfg: TrainConfig) -> Path:
     dataset = {"--data-root": input_folders(cfg.data_root, cfg.label_dir, cfg.split)}
     with run_directory(out_dir, inputs=inputs, input_folders=dataset, overwrite=cfg.overwrite,
                        flag="--out-dir", command="train"):  # fmt: skip
-        check_outputs(_replaceable(out_dir))
+        check_outputs(_replaceable(out_dir, cfg.resume == "auto"))
         _start_over(cfg, out_dir)
         return _train_stages(cfg)
 
 
-def _replaceable(out_dir: Path) -> list[Path]:
+def _replaceable(out_dir: Path, resume_auto: bool = False) -> list[Path]:
     """Files in ``out_dir`` (and its end-to-end stage's ``crf/``) that a run may replace or
-    prune (which must be train's own)."""
+    prune (which must be train's own). With ``resume_auto``, not the checkpoints deeplabv1
+    did not write (or that changed since) that do not load: ``--resume auto`` passes over
+    them and keeps them."""
     found = []
     for folder in (out_dir, out_dir / "crf"):
         found += [folder / name for name in ("config.yaml", "log.jsonl", st.FINAL_NAME)]
         found += [path for _, path in st.list_checkpoints(folder)]
+    if resume_auto:
+        found = [p for p in found if not (st.is_checkpoint_name(p.name) and p.is_file()
+                                          and not is_ours(p) and st.is_unreadable(p))]  # fmt: skip
     return found
 
 
@@ -184,7 +191,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
 
     # --- start fresh or resume exactly ---
     start_iter, position = 0, 0
-    resume_path = st.find_resume(out_dir, cfg.resume) if cfg.resume else None
+    resume = st.find_resume(out_dir, cfg.resume) if cfg.resume else st.ResumeFrom(None)
+    st.check_final_kept(resume, out_dir, cfg.overwrite)
+    kept = set() if cfg.overwrite else resume.kept()  # unreadable checkpoints: never replaced
+    resume_path = resume.path
+    if info.is_main:
+        for note in resume.notes():
+            print(f"deeplabv1 train: note: {note}", file=sys.stderr)
     if resume_path is not None:
         ckpt = st.load_training_checkpoint(resume_path)
         notes += st.check_resume_settings(resume_path, ckpt, config_to_dict(cfg))
@@ -278,10 +291,14 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
 
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_iter:
             t_save = time.perf_counter()
-            _save(st.checkpoint_path(out_dir, done), model, cfg, optimizer, scheduler, done,
-                  position, info)
+            path = st.checkpoint_path(out_dir, done)
+            _save(path, model, cfg, optimizer, scheduler, done, position, info,
+                  write=path not in kept)  # fmt: skip
             if info.is_main:
-                st.prune_checkpoints(out_dir, cfg.keep_checkpoints)
+                if path in kept:
+                    logger.message(f"checkpoint of iteration {done} not written: {path} is "
+                                   "unreadable and kept as it is (--overwrite replaces it)")
+                st.prune_checkpoints(out_dir, cfg.keep_checkpoints, kept=resume.kept())
             t_window += time.perf_counter() - t_save  # keep images/s about training only
 
     final = out_dir / st.FINAL_NAME
@@ -292,10 +309,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> Path:
     return final
 
 
-def _save(path: Path, model, cfg, optimizer, scheduler, iteration, position, info) -> None:
-    """Gather every process's RNG state; rank 0 writes the checkpoint; everyone waits."""
+def _save(path: Path, model, cfg, optimizer, scheduler, iteration, position, info, *,
+          write: bool = True) -> None:  # fmt: skip
+    """Gather every process's RNG state; rank 0 writes the checkpoint (unless not ``write``);
+    everyone waits."""
     rng = gather_objects(st.get_rng_state(), info)
-    if info.is_main:
+    if info.is_main and write:
         st.save_training_checkpoint(path, model, config=config_to_dict(cfg), optimizer=optimizer,
                                     scheduler=scheduler, iteration=iteration,
                                     data_position=position, rng=rng)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,31 +44,112 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def find_resume(out_dir: str | Path, resume: str) -> Path | None:
-    """The checkpoint ``resume`` names: a path, or ``"auto"`` = the newest in ``out_dir``.
+def is_checkpoint_name(name: str) -> bool:
+    """Whether ``name`` is a run's checkpoint name (``checkpoint_<iter>.pt`` or ``final.pt``)."""
+    return name == FINAL_NAME or CHECKPOINT_RE.match(name) is not None
 
-    ``"auto"`` with nothing to resume from returns None (start from scratch).
+
+class Unreadable(NamedTuple):
+    """A checkpoint that ``--resume auto`` passed over: its path and why it does not load."""
+
+    path: Path
+    why: str
+
+
+class ResumeFrom(NamedTuple):
+    """What ``find_resume`` chose: the checkpoint to continue from (None: start fresh) and the
+    newer ones it passed over because they do not load, newest first."""
+
+    path: Path | None
+    passed_over: tuple[Unreadable, ...] = ()
+
+    def notes(self) -> list[str]:
+        """One line per checkpoint passed over: which file, why, and what is resumed instead."""
+        return [f"{u.path}: {u.why}; resuming from {self.path} instead (the unreadable file "
+                "is kept as it is)" for u in self.passed_over]  # fmt: skip
+
+    def kept(self) -> set[Path]:
+        """The checkpoints passed over: a resumed run never deletes or writes over them."""
+        return {u.path for u in self.passed_over}
+
+
+def _try_load(path: Path) -> dict | Unreadable:
+    """The resumable checkpoint at ``path``, or why it does not load as one."""
+    try:
+        return load_training_checkpoint(path)
+    except DeepLabError as exc:
+        return Unreadable(path, str(exc).removeprefix(f"{path}: "))
+
+
+def is_unreadable(path: str | Path) -> bool:
+    """Whether ``path`` does not load as a resumable checkpoint (``--resume auto`` would pass
+    over it)."""
+    return isinstance(_try_load(Path(path)), Unreadable)
+
+
+def find_resume(out_dir: str | Path, resume: str) -> ResumeFrom:
+    """The checkpoint ``resume`` names: a path, or ``"auto"`` = the newest in ``out_dir``
+    (``checkpoint_<iter>.pt`` or ``final.pt``, whichever is at the larger iteration).
+
+    ``"auto"`` passes over checkpoints that do not load (cut short, not a checkpoint, lacking
+    the training state) and takes the newest one that does; with nothing to resume from it
+    returns ``ResumeFrom(None)`` (start from scratch), and when there are checkpoints but none
+    loads it raises a DeepLabError naming the folder. A path is returned as it is (a file that
+    does not load is an error where it is read).
     """
     if resume != "auto":
         path = Path(resume)
         if not path.is_file():
             raise DeepLabError(f"{path}: resume checkpoint not found")
-        return path
-    found = list_checkpoints(out_dir)
+        return ResumeFrom(path)
     final = Path(out_dir) / FINAL_NAME
-    candidates = [p for _, p in found]
+    passed_over = []
+    final_iter = None  # final.pt's iteration when it loads
     if final.is_file():
-        candidates.append(final)  # the final checkpoint is resumable too (longer max_iter)
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: load_checkpoint(p).get("iteration", -1))
+        loaded = _try_load(final)
+        if isinstance(loaded, Unreadable):  # its iteration is unknown: most likely the newest
+            passed_over.append(loaded)
+        else:
+            final_iter = int(loaded["iteration"])
+    for iteration, path in reversed(list_checkpoints(out_dir)):  # newest first
+        if final_iter is not None and iteration < final_iter:
+            break  # final.pt is newer than the rest
+        loaded = _try_load(path)
+        if not isinstance(loaded, Unreadable):
+            return ResumeFrom(path, tuple(passed_over))
+        passed_over.append(loaded)
+    if final_iter is not None:
+        return ResumeFrom(final, tuple(passed_over))
+    if passed_over:
+        first, n = passed_over[0], len(passed_over)
+        count = "its checkpoint does not load" if n == 1 else f"none of its {n} checkpoints loads"
+        raise DeepLabError(
+            f"{out_dir}: nothing to resume from: {count} ({first.path.name}: {first.why}); "
+            "pass a checkpoint that loads with --resume PATH, or start over with --overwrite "
+            "instead of --resume"
+        )
+    return ResumeFrom(None)
 
 
-def prune_checkpoints(out_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` periodic checkpoints (``keep=0``: keep all)."""
+def check_final_kept(found: ResumeFrom, out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse (before any work) a resume that would end by writing ``final.pt`` over an
+    unreadable ``final.pt`` it passed over, unless ``overwrite``."""
+    final = Path(out_dir) / FINAL_NAME
+    bad = next((u for u in found.passed_over if u.path == final), None)
+    if bad is not None and not overwrite:
+        raise DeepLabError(
+            f"{final}: {bad.why}; resuming from {found.path} ends by writing a new "
+            f"{FINAL_NAME} over it: move it away to keep it, or pass --overwrite to replace it"
+        )
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int, kept: Collection[Path] = ()) -> None:
+    """Delete all but the newest ``keep`` periodic checkpoints (``keep=0``: keep all); the
+    ``kept`` ones (``ResumeFrom.kept``) neither count nor are deleted."""
     if keep <= 0:
         return
-    for _, path in list_checkpoints(out_dir)[:-keep]:
+    found = [path for _, path in list_checkpoints(out_dir) if path not in kept]
+    for path in found[:-keep]:
         if is_ours(path):  # never a file deeplabv1 did not write (even with --overwrite)
             path.unlink(missing_ok=True)
 
