@@ -152,6 +152,69 @@ def test_inf_unary_that_gives_nan_is_an_error():
         d.klDivergence(d.inference(1))
 
 
+@pytest.mark.parametrize("labels", [3, 9])  # the scalar and the 8-lane kernel
+def test_huge_energies_and_weights_keep_pydensecrfs_result(labels):
+    """Energies above 1e30 (hand-made "forbidden" labels) and Potts weights of -1e29 and
+    below: the label with the smallest energy still takes the pixel (the pairwise messages
+    vanish in float32 rounding next to them), as in pydensecrf."""
+    img, _ = _case(3)
+    u = np.random.default_rng(3).normal(size=(labels, H * W)).astype(np.float32)
+    v = u.copy()
+    v[:, 0] = np.inf
+    v[0, 0] = 1e31
+    v[:, 1] = 3e30
+    v[1, 1] = 1.5e30
+    v[:, 2] = np.inf
+    v[0, 2], v[2, 2] = np.float32(3.4e38), 1e38
+
+    def add(d):
+        d.addPairwiseGaussian(sxy=3, compat=3)
+        d.addPairwiseBilateral(sxy=5, srgb=20, rgbim=img, compat=4)
+
+    q = _crf(dcrf, v, add)
+    np.testing.assert_allclose(q[:, :3], np.eye(labels)[:, :3], rtol=0, atol=1e-30)
+    assert np.isfinite(q).all() and np.abs(q.sum(0) - 1).max() < 1e-5
+
+    def potts(weight):
+        return lambda d: d.addPairwiseGaussian(sxy=3, compat=weight, normalization=0)
+
+    strong = _crf(dcrf, u, potts(-1e29))  # messages that dwarf the energies
+    assert np.isfinite(strong).all() and np.abs(strong.sum(0) - 1).max() < 1e-5
+    try:
+        pd, _ = _real()
+    except pytest.skip.Exception:
+        return
+    np.testing.assert_allclose(q, _crf(pd, v, add), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(strong, _crf(pd, u, potts(-1e29)), rtol=0, atol=1e-5)
+
+
+def test_long_feature_ranges_keep_distant_points_apart():
+    """A 1-D signal of 60,000 samples with sigma 1 spans more lattice units than pydensecrf's
+    16-bit vertex keys hold: they wrap around and merge lattice points about 65k units apart,
+    so its result on the first samples depends on samples far away. The drop-in keeps them
+    apart (a deliberate difference); below the wrap-around both agree."""
+    rng = np.random.default_rng(0)
+    n, labels = 60000, 3
+    u = np.ascontiguousarray(-np.log(rng.dirichlet(np.ones(labels), size=n).T), np.float32)
+    f = np.arange(n, dtype=np.float32)[None]
+
+    def run(module, m):
+        d = module.DenseCRF(m, labels)
+        d.setUnaryEnergy(np.ascontiguousarray(u[:, :m]))
+        d.addPairwiseEnergy(np.ascontiguousarray(f[:, :m]), compat=5)
+        return np.array(d.inference(5))
+
+    ours, ours_short = run(dcrf, n), run(dcrf, 50000)
+    np.testing.assert_array_equal(ours[:, :1000], ours_short[:, :1000])
+    try:
+        pd, _ = _real()
+    except pytest.skip.Exception:
+        return
+    theirs, theirs_short = run(pd, n), run(pd, 50000)
+    assert np.abs(theirs[:, :1000] - theirs_short[:, :1000]).max() > 0.5  # the wrap-around
+    np.testing.assert_allclose(ours_short, theirs_short, rtol=0, atol=1e-4)
+
+
 def test_negative_standard_deviations_flip_the_features():
     img, u = _case(3)
 
@@ -254,10 +317,21 @@ def test_unary_helpers_accept_what_pydensecrf_accepts():
     bool_img[2:4, 1:5] = True
     feats = utils.create_pairwise_bilateral((2, 2), 0.5, bool_img)
     np.testing.assert_array_equal(feats[2], bool_img.ravel() * np.float32(2))
+    onehot = np.array([[0, 1], [2, 1]])[None] == np.arange(3)[:, None, None]  # a bool mask
+    mask_u = utils.unary_from_softmax(onehot)
+    np.testing.assert_array_equal(mask_u, utils.unary_from_softmax(onehot.astype(np.float64)))
+    # unsigned labels with 0 (a label PNG as read): 0 is "unsure", as for signed labels;
+    # pydensecrf's labels - 1 wraps around there and indexes out of bounds (IndexError)
+    lab8 = np.array([[0, 1], [2, 1]], np.uint8)
+    signed = utils.unary_from_labels(lab8.astype(np.int64), 2, 0.7)
+    np.testing.assert_array_equal(utils.unary_from_labels(lab8, 2, 0.7), signed)
     try:
         _, pu = _real()
     except pytest.skip.Exception:
         return
+    np.testing.assert_array_equal(mask_u, pu.unary_from_softmax(onehot))
+    with pytest.raises(IndexError):
+        pu.unary_from_labels(lab8, 2, 0.7)
     np.testing.assert_array_equal(one, pu.unary_from_softmax(np.array([0.2, 0.8])))
     np.testing.assert_array_equal(clipped, pu.unary_from_softmax(sm))
     np.testing.assert_array_equal(neg, pu.unary_from_labels(labels, 3, 0.7, zero_unsure=False))
@@ -283,6 +357,16 @@ def test_unusual_arguments_give_pydensecrf_results():
         "infinite sxy": (
             lambda d: (d.addPairwiseGaussian(sxy=np.inf, compat=3), d.inference(3)),
             lambda d: (d.addPairwiseGaussian(sxy=1e30, compat=3), d.inference(3)),
+        ),
+        "sxy True": (
+            lambda d: (d.addPairwiseGaussian(sxy=True, compat=3), d.inference(3)),
+            lambda d: (d.addPairwiseGaussian(sxy=1, compat=3), d.inference(3)),
+        ),
+        "srgb True": (
+            lambda d: (d.addPairwiseBilateral(sxy=3, srgb=True, rgbim=img, compat=4),
+                       d.inference(3)),
+            lambda d: (d.addPairwiseBilateral(sxy=3, srgb=1, rgbim=img, compat=4),
+                       d.inference(3)),
         ),
         "compat True": (
             lambda d: (d.addPairwiseBilateral(sxy=3, srgb=9, rgbim=img, compat=True),

@@ -30,7 +30,9 @@ fused = lazy_module("deeplabv1.crf.engine.fused")
 __all__ = ["NumpyTerm", "iterate", "mean_field", "message", "prepare_term", "step"]
 
 NORMALIZATIONS = ("symmetric", "after", "before", "none")
-PAD = np.float32(1e30)  # the energy of the padding labels (logit simd.LOW: Q exactly 0)
+# The energy of the padding labels (logit simd.LOW: Q exactly 0). Infinite, so that a real
+# label's energy, however large (1e31 for a "forbidden" label), stays below it in the max.
+PAD = np.float32(np.inf)
 
 
 def padded_width(num_labels: int) -> int:

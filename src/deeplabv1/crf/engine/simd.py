@@ -38,7 +38,7 @@ EXP = {
     "coef": tuple(np.float32(1.0 / math.factorial(k)) for k in range(7, 1, -1)),  # 1/7!..1/2!
     "bias": np.int32(127 << 23),
 }
-LOW = np.float32(-1e30)  # logit of the padding labels
+LOW = np.float32(-np.inf)  # logit of the padding labels (below every real label's)
 
 if numba is not None:
     from llvmlite import ir

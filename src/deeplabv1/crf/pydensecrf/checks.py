@@ -122,7 +122,8 @@ def as_std(value, n: int, name: str, exact: bool = False) -> tuple:
     that the arithmetic on them is pydensecrf's). Zero or NaN make pydensecrf divide by
     zero or return NaN: ValueError; inf makes the feature 0, as in pydensecrf (a warning); a
     negative one flips the sign of that feature, as in pydensecrf (the Gaussian does not
-    care): allowed with a warning. Fewer than ``n``
+    care): allowed with a warning. A bool counts as 0 or 1, as in pydensecrf (a warning).
+    Fewer than ``n``
     entries: ValueError; more: pydensecrf uses the first ``n`` (a warning), or with
     ``exact`` ValueError."""
     if isinstance(value, Number):
@@ -137,8 +138,11 @@ def as_std(value, n: int, name: str, exact: bool = False) -> tuple:
     if len(values) > n:
         warn(f"{name}: {len(values)} values given, pydensecrf uses the first {n}")
         values = values[:n]
+    if any(isinstance(v, bool | np.bool_) for v in values):
+        warn(f"{name}: pydensecrf reads a bool as the number {tuple(int(v) for v in values)}")
+        values = tuple(int(v) if isinstance(v, bool | np.bool_) else v for v in values)
     for v in values:
-        if isinstance(v, bool | np.bool_) or not isinstance(v, Number | np.number):
+        if not isinstance(v, Number | np.number):
             raise ValueError(f"{name}: expected numbers, got {v!r}")
         if math.isnan(float(v)) or float(v) == 0:
             raise ValueError(f"{name}: standard deviations must be non-zero numbers, got {v}")

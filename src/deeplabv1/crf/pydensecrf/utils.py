@@ -36,7 +36,8 @@ def unary_from_softmax(sm, scale: float | None = None, clip: float | None = 1e-5
     input is one pixel's probabilities.
     """
     sm = np.asarray(sm)
-    if sm.ndim < 1 or sm.shape[0] < 1 or not np.issubdtype(sm.dtype, np.number):
+    numbers = np.issubdtype(sm.dtype, np.number) or sm.dtype == np.bool_  # bool: a one-hot mask
+    if sm.ndim < 1 or sm.shape[0] < 1 or not numbers:
         raise ValueError(f"unary_from_softmax: expected (n_classes, ...) numbers, got {sm.shape}")
     if not np.issubdtype(sm.dtype, np.floating):
         sm = sm.astype(np.float64)
