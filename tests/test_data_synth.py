@@ -178,6 +178,19 @@ def test_cli_synth_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys) -> 
     assert detect_layout(out) == ("voc", out)
 
 
+def test_cli_synth_rewrite_with_fewer_images_leaves_no_stale_ones(tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--num", "5", "--size", "16", "16"]) == 0
+    mine = out / "JPEGImages" / "synth_00004_notes.jpg"  # not a name synth gives: kept
+    mine.write_bytes(b"x")
+    assert main(["data", "synth", "--out", str(out), "--num", "3", "--size", "16", "16"]) == 0
+    ids = [f"synth_{i:05d}" for i in range(3)]
+    assert sorted(p.stem for p in (out / "SegmentationClass").glob("*.png")) == ids
+    assert sorted(p.name for p in (out / "JPEGImages").glob("*.jpg")) == sorted(
+        [f"{i}.jpg" for i in ids] + [mine.name])
+    assert read_ids(out / "ImageSets" / "Segmentation" / "trainval.txt") == ids
+
+
 def test_a_folder_with_both_layouts_is_an_error(tmp_path: Path, capsys) -> None:
     from deeplabv1.data.layout import detect_layout
     from deeplabv1.data.synth import make_synthetic_folder

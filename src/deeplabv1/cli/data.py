@@ -134,7 +134,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     from deeplabv1.config import save_config
     from deeplabv1.data.config import SYNTH_CONFIG_NAME, SynthConfig
-    from deeplabv1.data.synth import make_synthetic_voc
+    from deeplabv1.data.synth import make_synthetic_voc, remove_stale_samples
     from deeplabv1.rundir import run_directory
 
     cfg = _resolve(SynthConfig, args)
@@ -144,6 +144,9 @@ def run_synth(args: argparse.Namespace) -> int:
         root = make_synthetic_voc(Path(cfg.out), cfg.num, size=cfg.size, seed=cfg.seed,
                                   num_classes=cfg.num_classes, val_fraction=cfg.val_fraction,
                                   void_width=cfg.void_width)  # fmt: skip
+        # the folder is new or synth's own (run_directory checked): its earlier images past
+        # --num would otherwise stay beside the new ones
+        remove_stale_samples(root, cfg.num)
         save_config(cfg, root / SYNTH_CONFIG_NAME)
     print(f"wrote {cfg.num} images ({cfg.size[0]}x{cfg.size[1]}) to {root} in "
           f"{time.perf_counter() - start:.1f} s; config: {root / SYNTH_CONFIG_NAME}")

@@ -175,6 +175,21 @@ def make_synthetic_voc(
     return root
 
 
+def remove_stale_samples(root: str | os.PathLike, num_images: int) -> list[Path]:
+    """Delete the images and labels an earlier ``make_synthetic_voc`` wrote under ``root`` with
+    ids from ``num_images`` on (a rewrite with fewer images would otherwise leave them beside
+    the new ones); only files named as it names them. Returns the deleted paths."""
+    root = Path(root)
+    gone = []
+    for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        for path in sorted((root / folder).glob(f"synth_*{suffix}")):
+            index = path.stem[len("synth_"):]
+            if len(index) == 5 and index.isdigit() and int(index) >= num_images:
+                path.unlink()
+                gone.append(path)
+    return gone
+
+
 def make_synthetic_folder(
     out_dir: str | os.PathLike,
     num_images: int,
