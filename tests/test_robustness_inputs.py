@@ -176,6 +176,23 @@ def test_weight_mismatch_names_the_checkpoint(tmp_path, capsys):
         assert_one_line_error(capsys.readouterr().err, argv[0], str(bad), "do not fit")
 
 
+@pytest.mark.parametrize("command", ["eval", "crf-search"])
+@pytest.mark.parametrize("meta", [b"\xff\xfe{}", b"{not json"], ids=["not-utf8", "not-json"])
+def test_a_bad_score_folder_meta_is_one_line(tmp_path, capsys, command, meta):
+    from deeplabv1.data.synth import make_synthetic_voc
+
+    root = make_synthetic_voc(tmp_path / "d", 2, size=(32, 32), num_classes=3)
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "meta.json").write_bytes(meta)
+    argv = [command, "--scores", str(scores), "--data", str(root), "--split", "train",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, command, str(scores / "meta.json"),
+                          "not readable JSON")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_export_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):
     weights = tiny_checkpoint(tmp_path / "m.pt")
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
