@@ -161,19 +161,36 @@ def test_predict_refuses_a_checkpoint_with_nan_weights(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # the folder this failed run created is gone again
 
 
-def test_weight_mismatch_names_the_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("case", ["width", "fc8 cut", "extra weight"])
+def test_weight_mismatch_names_the_checkpoint_and_the_weight(tmp_path, capsys, case):
     from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
+    from deeplabv1.data.synth import make_synthetic_voc
 
-    good = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt"))
+    state = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt"))["model"]  # width 1/16
+    width, words = 0.0625, ()
+    if case == "width":
+        width = 0.125
+        words = ("weight conv1_1.weight has shape (4, 3, 3, 3), "
+                 "deeplab-largefov (width 0.125) needs (8, 3, 3, 3)",)  # fmt: skip
+    elif case == "fc8 cut":
+        state["fc8.weight"] = state["fc8.weight"][:2]
+        words = ("weight fc8.weight has shape (2, 64, 1, 1)", "needs (3, 64, 1, 1)")
+    else:
+        state["fc9.weight"] = torch.zeros(1)
+        words = ("holds weight fc9.weight, which deeplab-largefov (width 0.0625) does not",)
     bad = tmp_path / "mismatch.pt"
-    save_checkpoint(bad, good["model"], arch="deeplab-largefov", num_classes=3, width=0.125)
+    save_checkpoint(bad, state, arch="deeplab-largefov", num_classes=3, width=width)
     image, _ = image_and_scores(tmp_path, "a")
+    root = make_synthetic_voc(tmp_path / "d", 2, size=(32, 32), num_classes=3)
     for argv in (
         ["predict", str(image), "--weights", str(bad), "-o", str(tmp_path / "o")],
+        ["eval", "--weights", str(bad), "--data", str(root), "--split", "train",
+         "-o", str(tmp_path / "e")],
         ["export", "--weights", str(bad), "--onnx", str(tmp_path / "m.onnx")],
-    ):
+    ):  # fmt: skip
         assert main(argv) == 2
-        assert_one_line_error(capsys.readouterr().err, argv[0], str(bad), "do not fit")
+        assert_one_line_error(capsys.readouterr().err, argv[0], str(bad), *words)
+    assert not {"o", "e", "m.onnx"} & {p.name for p in tmp_path.iterdir()}
 
 
 @pytest.mark.parametrize("command", ["eval", "crf-search"])
