@@ -38,12 +38,20 @@ def _npz_named_npy(path, shape=(3, 20, 24)):
     return path
 
 
-@pytest.mark.parametrize("case", ["npz", "bomb", "108 megapixels", "float tiff"])
+@pytest.mark.parametrize("case", ["npz", "object npy", "bomb", "108 megapixels", "tiny limit",
+                                  "float tiff"])  # fmt: skip
 def test_crf_single_bad_file_is_one_line(tmp_path, capsys, case):
     image, scores = image_and_scores(tmp_path, "a")
+    limit = []
     if case == "npz":
         _npz_named_npy(scores)
         bad, words = scores, ".npz archive"
+    elif case == "object npy":  # numbers pickled one by one: dtype object
+        np.save(scores, np.load(scores).astype(object), allow_pickle=True)
+        bad, words = scores, "an array of Python objects (stored with pickle), not of numbers"
+    elif case == "tiny limit":
+        bad, words = image, "image is 24 x 20 = 480 pixels, over the limit of 100 pixels"
+        limit = ["--max-megapixels", "0.0001"]
     elif case == "bomb":
         bad, words = png_header(tmp_path / "bomb.png", 100_000, 100_000), "decompression bomb"
     elif case == "108 megapixels":
@@ -51,8 +59,9 @@ def test_crf_single_bad_file_is_one_line(tmp_path, capsys, case):
     else:
         bad, words = tmp_path / "f.tif", "unsupported image mode 'F'"
         Image.fromarray(np.random.default_rng(0).random((20, 24), np.float32)).save(bad)
-    argv = ["crf", "--image", str(image), "--scores", str(scores), "-o", str(tmp_path / "o.png")]
-    if case != "npz":
+    argv = ["crf", "--image", str(image), "--scores", str(scores), "-o", str(tmp_path / "o.png"),
+            *limit]  # fmt: skip
+    if bad != scores:
         argv[2] = str(bad)
     assert main(argv) == 2
     assert_one_line_error(capsys.readouterr().err, "crf", str(bad), words)
