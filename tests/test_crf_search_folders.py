@@ -203,7 +203,7 @@ def test_folder_search_never_imports_torch(folders, tmp_path):
     assert not (tmp_path / "torch_imports.txt").exists()
 
 
-def test_bad_folders_give_one_line_naming_the_file(folders, tmp_path, capsys):
+def test_a_bad_item_is_skipped_and_bad_folders_are_one_line(folders, tmp_path, capsys):
     root, truth = folders
     bad = tmp_path / "bad"
     for name in ("img", "full", "lab"):
@@ -211,24 +211,51 @@ def test_bad_folders_give_one_line_naming_the_file(folders, tmp_path, capsys):
         for stem in ("photo_0", "photo_1"):
             src = next((root / name).glob(f"{stem}.*"))
             (bad / name / src.name).write_bytes(src.read_bytes())
-    labels = truth["photo_1"][1].copy()
+    runs = iter(range(100))
+
+    def skips(*fragments):
+        """photo_1 is reported in one line and left out; the search runs on photo_0."""
+        out = tmp_path / f"out{next(runs)}"
+        assert main(_argv(bad, "full", out)) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        lines = [line for line in err.splitlines() if "skipped" in line]
+        assert lines[0].startswith("deeplabv1 crf-search: skipped "), err
+        assert all(f in lines[0] for f in fragments), lines[0]
+        assert lines[1] == "deeplabv1 crf-search: 1 image(s) skipped (unreadable): photo_1"
+        assert json.loads((out / "best.json").read_text())["setup"]["num_images"] == 1
+        assert "Left out (unreadable): photo_1." in (out / "search.md").read_text()
 
     def fails(*fragments, argv=None):
         assert main(argv or _argv(bad, "full", tmp_path / "out")) == 2
         assert_one_line_error(capsys.readouterr().err, "crf-search", *fragments)
-        assert not (tmp_path / "out" / "points.jsonl").exists()
+        assert not (tmp_path / "out").exists()
 
+    labels = truth["photo_1"][1].copy()
     labels[0, 0] = 7  # a class the 5-class scores do not have
     Image.fromarray(labels).save(bad / "lab" / "photo_1.png")
-    fails(str(bad / "lab" / "photo_1.png"), "7")
+    skips(str(bad / "lab" / "photo_1.png"), "7")
     labels[0, 0] = 0
     Image.fromarray(labels[:-1]).save(bad / "lab" / "photo_1.png")
-    fails(str(bad / "lab" / "photo_1.png"), "39 x 56", "40 x 56")
+    skips(str(bad / "lab" / "photo_1.png"), "39 x 56", "40 x 56")
     Image.fromarray(truth["photo_1"][1]).save(bad / "lab" / "photo_1.png")
     np.save(bad / "full" / "photo_1.npy", np.zeros((4, 40, 56), np.float32))
-    fails(str(bad / "full" / "photo_1.npy"), "4 classes")
+    skips(str(bad / "full" / "photo_1.npy"), "4 classes")
     np.save(bad / "full" / "photo_1.npy", np.zeros((5, 5, 7), np.float32))
-    fails(str(bad / "full" / "photo_1.npy"), "--upsample")
+    skips(str(bad / "full" / "photo_1.npy"), "--upsample")
+    np.save(bad / "full" / "photo_1.npy", np.load(root / "full" / "photo_1.npy"))
+    image = bad / "img" / "photo_1.png"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])  # a truncated image
+    skips(str(image), "cannot read image")
+    # nothing usable left: one error line, no folder left behind
+    (bad / "img" / "photo_0.png").write_bytes(whole[:100])
+    fails("no usable image left", str(bad / "img"))
+    (tmp_path / "out").mkdir()  # a folder of the user's: left as it was (empty)
+    assert main(_argv(bad, "full", tmp_path / "out")) == 2
+    assert list((tmp_path / "out").iterdir()) == []
+    (tmp_path / "out").rmdir()
+    capsys.readouterr()
     fails("--label-dir", argv=_argv(bad, "full", tmp_path / "out")[:5] + GRID_FLAGS)
     fails("--data", argv=_argv(bad, "full", tmp_path / "out", "--data", str(bad)))
     fails("--scores-dir", str(bad / "full"), argv=_argv(bad, "full", bad / "full"))

@@ -151,13 +151,31 @@ def test_refinement_reaches_the_finer_optimum(tiny, tmp_path, monkeypatch):
     coarse = cs.coarse_grid(cfg)
     assert len(coarse) == 2 * 6 * 8  # the paper's grid with the authors' w1 {5, 10}
     assert search["rounds"][0]["best"]["sa"] == 70.0 and search["rounds"][0]["best"]["sb"] == 4.0
-    fine = cs.refine_grid((5.0, 70.0, 4.0, 3.0, 3.0), (2.5, 5.0, 0.5))
+    fine = cs.refine_grid((5.0, 70.0, 4.0, 3.0, 3.0), (2.5, 5.0, 0.5), cs.grid_bounds(cfg))
     assert sorted({p[2] for p in fine}) == [3.0, 3.5, 4.0, 4.5, 5.0]
+    assert sorted({p[0] for p in fine}) == [5.0, 7.5, 10.0]  # not 2.5: below --w1-min 5
     every = set(coarse) | set(fine)
     assert len(search["records"]) == len(every)
     best = max(every, key=lambda p: fake(p)["mean_iou"])
     assert best == (5.0, 70.0, 4.5, 3.0, 3.0)
     assert cs.point_key(search["best"][n] for n in cs.PARAM_NAMES) == best
+
+
+def test_refinement_stays_within_the_grid_bounds(tiny, tmp_path, monkeypatch):
+    root, data, _ = tiny
+
+    def fake(point):  # best where sa is smallest: refinement would step below --sa-min
+        return dict(zip(cs.PARAM_NAMES, point), mean_iou=100 - point[1], pixel_accuracy=0,
+                    seconds=0)  # fmt: skip
+
+    monkeypatch.setattr(cs, "evaluate_point", fake)
+    cfg = search_config(root, data, tmp_path / "r", refine_rounds=2, sa_min=40.0, sa_max=60.0,
+                        sa_step=20.0)  # fmt: skip
+    search = run_crf_search(cfg)
+    assert search["best"]["sa"] == 40.0
+    for name in ("w1", "sa", "sb"):
+        lo, hi = getattr(cfg, f"{name}_min"), getattr(cfg, f"{name}_max")
+        assert all(lo <= r[name] <= hi for r in search["records"]), name
 
 
 def test_scores_round_trip_exactly(tmp_path):
@@ -172,9 +190,10 @@ def test_scores_round_trip_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("cut", ["empty", "half", "end", "npy"])
-def test_a_damaged_score_file_is_one_line_naming_it(tiny, tmp_path, capsys, cut):
-    """`crf-search --scores` (and `eval --scores`, which reads the same files) with a score file
-    that is empty, cut short or not an archive: one line naming the file, no traceback."""
+def test_a_damaged_score_file_is_skipped_naming_it(tiny, tmp_path, capsys, cut):
+    """`crf-search --scores` with a score file that is empty, cut short or not an archive: one
+    line naming the file, no traceback; the search goes on over the other images (exit 1), and
+    with none left is one error line and leaves no folder behind."""
     import shutil
 
     from deeplabv1.cli import main
@@ -193,8 +212,17 @@ def test_a_damaged_score_file_is_one_line_naming_it(tiny, tmp_path, capsys, cut)
             "--num-images", "3", "--iters", "1", "--refine-rounds", "0", "--progress", "false",
             "-o", str(tmp_path / "out")]  # fmt: skip
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in GRID.items()]
-    assert main(argv) != 0
+    assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("deeplabv1 crf-search: error")]
+    lines = [line for line in err.splitlines() if line.startswith("deeplabv1 crf-search: skipped")]
     assert len(lines) == 1 and str(bad) in lines[0] and "score file" in lines[0], err
+    assert json.loads((tmp_path / "out" / "best.json").read_text())["setup"]["num_images"] == 2
+    for sid in ds.ids:
+        (scores / f"{sid}.npz").write_bytes(bad.read_bytes())
+    argv[-len(GRID) - 1] = str(tmp_path / "none")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("deeplabv1 crf-search: error")]
+    assert len(lines) == 1 and "no usable image left" in lines[0] and "score file" in lines[0]
+    assert not (tmp_path / "none").exists()

@@ -125,3 +125,15 @@ def test_collect_inputs_files_folders_globs(tmp_path):
     assert len(problems) == 3
     assert "missing.png: no such file" in problems[0]
     assert "holds no images" in problems[1] and "matches no image" in problems[2]
+
+
+def test_the_docs_list_the_suffixes_folders_are_read_for():
+    import re
+    from pathlib import Path
+
+    from deeplabv1.predict.images import IMAGE_SUFFIXES
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "predict.md").read_text()
+    listed = re.search(r"folders \(their `([^`]*)`", text)
+    assert listed is not None
+    assert listed[1].split() == list(IMAGE_SUFFIXES)

@@ -199,6 +199,9 @@ def test_paper_table_rows_and_errors(tmp_path, capsys):
     assert main(["paper-table", str(tmp_path / "bad.json")]) == 2
     assert "bad.json: not a results.json" in capsys.readouterr().err
     assert main(["paper-table", str(tmp_path / "missing.json")]) == 2
+    (tmp_path / "w.json").write_bytes(b"PK\x03\x04\x80\x02torch")  # a checkpoint renamed
+    assert main(["paper-table", str(tmp_path / "w.json")]) == 2
+    assert "w.json: not a readable results.json (not UTF-8 text)" in capsys.readouterr().err
 
 
 def test_paper_table_sets_only_like_beside_the_paper(tmp_path, capsys):

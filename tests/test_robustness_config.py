@@ -22,6 +22,10 @@ from deeplabv1.train.loop import train
     ("batch_size: [1, 2\nseed: 3\n", [], "c.yaml:2:5: not valid YAML: while parsing a flow "
      "sequence: expected ',' or ']'"),
     ("seed: 1\n\tmax_iter: 2\n", [], "c.yaml:2:1: not valid YAML"),
+    ("batch_size: -3\n", [], "c.yaml: batch_size must be >= 1"),
+    ("batch_size: 2\n", ["--seed", "-1"], "train config: seed must be >= 0"),  # the flag's
+    ("max_iter: 2\nseed: 1\nmax_iter: 3\n", [],
+     "c.yaml:3:1: not valid YAML: duplicate key 'max_iter' (first on line 1)"),
 ])  # fmt: skip
 def test_train_settings_are_checked_before_anything_runs(tmp_path, capsys, yaml_text, flags,
                                                          words):  # fmt: skip

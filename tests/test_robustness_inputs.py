@@ -38,12 +38,20 @@ def _npz_named_npy(path, shape=(3, 20, 24)):
     return path
 
 
-@pytest.mark.parametrize("case", ["npz", "bomb", "108 megapixels", "float tiff"])
+@pytest.mark.parametrize("case", ["npz", "object npy", "bomb", "108 megapixels", "tiny limit",
+                                  "float tiff"])  # fmt: skip
 def test_crf_single_bad_file_is_one_line(tmp_path, capsys, case):
     image, scores = image_and_scores(tmp_path, "a")
+    limit = []
     if case == "npz":
         _npz_named_npy(scores)
         bad, words = scores, ".npz archive"
+    elif case == "object npy":  # numbers pickled one by one: dtype object
+        np.save(scores, np.load(scores).astype(object), allow_pickle=True)
+        bad, words = scores, "an array of Python objects (stored with pickle), not of numbers"
+    elif case == "tiny limit":
+        bad, words = image, "image is 24 x 20 = 480 pixels, over the limit of 100 pixels"
+        limit = ["--max-megapixels", "0.0001"]
     elif case == "bomb":
         bad, words = png_header(tmp_path / "bomb.png", 100_000, 100_000), "decompression bomb"
     elif case == "108 megapixels":
@@ -51,8 +59,9 @@ def test_crf_single_bad_file_is_one_line(tmp_path, capsys, case):
     else:
         bad, words = tmp_path / "f.tif", "unsupported image mode 'F'"
         Image.fromarray(np.random.default_rng(0).random((20, 24), np.float32)).save(bad)
-    argv = ["crf", "--image", str(image), "--scores", str(scores), "-o", str(tmp_path / "o.png")]
-    if case != "npz":
+    argv = ["crf", "--image", str(image), "--scores", str(scores), "-o", str(tmp_path / "o.png"),
+            *limit]  # fmt: skip
+    if bad != scores:
         argv[2] = str(bad)
     assert main(argv) == 2
     assert_one_line_error(capsys.readouterr().err, "crf", str(bad), words)
@@ -161,19 +170,53 @@ def test_predict_refuses_a_checkpoint_with_nan_weights(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # the folder this failed run created is gone again
 
 
-def test_weight_mismatch_names_the_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("case", ["width", "fc8 cut", "extra weight"])
+def test_weight_mismatch_names_the_checkpoint_and_the_weight(tmp_path, capsys, case):
     from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
+    from deeplabv1.data.synth import make_synthetic_voc
 
-    good = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt"))
+    state = load_checkpoint(tiny_checkpoint(tmp_path / "m.pt"))["model"]  # width 1/16
+    width, words = 0.0625, ()
+    if case == "width":
+        width = 0.125
+        words = ("weight conv1_1.weight has shape (4, 3, 3, 3), "
+                 "deeplab-largefov (width 0.125) needs (8, 3, 3, 3)",)  # fmt: skip
+    elif case == "fc8 cut":
+        state["fc8.weight"] = state["fc8.weight"][:2]
+        words = ("weight fc8.weight has shape (2, 64, 1, 1)", "needs (3, 64, 1, 1)")
+    else:
+        state["fc9.weight"] = torch.zeros(1)
+        words = ("holds weight fc9.weight, which deeplab-largefov (width 0.0625) does not",)
     bad = tmp_path / "mismatch.pt"
-    save_checkpoint(bad, good["model"], arch="deeplab-largefov", num_classes=3, width=0.125)
+    save_checkpoint(bad, state, arch="deeplab-largefov", num_classes=3, width=width)
     image, _ = image_and_scores(tmp_path, "a")
+    root = make_synthetic_voc(tmp_path / "d", 2, size=(32, 32), num_classes=3)
     for argv in (
         ["predict", str(image), "--weights", str(bad), "-o", str(tmp_path / "o")],
+        ["eval", "--weights", str(bad), "--data", str(root), "--split", "train",
+         "-o", str(tmp_path / "e")],
         ["export", "--weights", str(bad), "--onnx", str(tmp_path / "m.onnx")],
-    ):
+    ):  # fmt: skip
         assert main(argv) == 2
-        assert_one_line_error(capsys.readouterr().err, argv[0], str(bad), "do not fit")
+        assert_one_line_error(capsys.readouterr().err, argv[0], str(bad), *words)
+    assert not {"o", "e", "m.onnx"} & {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.parametrize("command", ["eval", "crf-search"])
+@pytest.mark.parametrize("meta", [b"\xff\xfe{}", b"{not json"], ids=["not-utf8", "not-json"])
+def test_a_bad_score_folder_meta_is_one_line(tmp_path, capsys, command, meta):
+    from deeplabv1.data.synth import make_synthetic_voc
+
+    root = make_synthetic_voc(tmp_path / "d", 2, size=(32, 32), num_classes=3)
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "meta.json").write_bytes(meta)
+    argv = [command, "--scores", str(scores), "--data", str(root), "--split", "train",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, command, str(scores / "meta.json"),
+                          "not readable JSON")  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch):

@@ -105,6 +105,52 @@ def test_predict_output_naming_an_existing_file(tmp_path):
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, "predict", "a_net.png", "inputs")
     assert np.array_equal(np.asarray(Image.open(victim)), np.asarray(Image.open(image)))
+    assert [p.name for p in out.iterdir()] == ["a_net.png"]  # no lock file left behind
+
+
+def test_a_refused_command_leaves_the_folders_as_they_were(tmp_path, capsys):
+    from deeplabv1.cli import main
+    from deeplabv1.rundir import LOCK_NAME
+
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "meta.json").write_text('{"num_classes": 3}')
+    (tmp_path / "data").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty", tmp_path / "used"):
+        if out.name == "empty":
+            out.mkdir()
+        elif out.name == "used":  # a lock file of an earlier run stays
+            out.mkdir()
+            (out / LOCK_NAME).write_text("{}")
+        before = sorted(p.name for p in out.iterdir()) if out.exists() else None
+        argv = ["eval", "--scores", str(scores), "--data", str(tmp_path / "data"),
+                "--save-scores", str(out), "-o", str(out)]  # fmt: skip
+        assert main(argv) == 2
+        line = assert_one_line_error(capsys.readouterr().err, "eval", str(out),
+                                     "this very command", "give it different folders")
+        assert "wait for it" not in line and "another deeplabv1 run" not in line
+        assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_held(tmp_path):
+    """A run that opened the lock file just before a refused run removed it takes the folder's
+    new lock file, so two runs never both hold the folder."""
+    from deeplabv1.rundir import LOCK_NAME, RunLock
+
+    first = RunLock(tmp_path).acquire()
+    stale = os.open(tmp_path / LOCK_NAME, os.O_RDWR)  # a second run's open, before the removal
+    (tmp_path / LOCK_NAME).unlink()
+    first.release()
+    from deeplabv1 import rundir
+
+    assert rundir._try_lock(stale)  # the removed file's lock is free ...
+    assert not rundir._is_file_at(stale, tmp_path / LOCK_NAME)  # ... but no longer the folder's
+    second = RunLock(tmp_path).acquire()
+    assert rundir._is_file_at(second._fd, tmp_path / LOCK_NAME)
+    with pytest.raises(Exception, match="in use by another deeplabv1 run|this very command"):
+        RunLock(tmp_path).acquire()
+    second.release()
+    os.close(stale)
 
 
 @pytest.mark.parametrize("mode", ["predict -o", "crf -o", "crf --out-dir"])

@@ -70,3 +70,29 @@ def test_bad_log_line_and_missing_file(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "l.jsonl"), "-o", str(tmp_path / "o.png")]) == 2
     assert "l.jsonl: line 2 is not JSON" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o.png")]) == 2
+
+
+@pytest.mark.parametrize("name,content", [("w.json", b"PK\x03\x04\x80\x02torch"),
+                                          ("l.jsonl", b'{"iter": 1}\n\xff\xfe\n')],
+                         ids=["checkpoint-renamed", "log-not-utf8"])  # fmt: skip
+def test_binary_file_is_one_line(tmp_path, capsys, name, content):
+    (tmp_path / name).write_bytes(content)
+    assert main(["plot", str(tmp_path / name), "-o", str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{name}: not a training log or results file" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_log_without_records_names_the_log(tmp_path, capsys):
+    (tmp_path / "l.jsonl").write_text('{"iter": 1}\n{"epoch": 2}\n')
+    assert main(["plot", str(tmp_path / "l.jsonl"), "-o", str(tmp_path / "o.png")]) == 2
+    assert f"{tmp_path / 'l.jsonl'}: no records with 'iter'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [tmp_path / "l.jsonl"]
+
+
+@pytest.mark.parametrize("out", ["x.jpg", "x.xyz", "x"])
+def test_output_must_be_png(tmp_path, capsys, out):
+    log = _log(tmp_path / "log.jsonl")
+    assert main(["plot", str(log), "-o", str(tmp_path / out)]) == 2
+    assert "plot writes PNG images" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [log]

@@ -187,6 +187,33 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
                            "or corrupt model")  # fmt: skip
 
 
+def weight_misfit(source: str, model: torch.nn.Module, name: str, weight: Any,
+                  needed: torch.Tensor) -> DeepLabError:  # fmt: skip
+    """The error naming ``source`` for ``weight`` (None: absent) that does not fit ``model``'s
+    weight ``name`` (``needed``)."""
+    net = f"{model.arch} (width {model.width})"
+    if weight is None:
+        return DeepLabError(f"{source}: lacks weight {name} of {net}")
+    if not torch.is_tensor(weight):
+        return DeepLabError(f"{source}: weight {name} is a {type(weight).__name__}, not a tensor")
+    return DeepLabError(f"{source}: weight {name} has shape {tuple(weight.shape)}, {net} needs "
+                        f"{tuple(needed.shape)}")  # fmt: skip
+
+
+def check_weights_fit(model: torch.nn.Module, state: dict, source: str) -> None:
+    """DeepLabError naming ``source`` and the first weight of ``state`` that does not fit
+    ``model``: absent, of another shape, or one the network does not have."""
+    own = model.state_dict()
+    for name, needed in own.items():
+        weight = state.get(name)
+        if not torch.is_tensor(weight) or weight.shape != needed.shape:
+            raise weight_misfit(source, model, name, weight, needed)
+    extra = [name for name in state if name not in own]
+    if extra:
+        raise DeepLabError(f"{source}: holds weight {extra[0]}, which {model.arch} "
+                           f"(width {model.width}) does not have")  # fmt: skip
+
+
 def model_from_checkpoint(
     ckpt: dict | str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> torch.nn.Module:
@@ -203,6 +230,7 @@ def model_from_checkpoint(
     except (DeepLabError, TypeError) as exc:  # e.g. a model_kwargs key no builder takes
         raise DeepLabError(f"{source}: {exc}") from None
     check_finite(ckpt["model"], source)
+    check_weights_fit(model, ckpt["model"], source)
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:

@@ -285,11 +285,34 @@ def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
     return f"{where}: not valid YAML: {what}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` refusing a key given twice in one mapping (plain YAML keeps the last
+    value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first})",
+                    key_node.start_mark)  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping (a file or a packaged config's name), with errors naming the file."""
+    """Read a YAML mapping (a file or a packaged config's name), with errors naming the file;
+    a key given twice is an error naming its line."""
     path = locate_config(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: config file not found") from exc
     except yaml.YAMLError as exc:
@@ -314,8 +337,32 @@ def resolve_config(cls: type[T], args: argparse.Namespace) -> T:
     if config_path is not None:  # the file's settings that no flag replaces
         data = {k: v for k, v in load_yaml(config_path).items() if k not in flags}
         values = _values(cls, data, str(config_path))
+    from_file = set(values)
     values.update(_values(cls, flags, "command line"))
-    return cls(**values)
+    cfg = cls(**values)
+    if from_file:
+        _check_file_values(cfg, from_file, str(config_path))
+    return cfg
+
+
+def _check_file_values(cfg: Any, keys: set[str], source: str) -> None:
+    """Run ``cfg.validate()`` (where the config has one) now; a refusal that names one of
+    ``keys`` (the settings the config file ``source`` gave) names the file. Other refusals are
+    left to the command, which validates when it is ready to."""
+    import re
+
+    validate = getattr(cfg, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except DeepLabError as exc:
+        message = str(exc)
+        named = [k for k in keys if re.search(rf"(?<![\w-]){k}(?!\w)", message)
+                 or _flag(k) in message]  # fmt: skip
+        if named:
+            # "<command>: <setting> must be ..." -> "<file>: <setting> must be ..."
+            raise DeepLabError(f"{source}: {message.split(': ', 1)[-1]}") from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -17,7 +17,9 @@ synth|prepare|download``) starts:
 4. the command's ``deeplabv1.io.output_rules`` (inputs, ``overwrite``, the command's name)
    apply to every write.
 
-A run that fails before writing anything into a folder it created removes that folder again.
+A run that fails before writing anything into a folder it created removes that folder again;
+in a folder that existed, it removes the lock file it made there (while still holding it: a run
+that opened the file just before takes the folder's new lock file instead, ``RunLock.acquire``).
 """
 
 from __future__ import annotations
@@ -62,16 +64,26 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def _holder(path: Path) -> str:
-    """Who holds the lock, as written into the lock file, in words."""
+def _holder(path: Path) -> str | None:
+    """Who holds the lock, as written into the lock file, in words; None when it is this very
+    process."""
     try:
         info = json.loads(path.read_text())
         if info["pid"] == os.getpid() and info["host"] == socket.gethostname():
-            return "this very command: give it different folders"
+            return None
         return (f"pid {info['pid']} on {info['host']}, `{info['command']}`, since "
                 f"{info['started']}")  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown"
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not removed or replaced)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 _HELD: set[int] = set()  # descriptors of the locks this process holds
@@ -103,16 +115,26 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock or raise DeepLabError naming the run that holds it."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise write_error(self.folder, exc) from exc
-        if not _try_lock(fd):
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as exc:
+                raise write_error(self.folder, exc) from exc
+            if not _try_lock(fd):
+                os.close(fd)
+                holder = _holder(self.path)
+                if holder is None:
+                    raise DeepLabError(f"{self.folder}: already used by this very command for "
+                                       "another of its folders: give it different folders")
+                raise DeepLabError(
+                    f"{self.folder}: in use by another deeplabv1 run ({holder}); wait for it to "
+                    "finish or choose another output folder"
+                )
+            # a refused run removes the lock file it made while holding it: one who opened that
+            # file before then holds a lock on a removed file, and takes the folder's anew
+            if _is_file_at(fd, self.path):
+                break
             os.close(fd)
-            raise DeepLabError(
-                f"{self.folder}: in use by another deeplabv1 run ({_holder(self.path)}); wait "
-                "for it to finish or choose another output folder"
-            )
         info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -128,7 +150,8 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        """Free the lock (the lock file stays: removing it would race with the next run)."""
+        """Free the lock (the lock file stays: it is only removed, while held, by a run that
+        made it and then failed before writing anything)."""
         if self._fd is not None:
             _HELD.discard(self._fd)
             os.close(self._fd)  # closing the descriptor releases flock / msvcrt locks
@@ -222,14 +245,18 @@ def run_directory(
         _check_new_or_own(path, command, flag)
     created = not os.path.lexists(path)
     make_folder(path)
+    before = None if os.path.lexists(path / LOCK_NAME) else _contents(path)
     lock = RunLock(path).acquire()
     try:
         with output_rules(inputs, overwrite, command):
             clean_folder(path, again=True)
             yield path
     except BaseException:
-        if created:  # a run that failed before writing anything leaves no folder behind
+        # a run that failed before writing anything leaves no folder and no lock file behind
+        if created:
             _remove_if_unused(path)
+        elif before is not None:
+            _remove_lock_if_unused(path, before)
         raise
     finally:
         lock.release()
@@ -250,6 +277,27 @@ def group_run_directory(path: str | os.PathLike, *, rank: int, **kwargs) -> Iter
     with output_rules(kwargs.get("inputs", ()), kwargs.get("overwrite", False),
                       kwargs.get("command")):  # fmt: skip
         yield Path(path)
+
+
+def _contents(path: Path) -> tuple[set[str], int]:
+    """(the names in folder ``path``, the size of its outputs list or -1 when it has none)."""
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError:
+        names = set()
+    try:
+        return names, (path / OUTPUTS_LIST).stat().st_size
+    except OSError:
+        return names, -1
+
+
+def _remove_lock_if_unused(path: Path, before: tuple[set[str], int]) -> None:
+    """Delete the lock file this run made in the existing folder ``path`` if the run wrote
+    nothing there (no new name, its outputs list as it was)."""
+    names, listed = _contents(path)
+    if names - {LOCK_NAME} <= before[0] and listed == before[1]:
+        with contextlib.suppress(OSError):
+            (path / LOCK_NAME).unlink()
 
 
 def _remove_if_unused(path: Path) -> None:

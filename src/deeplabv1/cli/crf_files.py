@@ -73,6 +73,15 @@ class ScoreSettings(ImageSettings):
 MAX_PADDED = 513
 
 
+def _has_npy_header(path: Path) -> bool:
+    """Whether the file starts with the .npy magic string."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False
+
+
 def load_scores(path, probabilities: bool = False, channels_last: bool = False) -> np.ndarray:
     """A (C, H, W) finite float32 score (or probability) array from a .npy file; with
     ``channels_last`` the file holds (H, W, C)."""
@@ -82,6 +91,10 @@ def load_scores(path, probabilities: bool = False, channels_last: bool = False) 
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: scores file not found") from exc
     except (OSError, ValueError, EOFError) as exc:
+        if "pickle" in str(exc) and _has_npy_header(path):  # dtype object: pickled items
+            raise DeepLabError(f"{path}: an array of Python objects (stored with pickle), not "
+                               "of numbers; save the (C, H, W) scores as a float array: "
+                               "numpy.save(path, scores.astype(numpy.float32))") from None
         if "pickle" in str(exc):  # numpy's guess for any file without its header
             raise DeepLabError(f"{path}: not a .npy array file (no NumPy header); save the "
                                "(C, H, W) scores with numpy.save") from exc  # fmt: skip

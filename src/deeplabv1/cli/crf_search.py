@@ -12,6 +12,7 @@ folders (images, ``<stem>.npy`` scores, ``<stem>.png`` labels)::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -63,4 +64,8 @@ def run(args) -> int:
     print(f"best: --w1 {b['w1']:g} --sa {b['sa']:g} --sb {b['sb']:g} --w2 {b['w2']:g} "
           f"--sg {b['sg']:g}  (mean IoU {b['mean_iou']:.2f}%, {search['gain']:+.2f} over the "
           f"scores' arg-max {u['mean_iou']:.2f}%; {cfg.out}/best.json)")  # fmt: skip
+    if search["skipped"]:
+        print(f"deeplabv1 crf-search: {len(search['skipped'])} image(s) skipped (unreadable): "
+              f"{', '.join(search['skipped'])}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0

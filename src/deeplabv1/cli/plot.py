@@ -39,6 +39,8 @@ def read_log(path: Path) -> list[dict]:
         lines = path.read_text().splitlines()
     except OSError as exc:
         raise DeepLabError(f"{path}: cannot read ({exc})") from exc
+    except UnicodeDecodeError:
+        raise DeepLabError(f"{path}: not a training log or results file (not UTF-8 text)") from None
     records = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -61,6 +63,8 @@ def read_results(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DeepLabError(f"{path}: not a readable JSON file ({exc})") from exc
+    except UnicodeDecodeError:
+        raise DeepLabError(f"{path}: not a training log or results file (not UTF-8 text)") from None
     methods = data.get("methods") if isinstance(data, dict) else None
     if not isinstance(methods, dict) or not all(
         isinstance(m, dict) and isinstance(m.get("per_class_iou"), dict) for m in methods.values()
@@ -86,7 +90,10 @@ def collect(files: list[str]) -> tuple[list[dict], dict, dict]:
         if not path.is_file():
             raise DeepLabError(f"{path}: file not found")
         if path.suffix.lower() == ".jsonl":
-            records += read_log(path)
+            log = read_log(path)
+            if not any("iter" in r and ("loss" in r or "lr" in r) for r in log):
+                raise DeepLabError(f"{path}: no records with 'iter' and 'loss' or 'lr' to plot")
+            records += log
             continue
         results = read_results(path)
         arch = results.get("model", {}).get("arch")
@@ -126,8 +133,11 @@ def _plot(args: argparse.Namespace) -> int:
     from deeplabv1.io import check_outputs
     from deeplabv1.viz.plots import plot_class_iou, plot_training_log, plot_trimap
 
-    records, per_class, curves = collect(args.files)
     out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        what = f"suffix {out.suffix!r}" if out.suffix else "no suffix"
+        raise DeepLabError(f"{out}: output has {what}: plot writes PNG images (use .png)")
+    records, per_class, curves = collect(args.files)
     jobs = []
     if records:
         jobs.append(("log", lambda p: plot_training_log(records, p, title="Training log")))

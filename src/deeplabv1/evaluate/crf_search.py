@@ -2,9 +2,9 @@
 
 Round 0 evaluates the coarse grid (``CRFSearchConfig``: the paper's ranges by default). Each
 refinement round halves the three steps and evaluates best + k * new_step, k = -2..2, per
-parameter (so +- one old step around the best so far; values may leave the coarse range, as the
-published sa = 121 of LargeFOV did; non-positive values are dropped). A point is one full CRF
-run over the tuning images, scored by the mean IoU of one confusion matrix over them.
+parameter (so +- one old step around the best so far; values outside the grid's min..max are
+dropped). A point is one full CRF run over the tuning images, scored by the mean IoU of one
+confusion matrix over them.
 
 Points run in parallel over processes (each worker loads the images once). Every finished point
 is added to ``OUT/points.jsonl``, rewritten atomically, so an interrupted search loses at most
@@ -58,10 +58,19 @@ def coarse_grid(cfg: CRFSearchConfig) -> list[Point]:
     ]
 
 
-def refine_grid(best: Point, steps: tuple[float, float, float]) -> list[Point]:
-    """best + k * step (k = -2..2) for w1, sa, sb; positive values only."""
+def grid_bounds(cfg: CRFSearchConfig) -> tuple[tuple[float, float], ...]:
+    """The (min, max) of w1, sa, sb: refinement stays within them."""
+    return tuple((getattr(cfg, f"{n}_min"), getattr(cfg, f"{n}_max")) for n in ("w1", "sa", "sb"))
+
+
+def refine_grid(best: Point, steps: tuple[float, float, float],
+                bounds: tuple[tuple[float, float], ...] | None = None) -> list[Point]:  # fmt: skip
+    """best + k * step (k = -2..2) for w1, sa, sb; positive values only, and within ``bounds``
+    ((min, max) per parameter, ``grid_bounds``) when given."""
     axes = [sorted({round(v + k * s, 6) for k in range(-2, 3)}) for v, s in zip(best[:3], steps)]
-    axes = [[x for x in axis if x > 0] for axis in axes]
+    limits = bounds or ((0.0, np.inf),) * 3
+    axes = [[x for x in axis if x > 0 and lo - 1e-9 <= x <= hi + 1e-9]
+            for axis, (lo, hi) in zip(axes, limits)]  # fmt: skip
     return [(a, b, c, best[3], best[4]) for a in axes[0] for b in axes[1] for c in axes[2]]
 
 
@@ -141,18 +150,27 @@ _IMAGES: list | None = None
 _CRF: tuple[int, str, str] = (10, "after", "lattice")
 
 
-def load_tuning_images(scores_dir, dataset, num_images: int) -> list:
+def load_tuning_images(scores_dir, dataset, num_images: int,
+                       skipped: dict[str, str] | None = None) -> list:  # fmt: skip
     """The ``SavedImage`` (coarse scores, h, w, factor, crop, rgb, labels) of the first
-    ``num_images`` images."""
+    ``num_images`` images. With ``skipped`` given, an image or score file that cannot be read
+    is left out and its error recorded there ({id: message}) instead of raised."""
     from deeplabv1.evaluate.scores import load_scores
     from deeplabv1.evaluate.tuning import SavedImage
 
     out = []
     for i in range(min(num_images, len(dataset))):
-        rgb, labels = dataset.load(i)
-        coarse, h, w, factor, crop = load_scores(scores_dir, dataset.ids[i])
-        if (h, w) != labels.shape:
-            raise DeepLabError(f"{scores_dir}/{dataset.ids[i]}.npz: size differs from the image")
+        try:
+            rgb, labels = dataset.load(i)
+            coarse, h, w, factor, crop = load_scores(scores_dir, dataset.ids[i])
+            if (h, w) != labels.shape:
+                raise DeepLabError(f"{scores_dir}/{dataset.ids[i]}.npz: size differs from the "
+                                   "image")  # fmt: skip
+        except DeepLabError as exc:
+            if skipped is None:
+                raise
+            skipped[dataset.ids[i]] = str(exc)
+            continue
         out.append(SavedImage(coarse, h, w, factor, crop, rgb, labels))
     return out
 
@@ -192,22 +210,25 @@ def evaluate_point(point: Point) -> dict:
 
 
 def _loader(scores_dir: str, data: str, split: str, label_dir, num_classes: int, n: int,
-            val_fraction: float | None = None):  # fmt: skip
+            val_fraction: float | None = None, skipped: dict | None = None):  # fmt: skip
     from deeplabv1.data.datasets import open_dataset
 
     dataset = open_dataset(data, split, label_dir=label_dir, num_classes=num_classes,
                            val_fraction=val_fraction)  # fmt: skip
-    return load_tuning_images(scores_dir, dataset, n)
+    return load_tuning_images(scores_dir, dataset, n, skipped)
 
 
 class _Loader:
-    """Picklable zero-argument callable that loads the tuning images in a worker."""
+    """Picklable zero-argument callable that loads the tuning images in a worker; the images
+    it cannot read are left out, their errors in ``skipped`` ({id: message})."""
 
     def __init__(self, *args):
         self.args = args
+        self.skipped: dict[str, str] = {}
 
     def __call__(self) -> list:
-        return _loader(*self.args)
+        self.skipped = {}
+        return _loader(*self.args, skipped=self.skipped)
 
 
 def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
@@ -313,22 +334,38 @@ def saved_tuning(cfg: CRFSearchConfig, dataset, num_classes: int):
 
 def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
     """Run the search on ``tuning`` (``saved_tuning`` or ``tuning.folder_tuning``) into
-    ``cfg.out``; returns {"best": record, "unary": record, "gain": points, "records": ...}.
+    ``cfg.out`` (``config.yaml`` once the images are read, ``points.jsonl``); returns {"best":
+    record, "unary": record, "gain": points, "records": ..., "skipped": {id: error}}.
+
+    Images that cannot be read are reported on stderr and left out of the search; none left is
+    a DeepLabError.
 
     ``dist`` (a ``DistInfo``): share the points out over torchrun's ranks (module doc).
     """
     from tqdm import tqdm
 
+    from deeplabv1.config import save_config
     from deeplabv1.distributed.context import DistInfo
     from deeplabv1.distributed.work import on_main
-    from deeplabv1.evaluate.tuning import unary_record
+    from deeplabv1.evaluate.tuning import ids_digest, unary_record
 
     dist = dist if dist is not None else DistInfo()
     out = Path(cfg.out)
-    setup = {**tuning.setup, **search_settings(cfg)}
+    images = tuning.loader()
+    skipped = dict(getattr(tuning.loader, "skipped", {}))
+    if not images:
+        first = next(iter(skipped.values()), "no images")
+        more = f"; {len(skipped) - 1} more skipped" if len(skipped) > 1 else ""
+        raise DeepLabError(f"no usable image left: {first}{more}")
+    for message in skipped.values() if dist.is_main else ():
+        print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
+    used = [i for i in tuning.ids if i not in skipped]
+    setup = {**tuning.setup, "num_images": len(used), "ids_sha1": ids_digest(used),
+             **search_settings(cfg)}  # fmt: skip
     store = on_main(lambda: PointsFile(out / POINTS_NAME, setup, cfg.resume), dist)
     store.write = dist.is_main
-    images = tuning.loader()
+    if dist.is_main:
+        save_config(cfg, out / "config.yaml")
     unary = unary_record(images, tuning.num_classes)  # reads every file once, before the grid
     loader = images if cfg.jobs <= 1 else tuning.loader  # workers load their own
     del images
@@ -340,7 +377,7 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
     for r in range(cfg.refine_rounds + 1):
         if r > 0:
             steps = tuple(s / 2 for s in steps)
-            points = refine_grid(point_key(best[n] for n in PARAM_NAMES), steps)
+            points = refine_grid(point_key(best[n] for n in PARAM_NAMES), steps, grid_bounds(cfg))
         with tqdm(total=len(points), desc=f"crf-search round {r}", disable=not show) as bar:
             bar.update(sum(p in store.records for p in dict.fromkeys(points)))
             if dist.distributed:
@@ -352,4 +389,4 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
                        "best": {n: best[n] for n in (*PARAM_NAMES, "mean_iou")}})  # fmt: skip
     return {"best": best, "unary": unary, "gain": round(best["mean_iou"] - unary["mean_iou"], 4),
             "rounds": rounds, "records": list(store.records.values()), "setup": store.setup,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+            "skipped": skipped, "time": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip

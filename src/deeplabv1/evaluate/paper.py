@@ -63,6 +63,8 @@ def read_results(path: str | os.PathLike) -> dict:
         raise DeepLabError(f"{path}: results file not found") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise DeepLabError(f"{path}: not a readable results.json ({exc})") from exc
+    except UnicodeDecodeError:
+        raise DeepLabError(f"{path}: not a readable results.json (not UTF-8 text)") from None
     if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
         raise DeepLabError(f"{path}: not a results.json written by `deeplabv1 eval`")
     return results

@@ -108,6 +108,8 @@ def search_markdown(search: dict, top: int = 15) -> str:
         lines += [f"Without the CRF (arg-max of the scores): mean IoU "
                   f"{search['unary']['mean_iou']:.2f}%; gain of the best CRF: "
                   f"{search['gain']:+.2f} points.", ""]  # fmt: skip
+    if search.get("skipped"):
+        lines += [f"Left out (unreadable): {', '.join(search['skipped'])}.", ""]
     lines += _table(["w1", "sa", "sb", "w2", "sg", "mean IoU (%)"], rows) + [""]
     return "\n".join(lines)
 

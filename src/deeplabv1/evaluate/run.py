@@ -266,9 +266,7 @@ def run_crf_search(cfg) -> dict:
     # one process needs no process group (and no torch: the folder search runs without it)
     alone = env_world_size() <= 1
     with contextlib.nullcontext(DistInfo()) if alone else distributed_session("cpu") as dist:
-        if dist.is_main:
-            save_config(cfg, Path(cfg.out) / "config.yaml")
-        search = crf_search(cfg, tuning, dist=dist)
+        search = crf_search(cfg, tuning, dist=dist)  # config.yaml once the images are read
         if dist.is_main:
             write_search(cfg.out, search)
     return search

@@ -123,6 +123,8 @@ def read_meta(folder: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DeepLabError(f"{path}: not readable JSON ({exc})") from exc
+    except UnicodeDecodeError:
+        raise DeepLabError(f"{path}: not readable JSON (not UTF-8 text)") from None
     if not isinstance(meta, dict):
         raise DeepLabError(f"{path}: expected a JSON object")
     return meta

@@ -119,33 +119,42 @@ class FolderImage:
 
 
 class FolderLoader:
-    """Picklable zero-argument callable: the ``FolderImage`` of every (image, scores, label)."""
+    """Picklable zero-argument callable: the ``FolderImage`` of every (image, scores, label)
+    that can be read; the others are left out, their errors in ``skipped`` ({stem: message})."""
 
-    def __init__(self, trios: list[tuple[str, str, str]], num_classes: int, options: dict,
+    def __init__(self, trios: list[tuple[str, str, str, str]], num_classes: int, options: dict,
                  background: str, max_pixels: int):  # fmt: skip
         self.trios, self.num_classes, self.options = trios, num_classes, options
         self.background, self.max_pixels = background, max_pixels
+        self.skipped: dict[str, str] = {}
 
     def __call__(self) -> list[FolderImage]:
         from deeplabv1.data.palette import read_label_png
         from deeplabv1.predict.images import load_image
 
         out = []
-        for image, scores, label in self.trios:
-            rgb = load_image(image, background=self.background, max_pixels=self.max_pixels)
-            labels = read_label_png(label, self.num_classes)
-            if labels.shape != rgb.shape[:2]:
-                size = " x ".join(map(str, rgb.shape[:2]))
-                raise DeepLabError(f"{label}: labels are {labels.shape[0]} x {labels.shape[1]} "
-                                   f"but image {image} is {size}")  # fmt: skip
-            out.append(FolderImage(rgb, labels, image, scores, self.num_classes, self.options))
+        self.skipped = {}
+        for stem, image, scores, label in self.trios:
+            try:
+                rgb = load_image(image, background=self.background, max_pixels=self.max_pixels)
+                labels = read_label_png(label, self.num_classes)
+                if labels.shape != rgb.shape[:2]:
+                    size = " x ".join(map(str, rgb.shape[:2]))
+                    theirs = " x ".join(map(str, labels.shape))
+                    raise DeepLabError(f"{label}: labels are {theirs} but image {image} is {size}")
+                item = FolderImage(rgb, labels, image, scores, self.num_classes, self.options)
+                item.scores()  # read once: a bad score file is left out here, not mid-search
+            except DeepLabError as exc:
+                self.skipped[stem] = str(exc)
+                continue
+            out.append(item)
         return out
 
 
 def folder_tuning(cfg) -> Tuning:
     """The ``Tuning`` of ``cfg.image_dir`` / ``cfg.scores_dir`` / ``cfg.label_dir``: the first
     ``cfg.num_images`` complete trios by stem; partners missing are reported on stderr."""
-    from deeplabv1.cli.crf_files import load_scores, match_pairs, report_unmatched
+    from deeplabv1.cli.crf_files import match_pairs, report_unmatched
 
     if not (cfg.image_dir and cfg.scores_dir and cfg.label_dir):
         raise DeepLabError("crf-search: folder mode needs --image-dir, --scores-dir and "
@@ -170,8 +179,7 @@ def folder_tuning(cfg) -> Tuning:
     if not trios:
         raise DeepLabError(f"{cfg.image_dir}, {cfg.scores_dir}, {label_dir}: no image / scores "
                            "/ label trios by stem")  # fmt: skip
-    first = trios[0][2]
-    num_classes = load_scores(first, cfg.probabilities, cfg.channels_last).shape[0]
+    num_classes = _first_class_count([t[2] for t in trios], cfg)
     options = {"probabilities": cfg.probabilities, "channels_last": cfg.channels_last,
                "upsample": cfg.upsample_mode()}  # fmt: skip
     ids = [t[0] for t in trios]
@@ -180,9 +188,22 @@ def folder_tuning(cfg) -> Tuning:
              "num_images": len(ids), "ids_sha1": ids_digest(ids), "num_classes": num_classes,
              **options, "background": cfg.background, "iters": cfg.iters,
              "normalization": cfg.normalization, "method": cfg.method}  # fmt: skip
-    loader = FolderLoader([t[1:] for t in trios], num_classes, options, cfg.background,
-                          cfg.max_pixels())  # fmt: skip
+    loader = FolderLoader(trios, num_classes, options, cfg.background, cfg.max_pixels())
     return Tuning(ids, num_classes, loader, setup)
+
+
+def _first_class_count(score_files: list[str], cfg) -> int:
+    """The class count of the first readable score file (unreadable ones are skipped later, as
+    bad items); the first one's error when none can be read."""
+    from deeplabv1.cli.crf_files import load_scores
+
+    first = None
+    for path in score_files:
+        try:
+            return load_scores(path, cfg.probabilities, cfg.channels_last).shape[0]
+        except DeepLabError as exc:
+            first = first or exc
+    raise first
 
 
 def unary_record(images: list, num_classes: int) -> dict:

@@ -44,10 +44,15 @@ MAX_PIXELS = 40_000_000
 _MODE_NAMES = {"F": "32-bit floating point: no defined 0-255 scale"}
 
 
+def _pixels(n: int, fmt: str) -> str:
+    """``n`` pixels in megapixels (format ``fmt``), or counted where that would round to 0."""
+    return f"{n / 1e6:{fmt}} megapixels" if n >= 100_000 else f"{n:,} pixels"
+
+
 def _too_large(path: Path, width: int, height: int, max_pixels: int) -> DeepLabError:
     return DeepLabError(
-        f"{path}: image is {width} x {height} = {width * height / 1e6:.1f} megapixels, over the "
-        f"limit of {max_pixels / 1e6:g} megapixels (--max-megapixels); scale it down first"
+        f"{path}: image is {width} x {height} = {_pixels(width * height, '.1f')}, over the "
+        f"limit of {_pixels(max_pixels, 'g')} (--max-megapixels); scale it down first"
     )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from deeplabv1.checkpoint import load_checkpoint
+from deeplabv1.checkpoint import load_checkpoint, weight_misfit
 from deeplabv1.data.classes import ClassInfo
 from deeplabv1.errors import DeepLabError
 from deeplabv1.train.config import TrainConfig, replace
@@ -84,11 +84,8 @@ def load_init_weights(
             tensor.copy_(src)
         elif _under(name, renewable):
             fresh.append(name)
-        elif src is None:
-            raise DeepLabError(f"{path}: lacks weight {name} of {model.arch} (width {model.width})")
         else:
-            raise DeepLabError(f"{path}: weight {name} has shape {tuple(src.shape)}, "
-                               f"{model.arch} (width {model.width}) needs {tuple(tensor.shape)}")
+            raise weight_misfit(path, model, name, src, tensor)
     return fresh
 
 
