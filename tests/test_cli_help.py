@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from deeplabv1.cli import build_parser
+from deeplabv1.cli import build_parser, main
 
 
 def _parsers() -> dict[str, argparse.ArgumentParser]:
@@ -92,3 +92,17 @@ def test_help_points_to_nothing_the_wheel_lacks():
         assert "configs/" not in text, f"deeplabv1 {name} --help names a repository folder"
     top = PARSERS[""].format_help()
     assert "deeplabv1 COMMAND --help" in top and "--list-configs" in top
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["predict", "--progress", "false", "x.png"], "predict"),
+    (["data", "synth", "--out", "s", "--foo", "1"], "data synth"),
+    (["crf", "--no-such-flag"], "crf"),
+])  # fmt: skip
+def test_an_unknown_flag_names_the_command(argv, command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"deeplabv1 {command}: error: unrecognized arguments: ")
+    assert f"usage: deeplabv1 {command} " in err  # the command's usage, not the top level's

@@ -69,6 +69,15 @@ class Parser(argparse.ArgumentParser):
             formatter_class = RawDescriptionHelpFormatter
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse's; a command (a parser without sub-commands) refuses flags it does not
+        know itself, so that the error names it and shows its usage, not the top level's."""
+        parsed, extra = super().parse_known_args(args, namespace)
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        if extra and leaf and self.prog != "deeplabv1":
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
 
 # sub-command module, in the order `deeplabv1 --help` lists them
 COMMAND_MODULES = (
