@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import email
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from source_tree import copy_source
 
 REPO = Path(__file__).resolve().parents[1]
 PIP_ENV = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
@@ -32,11 +32,7 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     pytest.importorskip("setuptools", reason="building the wheel needs setuptools")
-    src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "src", src / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))  # fmt: skip
+    src = copy_source(tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
           "--no-index", "--quiet", "-w", out, src], env=PIP_ENV)  # fmt: skip
