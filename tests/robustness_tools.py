@@ -77,7 +77,8 @@ def on_small_disk(mount: Path, command: list, *, size: str = "64k", read_only: b
     return proc.returncode, err.read_text(), files
 
 
-def tiny_checkpoint(path: Path, *, nan: bool = False, num_classes: int = 3) -> Path:
+def tiny_checkpoint(path: Path, *, nan: bool = False, num_classes: int = 3,
+                    width: float = 0.0625) -> Path:  # fmt: skip
     """A deeplab-largefov checkpoint at width 1/16 (optionally with NaN weights)."""
     import torch
 
@@ -85,11 +86,11 @@ def tiny_checkpoint(path: Path, *, nan: bool = False, num_classes: int = 3) -> P
     from deeplabv1.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("deeplab-largefov", num_classes=num_classes, width=0.0625)
+    model = build_model("deeplab-largefov", num_classes=num_classes, width=width)
     state = model.state_dict()
     if nan:
         state = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
-    save_checkpoint(path, state, arch="deeplab-largefov", num_classes=num_classes, width=0.0625)
+    save_checkpoint(path, state, arch="deeplab-largefov", num_classes=num_classes, width=width)
     return path
 
 

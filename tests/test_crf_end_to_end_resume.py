@@ -120,6 +120,42 @@ def test_resume_from_a_snapshot_is_bit_identical(synth_root, tmp_path, straight)
     assert not torch.equal(other["model"]["fc8.weight"], final["model"]["fc8.weight"])
 
 
+def _files(folder) -> dict:
+    """Every file under ``folder`` (not the lock, nor the list of deeplabv1's files) by path."""
+    from deeplabv1.io import OUTPUTS_LIST
+    from deeplabv1.rundir import LOCK_NAME
+
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in (LOCK_NAME, OUTPUTS_LIST)}  # fmt: skip
+
+
+def test_overwrite_from_another_snapshot_replaces_the_earlier_run(synth_root, tmp_path, straight,
+                                                                   monkeypatch):  # fmt: skip
+    """`overwrite` with `resume: <another run's joint-stage snapshot>` (stage 1 skipped) replaces
+    the earlier run in out_dir as a fresh start does: put back as it was when the stage stops
+    before its first checkpoint; else gone, the folder holding the new run only."""
+    out, final, log = straight
+    run = tmp_path / "run"
+    train(_cfg(synth_root, run, seed=1))  # the earlier run: stage 1 and the joint stage
+    before = _files(run)
+    assert {"config.yaml", "log.jsonl", "final.pt", "crf/checkpoint_000002.pt", "crf/final.pt",
+            "crf/log.jsonl"} == before.keys()  # fmt: skip
+    cfg = _cfg(synth_root, run, resume=str(out / "crf" / "checkpoint_000002.pt"), overwrite=True)
+
+    def crashing(*args):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(crf_finetune, "full_resolution", crashing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    assert _files(run) == before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".earlier-run")]
+    monkeypatch.undo()
+    _assert_same_training_state(final, load_checkpoint(train(cfg)))
+    assert sorted(_files(run)) == ["crf/final.pt", "crf/log.jsonl"]
+    assert _exact(read_log(run / "crf" / "log.jsonl")) == _exact(log[2:])
+
+
 def test_crash_keeps_earlier_results_and_auto_resume_matches(synth_root, tmp_path, straight,
                                                              monkeypatch):  # fmt: skip
     """A crash in iteration 4 leaves stage 1 and the snapshot; resume: auto finishes exactly."""

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from robustness_tools import CLI, assert_one_line_error, cli, on_small_disk
+from robustness_tools import CLI, assert_one_line_error, cli, on_small_disk, tiny_checkpoint
 
 from deeplabv1.checkpoint import load_checkpoint
+from deeplabv1.io import OUTPUTS_LIST, is_ours
 from deeplabv1.rundir import LOCK_NAME
+from deeplabv1.train.logger import read_log
 
 TRAIN = ["train", "--arch", "deeplab-largefov", "--width", "0.0625", "--split", "train",
          "--crop-size", "41", "--batch-size", "2", "--log-every", "1", "--workers", "0",
@@ -252,6 +254,78 @@ def test_overwrite_deletes_only_the_checkpoints_train_wrote(synth_root, tmp_path
     left = sorted(p.name for p in run.glob("checkpoint_*.pt"))
     assert left == ["checkpoint_000000.pt", "checkpoint_000001.pt"]
     assert load_checkpoint(run / "checkpoint_000001.pt")["config"]["seed"] == 2
+
+
+def _bad_start_over(what: str, synth_root, tmp_path) -> tuple[Path, dict, str]:
+    """The dataset and flags of a `train --overwrite` that must fail, and what its error names."""
+    root, flags = synth_root, {}
+    if what == "missing init":
+        flags["init"] = fragment = tmp_path / "typo.pt"
+    elif what == "non-torch init":
+        flags["init"] = fragment = tmp_path / "notes.pt"
+        fragment.write_text("not a checkpoint\n")
+    elif what == "init of another width":
+        flags["init"] = fragment = tiny_checkpoint(tmp_path / "wide.pt", width=0.125)
+    elif what == "missing split":
+        flags["split"] = "all"
+        fragment = "no list for split 'all'"
+    elif what == "crf settings":
+        flags.update(crf="end-to-end", crf_max_iter=0)
+        fragment = "crf_max_iter"
+    else:  # a dataset image cut short: its header reads, its pixels do not (in the first batches)
+        root, bad = _damaged_copy(synth_root, tmp_path, "image")
+        fragment = f"{bad}: cannot read image"
+    return root, flags, fragment
+
+
+@pytest.mark.parametrize("what", ["missing init", "non-torch init", "init of another width",
+                                  "missing split", "crf settings", "truncated image"])
+def test_overwrite_with_a_bad_input_keeps_the_earlier_run(synth_root, tmp_path, what):
+    """`train --overwrite` checks what it can (settings, --init against the network, the
+    dataset) before the earlier run makes way for it, and an error before the new run's first
+    checkpoint (an image that does not decode) puts the earlier run back: one error line, exit
+    status 2, and every file of the earlier run as it was, still train's own."""
+    run = tmp_path / "run"
+    first = cli(*_train_args(synth_root, run, seed=1, max_iter=3, checkpoint_every=1))
+    assert first.returncode == 0, first.stderr
+    before = _snapshot(run)
+    del before[OUTPUTS_LIST]  # the list of deeplabv1's files, which may grow
+    assert {"config.yaml", "log.jsonl", "final.pt", "checkpoint_000001.pt",
+            "checkpoint_000002.pt"} == before.keys()  # fmt: skip
+    root, flags, fragment = _bad_start_over(what, synth_root, tmp_path)
+    # the whole dataset is read before the new run's first checkpoint (final.pt)
+    proc = cli(*_train_args(root, run, seed=2, max_iter=4, checkpoint_every=0, overwrite="true",
+                            **flags))  # fmt: skip
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "train", str(fragment))
+    after = _snapshot(run)
+    assert after.pop(OUTPUTS_LIST)
+    assert after == before  # byte for byte, and nothing else left behind
+    assert sorted(p.name for p in run.iterdir()) == sorted([*before, LOCK_NAME, OUTPUTS_LIST])
+    assert all(is_ours(run / name) for name in before)  # train's own: replaced, pruned as before
+
+
+def test_overwrite_replaces_the_earlier_run_by_the_new_one(synth_root, tmp_path):
+    """A good `train --overwrite`: the earlier run's checkpoints are deleted (by the new run's
+    first checkpoint at the latest, never pruned or resumed as its own) and the folder holds the
+    new run only."""
+    run = tmp_path / "run"
+    first = cli(*_train_args(synth_root, run, seed=1, max_iter=5, checkpoint_every=1))
+    assert first.returncode == 0, first.stderr
+    assert len(list(run.glob("checkpoint_*.pt"))) == 4
+    proc = cli(*_train_args(synth_root, run, seed=2, max_iter=3, checkpoint_every=1,
+                            keep_checkpoints=1, overwrite="true"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    left = sorted(p.name for p in run.iterdir() if p.name not in (LOCK_NAME, OUTPUTS_LIST))
+    assert left == ["checkpoint_000002.pt", "config.yaml", "final.pt", "log.jsonl"]
+    for name in ("checkpoint_000002.pt", "final.pt"):
+        assert load_checkpoint(run / name)["config"]["seed"] == 2
+    assert "seed: 2" in (run / "config.yaml").read_text()
+    assert [r["iter"] for r in read_log(run / "log.jsonl")] == [1, 2, 3]
+    more = cli(*_train_args(synth_root, run, seed=2, max_iter=4, checkpoint_every=1,
+                            keep_checkpoints=1, resume="auto"))  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert load_checkpoint(run / "final.pt")["iteration"] == 4
 
 
 def test_resume_auto_from_the_console_passes_over_a_damaged_checkpoint(synth_root, tmp_path):

@@ -65,6 +65,20 @@ def test_bad_settings_name_the_problem():
         config_from_dict(TrainConfig, {"lr": 0.1})
 
 
+def test_the_joint_crf_stage_settings_are_checked_before_stage_1():
+    """With crf end-to-end the joint stage's settings are refused by validate, before stage 1
+    trains (and before an earlier run in out_dir makes way); without it they are not used."""
+    for bad, match in [
+        ({"crf_max_iter": 0}, "crf_max_iter"),
+        ({"crf_train_iters": 0}, "crf_train_iters"),
+        ({"crf_test_iters": 0}, "crf_test_iters"),
+        ({"crf_normalization": "bogus"}, "crf_normalization .*'bogus'"),
+    ]:
+        with pytest.raises(DeepLabError, match=match):
+            TrainConfig(data_root="x", crf="end-to-end", **bad).validate()
+        TrainConfig(data_root="x", **bad).validate()
+
+
 def test_init_copies_trunk_and_renews_a_foreign_classifier(tmp_path):
     src = build_model("deeplab-largefov", width=0.0625, num_classes=5)
     with torch.no_grad():

@@ -172,6 +172,17 @@ class TrainConfig:
             (self.val_fraction is None or 0 < self.val_fraction < 1,
              "val_fraction must lie in (0, 1)"),
         ]
+        if self.crf == "end-to-end":  # the joint stage's settings, checked before stage 1
+            from deeplabv1.crf.torch.meanfield import NORMALIZATIONS
+
+            checks += [
+                (self.crf_max_iter >= 1, "crf_max_iter must be >= 1"),
+                (self.crf_train_iters >= 1, "crf_train_iters must be >= 1"),
+                (self.crf_test_iters >= 1, "crf_test_iters must be >= 1"),
+                (self.crf_normalization in NORMALIZATIONS,
+                 f"crf_normalization must be one of {', '.join(NORMALIZATIONS)}, got "
+                 f"{self.crf_normalization!r}"),
+            ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise DeepLabError(f"train config: {message}")

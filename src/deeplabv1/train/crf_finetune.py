@@ -179,17 +179,22 @@ def _freeze_like_stage1(model, cfg, ckpt: dict) -> list[str]:
     return [f"CRF stage, MSc, as in stage 1: {msc_training(model)}"]
 
 
-def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | None = None) -> Path:
+def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | None = None, *,
+                 earlier=None) -> Path:  # fmt: skip
     """Joint fine-tuning from the stage-1 checkpoint; returns ``<out_dir>/crf/final.pt``.
 
     ``cfg`` is the run's TrainConfig (data, batch, device, seed, out_dir, checkpoint_every,
     keep_checkpoints, resume, ...); ``settings`` default to ``stage_settings(cfg)``. With
     ``cfg.resume`` set (see the module docstring) the stage continues from its own checkpoint
     exactly: same parameters, optimizer, data stream and RNG states as an uninterrupted run.
+    ``earlier``: the earlier run in ``cfg.out_dir`` that this one replaces when it starts with
+    this stage (``loop.EarlierRun``: set aside right before the stage first writes, deleted
+    right before its first checkpoint).
     """
     from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
     from deeplabv1.config import config_to_dict
     from deeplabv1.crf.torch.layer import CRFLayer
+    from deeplabv1.crf.torch.meanfield import NORMALIZATIONS
     from deeplabv1.train.build import build_dataset
     from deeplabv1.train.config import replace
     from deeplabv1.train.distributed import resolve_device
@@ -203,6 +208,9 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
         return final
     if s.crf_max_iter < 1 or s.crf_train_iters < 1 or s.crf_test_iters < 1:
         raise DeepLabError("train config: crf_max_iter, crf_train_iters, crf_test_iters >= 1")
+    if s.crf_normalization not in NORMALIZATIONS:  # (TrainConfig.validate: before stage 1)
+        raise DeepLabError(f"train config: crf_normalization must be one of "
+                           f"{', '.join(NORMALIZATIONS)}, got {s.crf_normalization!r}")  # fmt: skip
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -248,6 +256,8 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                                          num_workers=cfg.workers, drop_last=True,
                                          generator=torch.Generator().manual_seed(cfg.seed + 1))
+    if earlier is not None:  # everything checked: the earlier run makes way
+        earlier.set_aside()
     out_dir.mkdir(parents=True, exist_ok=True)
     logger = TrainLogger(out_dir, start_iter=start_iter, max_iter=s.crf_max_iter,
                          progress=cfg.progress, tensorboard=cfg.tensorboard)  # fmt: skip
@@ -256,6 +266,8 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
         logger.message(note)
 
     def save(path: Path, iteration: int) -> None:
+        if earlier is not None:
+            earlier.discard()
         st.save_training_checkpoint(
             path, model, config=config_to_dict(cfg), optimizer=optimizer, scheduler=scheduler,
             iteration=iteration, data_position=position, rng=[st.get_rng_state()],
