@@ -1,9 +1,12 @@
 """The CPU engine of the dense CRF: numpy arrays and numba-compiled kernels, never torch.
 
-- :mod:`.lattice`: the permutohedral lattice (build, cache, filter) on numpy arrays;
+- :mod:`.build` and :mod:`.cache`: the permutohedral lattice's tables from the features,
+  cached per feature array; :mod:`.lattice`: filtering with them (splat, blur, slice);
 - :mod:`.meanfield`: mean-field inference over lattice terms (Potts, diagonal and matrix
-  compatibilities), one fused pass over the pixels per iteration;
-- :mod:`.kernels`: the numba kernels both run.
+  compatibilities), one fused pass over the pixels per iteration (:mod:`.fused`);
+- the numba kernels: :mod:`.build_kernels`, :mod:`.filter_kernels`, :mod:`.fused`, with
+  their 8-lane vector helpers in :mod:`.simd`, :mod:`.simd_rows`, :mod:`.simd_vertices`;
+  :mod:`.jit` (compile options, kernel cache) and :mod:`.threads` (running them on threads).
 
 The pydensecrf drop-in, ``deeplab_crf_np`` and ``deeplabv1 crf`` run on it; the torch side
 (:mod:`deeplabv1.crf.torch`) hands CPU tensors to it too. The kernel modules (and numba with

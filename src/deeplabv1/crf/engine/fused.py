@@ -8,7 +8,7 @@ two. Two kernels, the same arithmetic in the same order (the same bits):
 - ``fused_step_wide`` for label rows padded to a multiple of 8 (8 labels and more): slices,
   splats (simd_vertices.py) and the softmax's row work (simd_rows.py) in 8-lane vectors (measured at
   500x375, 21 labels, one thread: the pass 18.9 -> 16.4 ms with the softmax rows as vectors),
-  lattice rows prefetched a few pixels ahead;
+  splat rows prefetched a few pixels ahead;
 - ``fused_step`` for any row width (a few labels, unpadded): scalar loops that LLVM
   vectorises, the exp over blocks of pixels.
 
@@ -24,7 +24,6 @@ from deeplabv1.crf.engine.simd import (
     EXP,
     LOW,
     axpy8,
-    prefetch_read,
     prefetch_stream,
     prefetch_write,
 )
@@ -40,8 +39,11 @@ _LN2_HI, _LN2_LO, _C, _BIAS = EXP["ln2_hi"], EXP["ln2_lo"], EXP["coef"], EXP["bi
 # label-major output block by block (measured at 500x375, 21 labels, one thread: a pass
 # 16.9 / 15.9 / 14.5 / 13.9 / 13.8 ms with blocks of 8 / 16 / 32 / 64 / 128 pixels).
 _BLOCK = 64
-# Pixels ahead whose lattice rows the wide kernel prefetches (measured at 500x375, 21 labels,
-# one thread: the pass 28.0 -> 25.3 ms median with 4, 25.3 with 8, 26.1 with 16).
+# Pixels ahead whose splat rows the wide kernel prefetches for writing (measured at 500x375,
+# 21 labels, one thread: the pass 28.0 -> 25.3 ms median with 4, 25.3 with 8, 26.1 with 16).
+# The slice rows are not prefetched: since the pixel streams go around the caches the
+# lattices mostly stay in them, and the prefetches only cost instructions (whole CRFs, 80
+# alternating runs: 203 -> 190 ms one thread, 152 -> 138 ms two threads at the first quartile).
 _AHEAD = 4
 # Pixels ahead whose rows of the pixel streams (unary, vertex ids, weights) both kernels
 # prefetch non-temporally: read once a pass, they then no longer push the lattices out of
@@ -92,10 +94,10 @@ def fused_step_wide(
     offs2, wts2, post2, alpha2, lat2, bary2, acc2, store, qt, c, lo, hi
 ):  # pragma: no cover - compiled
     """``fused_step`` for rows of Cp = a multiple of 8 floats: slices and splats in 8-lane
-    vectors, lattice rows prefetched a few pixels ahead; the unary (P, Cp) holds the padding
+    vectors, splat rows prefetched a few pixels ahead; the unary (P, Cp) holds the padding
     energy meanfield.PAD in its columns c.. (the same bits)."""
     cp = q.shape[1]
-    slicing, splatting = wts.shape[1] > 0, bary.shape[1] > 0
+    splatting = bary.shape[1] > 0
     if splatting:
         acc[: acc.shape[0] - 1] = 0
     if bary2.shape[1] > 0:
@@ -125,15 +127,6 @@ def fused_step_wide(
                 if (pn & 15) == 0:  # 16 floats a line
                     prefetch_stream(post, min(pn, post.shape[0] - 1))
                     prefetch_stream(post2, min(pn, post2.shape[0] - 1))
-            if slicing and p + _AHEAD < hi:  # the slice rows of a pixel ahead
-                for r in range(offs.shape[1]):
-                    base = offs[p + _AHEAD, r] * cp
-                    prefetch_read(lat, base)
-                    prefetch_read(lat, base + cp - 1)
-                for r in range(offs2.shape[1]):
-                    base = offs2[p + _AHEAD, r] * cp
-                    prefetch_read(lat2, base)
-                    prefetch_read(lat2, base + cp - 1)
             # the slices, in vertex order (helpers taking arrays would cost reference
             # counting per call: written out here)
             if nv == 6:
