@@ -188,7 +188,7 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     ``cfg.resume`` set (see the module docstring) the stage continues from its own checkpoint
     exactly: same parameters, optimizer, data stream and RNG states as an uninterrupted run.
     ``earlier``: the earlier run in ``cfg.out_dir`` that this one replaces when it starts with
-    this stage (``loop.EarlierRun``: set aside right before the stage first writes, deleted
+    this stage (``run_folder.EarlierRun``: set aside right before the stage first writes, deleted
     right before its first checkpoint).
     """
     from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
