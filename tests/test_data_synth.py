@@ -178,7 +178,7 @@ def test_cli_synth_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys) -> 
     assert detect_layout(out) == ("voc", out)
 
 
-def test_cli_synth_rewrite_with_fewer_images_leaves_no_stale_ones(tmp_path: Path) -> None:
+def test_cli_synth_rewrite_with_fewer_images_leaves_no_stale_ones(tmp_path: Path, capsys) -> None:
     out = tmp_path / "synth"
     assert main(["data", "synth", "--out", str(out), "--num", "5", "--size", "16", "16"]) == 0
     mine = out / "JPEGImages" / "synth_00004_notes.jpg"  # not a name synth gives: kept
@@ -189,6 +189,18 @@ def test_cli_synth_rewrite_with_fewer_images_leaves_no_stale_ones(tmp_path: Path
     assert sorted(p.name for p in (out / "JPEGImages").glob("*.jpg")) == sorted(
         [f"{i}.jpg" for i in ids] + [mine.name])
     assert read_ids(out / "ImageSets" / "Segmentation" / "trainval.txt") == ids
+    # a file past --num that was changed since synth wrote it is kept, and named
+    assert main(["data", "synth", "--out", str(out), "--num", "3", "--size", "16", "16"]) == 0
+    assert main(["data", "synth", "--out", str(out), "--num", "5", "--size", "16", "16"]) == 0
+    edited = out / "SegmentationClass" / "synth_00004.png"
+    with edited.open("ab") as f:
+        f.write(b"my annotation work")
+    content = edited.read_bytes()
+    capsys.readouterr()
+    assert main(["data", "synth", "--out", str(out), "--num", "3", "--size", "16", "16"]) == 0
+    assert edited.read_bytes() == content
+    assert "kept SegmentationClass/synth_00004.png" in capsys.readouterr().err
+    assert not (out / "JPEGImages" / "synth_00004.jpg").exists()  # unchanged: deleted
 
 
 def test_a_folder_with_both_layouts_is_an_error(tmp_path: Path, capsys) -> None:

@@ -26,6 +26,8 @@ from deeplabv1.train.loop import train
     ("batch_size: 2\n", ["--seed", "-1"], "train config: seed must be >= 0"),  # the flag's
     ("max_iter: 2\nseed: 1\nmax_iter: 3\n", [],
      "c.yaml:3:1: not valid YAML: duplicate key 'max_iter' (first on line 1)"),
+    ("{max_iter: 2, max_iter: 3}\n", [],
+     "c.yaml:1:15: not valid YAML: duplicate key 'max_iter' (first on line 1)"),
 ])  # fmt: skip
 def test_train_settings_are_checked_before_anything_runs(tmp_path, capsys, yaml_text, flags,
                                                          words):  # fmt: skip
@@ -50,6 +52,16 @@ def test_python_configs_of_the_wrong_type_name_the_setting(tmp_path):
         train(cfg)
     with pytest.raises(DeepLabError, match="batch_size must be an integer, got True"):
         TrainConfig(data_root="x", batch_size=True).validate()
+
+
+def test_a_bad_flag_is_not_blamed_on_the_config_file(tmp_path, capsys):
+    config = tmp_path / "p.yaml"
+    config.write_text("crf: true\n")  # the file sets crf; --crf-iters comes from the flag
+    argv = ["predict", "--config", str(config), "--weights", str(tmp_path / "m.pt"), "-o",
+            str(tmp_path / "o"), "--crf-iters", "-1", str(tmp_path / "a.jpg")]  # fmt: skip
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "predict",
+                          "predict: crf_iters (--crf-iters) must be >= 0")  # fmt: skip
 
 
 @pytest.mark.parametrize("command", ["predict", "eval"])

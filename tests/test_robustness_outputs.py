@@ -132,20 +132,29 @@ def test_a_refused_command_leaves_the_folders_as_they_were(tmp_path, capsys):
         assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == before
 
 
-def test_a_lock_file_removed_by_its_holder_is_not_held(tmp_path):
+def test_a_lock_file_removed_by_its_holder_is_not_held(tmp_path, monkeypatch):
     """A run that opened the lock file just before a refused run removed it takes the folder's
     new lock file, so two runs never both hold the folder."""
+    from deeplabv1 import rundir
     from deeplabv1.rundir import LOCK_NAME, RunLock
 
     first = RunLock(tmp_path).acquire()
     stale = os.open(tmp_path / LOCK_NAME, os.O_RDWR)  # a second run's open, before the removal
     (tmp_path / LOCK_NAME).unlink()
     first.release()
-    from deeplabv1 import rundir
-
     assert rundir._try_lock(stale)  # the removed file's lock is free ...
     assert not rundir._is_file_at(stale, tmp_path / LOCK_NAME)  # ... but no longer the folder's
+    opened = []
+    real_open = os.open
+
+    def open_stale_first(path, flags, mode=0o777):  # acquire's open lands on the removed file
+        opened.append(path)
+        return os.dup(stale) if len(opened) == 1 else real_open(path, flags, mode)
+
+    monkeypatch.setattr(rundir.os, "open", open_stale_first)
     second = RunLock(tmp_path).acquire()
+    monkeypatch.undo()
+    assert len(opened) == 2  # it noticed, and opened the folder's lock file anew
     assert rundir._is_file_at(second._fd, tmp_path / LOCK_NAME)
     with pytest.raises(Exception, match="in use by another deeplabv1 run|this very command"):
         RunLock(tmp_path).acquire()

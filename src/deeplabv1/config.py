@@ -295,12 +295,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
                 continue
             key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
             try:
-                first = seen.setdefault(key, line)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: the base class says so
                 break
-            if first != line:
+            seen[key] = key_node.start_mark.line + 1
+            if first is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first on line {first})",
                     key_node.start_mark)  # fmt: skip
@@ -359,7 +359,7 @@ def _check_file_values(cfg: Any, keys: set[str], source: str) -> None:
     except DeepLabError as exc:
         message = str(exc)
         named = [k for k in keys if re.search(rf"(?<![\w-]){k}(?!\w)", message)
-                 or _flag(k) in message]  # fmt: skip
+                 or re.search(rf"{re.escape(_flag(k))}(?![\w-])", message)]  # fmt: skip
         if named:
             # "<command>: <setting> must be ..." -> "<file>: <setting> must be ..."
             raise DeepLabError(f"{source}: {message.split(': ', 1)[-1]}") from None

@@ -146,7 +146,12 @@ def run_synth(args: argparse.Namespace) -> int:
                                   void_width=cfg.void_width)  # fmt: skip
         # the folder is new or synth's own (run_directory checked): its earlier images past
         # --num would otherwise stay beside the new ones
-        remove_stale_samples(root, cfg.num)
+        _, kept = remove_stale_samples(root, cfg.num)
+        if kept:
+            shown = ", ".join(str(p.relative_to(root)) for p in kept[:3])
+            more = f" and {len(kept) - 3} more" if len(kept) > 3 else ""
+            print(f"deeplabv1 data synth: note: kept {shown}{more} (past --num {cfg.num}, but "
+                  "changed since data synth wrote them, so not deleted)", file=sys.stderr)
         save_config(cfg, root / SYNTH_CONFIG_NAME)
     print(f"wrote {cfg.num} images ({cfg.size[0]}x{cfg.size[1]}) to {root} in "
           f"{time.perf_counter() - start:.1f} s; config: {root / SYNTH_CONFIG_NAME}")

@@ -22,7 +22,7 @@ from scipy import ndimage
 from deeplabv1.data.palette import IGNORE_INDEX, VOC_CLASSES, save_label_png
 from deeplabv1.data.voc import SEGMENTATION_LISTS, write_ids
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import atomic_path, atomic_write_text
+from deeplabv1.io import atomic_path, atomic_write_text, is_ours
 
 SHAPES = ("ellipse", "polygon", "blob")
 
@@ -175,19 +175,24 @@ def make_synthetic_voc(
     return root
 
 
-def remove_stale_samples(root: str | os.PathLike, num_images: int) -> list[Path]:
+def remove_stale_samples(root: str | os.PathLike,
+                         num_images: int) -> tuple[list[Path], list[Path]]:
     """Delete the images and labels an earlier ``make_synthetic_voc`` wrote under ``root`` with
     ids from ``num_images`` on (a rewrite with fewer images would otherwise leave them beside
-    the new ones); only files named as it names them. Returns the deleted paths."""
+    the new ones): files named as it names them that deeplabv1 wrote and that are unchanged
+    since. Returns (the deleted paths, those kept: changed since, or not deeplabv1's)."""
     root = Path(root)
-    gone = []
+    gone, kept = [], []
     for folder, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
         for path in sorted((root / folder).glob(f"synth_*{suffix}")):
             index = path.stem[len("synth_"):]
             if len(index) == 5 and index.isdigit() and int(index) >= num_images:
-                path.unlink()
-                gone.append(path)
-    return gone
+                if is_ours(path):
+                    path.unlink()
+                    gone.append(path)
+                else:
+                    kept.append(path)
+    return gone, kept
 
 
 def make_synthetic_folder(
