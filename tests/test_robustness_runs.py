@@ -352,3 +352,104 @@ def test_resume_auto_from_the_console_passes_over_a_damaged_checkpoint(synth_roo
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, "train", f"{out}: nothing to resume from", "final.pt",
                           "the file is empty", "--resume PATH")  # fmt: skip
+
+
+def _overwrite_stopped_at_set_aside(synth_root, tmp_path, sig) -> tuple[Path, dict, str, int]:
+    """An earlier run, then a `train --overwrite` over it stopped by ``sig`` once it has set the
+    earlier run aside (before its first checkpoint): (folder, earlier files, stderr, status)."""
+    run = tmp_path / "run"
+    first = cli(*_train_args(synth_root, run, seed=1, max_iter=3, checkpoint_every=1))
+    assert first.returncode == 0, first.stderr
+    before = _snapshot(run)
+    del before[OUTPUTS_LIST]  # the list of deeplabv1's files, which may grow
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([*CLI, *_train_args(synth_root, run, seed=2, max_iter=1_000_000,
+                                                    checkpoint_every=100_000, overwrite="true")],
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not list(run.glob(".earlier-run.*.tmp")):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
+                time.sleep(0.02)
+            time.sleep(0.5)  # into the training iterations
+            os.kill(proc.pid, sig)
+            status = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    return run, before, stderr, status
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_overwrite_terminated_before_its_first_checkpoint_puts_the_earlier_run_back(
+        synth_root, tmp_path, sig):  # fmt: skip
+    """SIGTERM or SIGHUP (`kill`, a closed terminal, `timeout`, a preempted job) of a `train
+    --overwrite` before its first checkpoint is like Ctrl-C: the earlier run is put back byte for
+    byte, no hidden folder stays, and the command ends in one line with status 128 + signal."""
+    run, before, stderr, status = _overwrite_stopped_at_set_aside(synth_root, tmp_path, sig)
+    assert status == 128 + sig, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("deeplabv1 train: ")]
+    assert lines[-1].startswith("deeplabv1 train: terminated"), stderr
+    assert "the earlier run is back" in stderr
+    after = _snapshot(run)
+    assert after.pop(OUTPUTS_LIST)
+    assert after == before
+    assert sorted(p.name for p in run.iterdir()) == sorted([*before, LOCK_NAME, OUTPUTS_LIST])
+
+
+def test_overwrite_killed_before_its_first_checkpoint_leaves_the_earlier_run_to_resume(
+        synth_root, tmp_path):  # fmt: skip
+    """kill -9 (or a power cut) of a `train --overwrite` before its first checkpoint leaves the
+    earlier run set aside in a hidden folder: the next `train` into the folder puts it back
+    (saying so), and `--resume auto` then continues it, nothing of it lost."""
+    run, before, _, status = _overwrite_stopped_at_set_aside(synth_root, tmp_path, signal.SIGKILL)
+    assert status == -signal.SIGKILL
+    assert len(list(run.glob(".earlier-run.*.tmp"))) == 1
+    assert "seed: 2" in (run / "config.yaml").read_text()  # the killed run's own
+    proc = cli(*_train_args(synth_root, run, seed=1, max_iter=5, checkpoint_every=1,
+                            resume="auto"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "put back" in line]
+    assert len(notes) == 1 and "earlier run" in notes[0], proc.stderr
+    assert not list(run.glob(".*.tmp"))
+    # resumed (iterations 4 and 5 after the earlier run's 1 to 3), not trained from scratch
+    assert load_checkpoint(run / "final.pt")["iteration"] == 5
+    assert [r["iter"] for r in read_log(run / "log.jsonl")] == [1, 2, 3, 4, 5]
+    for name in ("checkpoint_000001.pt", "checkpoint_000002.pt"):
+        assert (run / name).read_bytes() == before[name]
+    assert "seed: 1" in (run / "config.yaml").read_text()
+
+
+def test_a_set_aside_earlier_run_is_not_a_stale_temporary(tmp_path):
+    """The generic cleanup of dead processes' temporaries (every command) leaves an earlier run
+    set aside by a killed `train --overwrite` for `train` to put back."""
+    from deeplabv1.io import HOST_TAG, remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    aside = tmp_path / f".earlier-run.{dead.pid}-{HOST_TAG}-abcd1234.tmp"
+    aside.mkdir()
+    (aside / "final.pt").write_bytes(b"the earlier run")
+    stale = tmp_path / f".final.pt.{dead.pid}-{HOST_TAG}-abcd1234.tmp"
+    stale.write_bytes(b"half written")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert (aside / "final.pt").read_bytes() == b"the earlier run"
+
+
+def test_train_takes_sigterm_and_sighup_only_while_it_runs():
+    """The handlers that turn SIGTERM and SIGHUP into an exception are train's for its duration
+    only: the previous ones come back after it, also when the signal ended it."""
+    from deeplabv1.cli.train import terminate_as_interrupt
+    from deeplabv1.errors import Terminated
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in before:
+        with pytest.raises(Terminated) as caught, terminate_as_interrupt():
+            os.kill(os.getpid(), sig)
+            time.sleep(5)
+        assert caught.value.signum == sig
+        assert {s: signal.getsignal(s) for s in before} == before

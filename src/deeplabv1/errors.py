@@ -15,6 +15,15 @@ class DeepLabError(ValueError):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP of a command that turns them into an exception (``train``), taken like
+    Ctrl-C: the same cleanup runs; the CLI ends in one line with status 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def error_message(exc: BaseException) -> str:
     """The message of ``exc`` to show a user: a DeepLabError raised in a DataLoader worker
     process comes back wrapped in the worker's traceback; this is its own one line again."""

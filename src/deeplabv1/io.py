@@ -47,6 +47,7 @@ OUTPUTS_LIST = ".deeplabv1-outputs"
 HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
 # .<name>.<pid>-<host tag>-<tempfile's 8 random characters>.tmp (see temporary_prefix)
 TEMP_NAME = re.compile(r"^\..+\.(\d+)-([0-9a-f]{8})-[a-z0-9_]{8}\.tmp$")
+SET_ASIDE = ".earlier-run."  # an earlier run that `train --overwrite` set aside (temporary_prefix)
 _HINTS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "over the disk quota",
@@ -114,15 +115,17 @@ def is_stale_temporary(name: str) -> bool:
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the stale temporaries (``is_stale_temporary``) in ``folder`` itself, files or
-    (an interrupted extraction's) folders; subfolders are not searched. Returns what went."""
+    (an interrupted extraction's) folders; subfolders are not searched. Returns what went.
+    Never an earlier run set aside by ``train --overwrite`` (``SET_ASIDE``), which ``train``
+    puts back (``train.run_folder``)."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        if not is_stale_temporary(entry.name):
-            continue
+        if not is_stale_temporary(entry.name) or entry.name.startswith(SET_ASIDE):
+            continue  # an earlier run that a killed `train --overwrite` set aside: train's
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from deeplabv1 import __version__
-from deeplabv1.errors import DeepLabError, error_message, os_error_message
+from deeplabv1.errors import DeepLabError, Terminated, error_message, os_error_message
 
 EPILOG = """\
 Run `deeplabv1 COMMAND --help` for a command's options and their defaults. Paper configs ship
@@ -161,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a file the command could not read or write: name it, no traceback
         report_error(args.command, os_error_message(exc), exc)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):  # SIGTERM, SIGHUP (train): 128 + the signal
+            name = signal.Signals(exc.signum).name
+            print(f"deeplabv1 {args.command}: terminated ({name})", file=sys.stderr)
+            return 128 + exc.signum
         print(f"deeplabv1 {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -87,6 +87,7 @@ def train(cfg: TrainConfig) -> Path:
     dataset = {"--data-root": input_folders(cfg.data_root, cfg.label_dir, cfg.split)}
     with run_directory(out_dir, inputs=inputs, input_folders=dataset, overwrite=cfg.overwrite,
                        flag="--out-dir", command="train"):  # fmt: skip
+        run_folder.put_back_set_aside(out_dir)  # by a `train --overwrite` killed outright
         check_outputs(run_folder.replaceable(out_dir, cfg.resume == "auto"))
         earlier = run_folder.start_over(cfg, out_dir)
         if earlier is None:

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
+import string
 import sys
 import tempfile
 from pathlib import Path
 
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import is_ours, temporary_prefix, write_error
+from deeplabv1.io import SET_ASIDE, TEMP_NAME, is_ours, temporary_prefix, write_error
 from deeplabv1.train import state as st
 from deeplabv1.train.config import TrainConfig
 
-__all__ = ["EarlierRun", "continues", "replaceable", "start_over"]
+__all__ = ["EarlierRun", "continues", "put_back_set_aside", "replaceable", "start_over"]
 
 
 def replaceable(out_dir: Path, resume_auto: bool = False) -> list[Path]:
@@ -75,10 +77,13 @@ class EarlierRun:
     folder in ``out_dir``, where pruning and ``resume: auto`` never look; checkpoint-named
     files deeplabv1 did not write stay (named on stderr). Right before the new run writes its
     first checkpoint, ``discard`` deletes them; should the new run stop before that (an error,
-    Ctrl-C), ``restore`` puts them back as they were, in place of the new run's config.yaml and
-    log. A run killed outright leaves the temporary folder
-    (``.earlier-run.<pid>-<host>-<random>.tmp``), which the next command into ``out_dir``
-    deletes like any temporary of a dead process (``deeplabv1.io``).
+    Ctrl-C, SIGTERM or SIGHUP: see ``cli.train``), ``restore`` puts them back as they were, in
+    place of the new run's config.yaml and log. A run killed outright (``kill -9``, a power cut)
+    leaves the temporary folder (``.earlier-run.<pid>-<host>-<random>.tmp``), which no command
+    deletes (``deeplabv1.io`` passes over it): the next ``train`` into ``out_dir`` puts it back
+    first (``put_back_set_aside``). So that such a folder always holds the whole earlier run,
+    ``discard`` renames it (``.discarded-run...tmp``, deleted like any temporary of a dead
+    process) before deleting it.
     """
 
     LOGS = ("config.yaml", "log.jsonl", "crf/log.jsonl")  # a new run writes them, checkpoints later
@@ -125,34 +130,78 @@ class EarlierRun:
         self.complete = True
 
     def discard(self) -> None:
-        """Delete the files set aside (right before this run writes its first checkpoint)."""
-        if self.aside is not None:
-            shutil.rmtree(self.aside, ignore_errors=True)
-            self.aside = None
+        """Delete the files set aside (right before this run writes its first checkpoint): the
+        folder is renamed first, in one step, so that a folder named ``.earlier-run...`` is
+        always the whole earlier run (see the class doc)."""
+        if self.aside is None:
+            return
+        random = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        gone = self.aside.with_name(f"{temporary_prefix('discarded-run')}{random}.tmp")
+        try:
+            os.rename(self.aside, gone)
+        except OSError as exc:  # this run stops; the earlier run is put back (restore)
+            raise write_error(self.aside, exc) from exc
+        self.aside = None
+        shutil.rmtree(gone, ignore_errors=True)
 
     def restore(self) -> None:
         """Put the files set aside back where they were, in place of the config.yaml and logs
         this run wrote (it stopped before writing a checkpoint)."""
-        if self.aside is None:
+        if self.aside is None or not self.aside.is_dir():  # (stopped while discarding it)
+            self.aside = None
             return
         for path in self.absent if self.complete else ():  # this run's own, if any
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
-        failed = []
-        for path in self.moved:
-            try:
-                os.replace(self._aside_path(path), path)
-            except OSError:
-                failed.append(path)
-        if failed:  # left where they are, for the user to move back
+        failed = _put_back(self.aside, self.out_dir)
+        if failed:  # left where they are, for the user (or the next train) to move back
             print(f"deeplabv1 train: note: could not put back {shown(failed, self.out_dir)}: "
-                  f"the earlier run's files are in {self.aside} (move them back before the next "
-                  "command into the folder, which deletes it)", file=sys.stderr)  # fmt: skip
+                  f"the earlier run's files are in {self.aside} (move them back, or the next "
+                  "`train` into the folder puts them back)", file=sys.stderr)  # fmt: skip
         else:
             shutil.rmtree(self.aside, ignore_errors=True)
             print(f"deeplabv1 train: note: {self.out_dir}: the earlier run is back as it was "
                   "(this run stopped before writing a checkpoint)", file=sys.stderr)  # fmt: skip
         self.aside = None
+
+
+def _put_back(aside: Path, out_dir: Path) -> list[Path]:
+    """Move every file of the set-aside folder ``aside`` back to its place in ``out_dir``,
+    replacing what is there; returns the places it could not move them to."""
+    failed = []
+    for dirpath, _, names in os.walk(aside):
+        for name in names:
+            source = Path(dirpath) / name
+            path = out_dir / source.relative_to(aside)
+            try:
+                path.parent.mkdir(exist_ok=True)
+                os.replace(source, path)
+            except OSError:
+                failed.append(path)
+    return failed
+
+
+def put_back_set_aside(out_dir: Path) -> None:
+    """Put back the earlier run that a ``train --overwrite`` killed outright (``kill -9``, a
+    power cut) left set aside in ``out_dir`` (``EarlierRun``), in place of the config.yaml and
+    logs that run wrote, saying so on stderr. Called by ``train`` holding the folder's lock
+    (so the run that set it aside has ended) before anything else is done there."""
+    try:
+        found = [e for e in os.scandir(out_dir) if e.name.startswith(SET_ASIDE)
+                 and TEMP_NAME.match(e.name) and e.is_dir(follow_symlinks=False)]  # fmt: skip
+    except OSError:
+        return
+    for entry in sorted(found, key=lambda e: e.stat(follow_symlinks=False).st_mtime):
+        aside = Path(entry.path)
+        failed = _put_back(aside, out_dir)
+        if failed:
+            raise DeepLabError(f"{aside}: holds an earlier run that a killed `train --overwrite` "
+                               f"set aside; could not put back {shown(failed, out_dir)} (move "
+                               "the files in it back into the folder)")  # fmt: skip
+        shutil.rmtree(aside, ignore_errors=True)
+        print(f"deeplabv1 train: note: {out_dir}: put back the earlier run that a killed "
+              f"`train --overwrite` had set aside ({entry.name}; it stopped before writing a "
+              "checkpoint)", file=sys.stderr)  # fmt: skip
 
 
 def shown(paths: list[Path], folder: Path) -> str:
