@@ -98,6 +98,7 @@ def test_help_points_to_nothing_the_wheel_lacks():
     (["predict", "--progress", "false", "x.png"], "predict"),
     (["data", "synth", "--out", "s", "--foo", "1"], "data synth"),
     (["crf", "--no-such-flag"], "crf"),
+    (["data", "--bogus", "synth", "--out", "s"], "data"),
 ])  # fmt: skip
 def test_an_unknown_flag_names_the_command(argv, command, capsys):
     with pytest.raises(SystemExit) as exit_:

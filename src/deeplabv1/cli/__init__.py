@@ -71,11 +71,11 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
-        """As argparse's; a command (a parser without sub-commands) refuses flags it does not
-        know itself, so that the error names it and shows its usage, not the top level's."""
+        """As argparse's; a command refuses flags it does not know itself, so that the error
+        names it and shows its usage, not the top level's. (A command's own sub-command has
+        refused its unknown flags first: what is left are this one's.)"""
         parsed, extra = super().parse_known_args(args, namespace)
-        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
-        if extra and leaf and self.prog != "deeplabv1":
+        if extra and self.prog != "deeplabv1":
             self.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed, extra
 
