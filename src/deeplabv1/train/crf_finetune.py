@@ -137,7 +137,7 @@ def _resume_state(cfg, out_dir: Path, stage1) -> tuple[st.ResumeFrom, dict | Non
     path = found.path
     if path is None:
         return found, None
-    ckpt = st.load_training_checkpoint(path)
+    ckpt = found.load()
     if not is_stage_checkpoint(ckpt):
         if cfg.resume == "auto":
             raise DeepLabError(f"{path}: not a checkpoint of the joint CRF stage")

@@ -152,7 +152,7 @@ def _train(cfg: TrainConfig, info: DistInfo, earlier: run_folder.EarlierRun | No
         for note in resume.notes():
             print(f"deeplabv1 train: note: {note}", file=sys.stderr)
     if resume_path is not None:
-        ckpt = st.load_training_checkpoint(resume_path)
+        ckpt = resume.load()
         notes += st.check_resume_settings(resume_path, ckpt, config_to_dict(cfg))
         try:
             model.load_state_dict(ckpt["model"], strict=True)

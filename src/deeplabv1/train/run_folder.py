@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
-import string
 import sys
 import tempfile
 from pathlib import Path
@@ -61,7 +59,7 @@ def start_over(cfg: TrainConfig, out_dir: Path) -> EarlierRun | None:
         return None
     if not cfg.overwrite:
         raise DeepLabError(f"--out-dir {out_dir}: holds an earlier training run "
-                           f"({shown(earlier, out_dir)}); pass --resume auto to continue it, "
+                           f"({_shown(earlier, out_dir)}); pass --resume auto to continue it, "
                            "--overwrite to start over (deleting the checkpoints train wrote "
                            "there), or choose another folder")  # fmt: skip
     return EarlierRun(out_dir)
@@ -91,7 +89,6 @@ class EarlierRun:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.aside: Path | None = None  # the temporary folder while the files are set aside
-        self.moved: list[Path] = []
         self.absent: list[Path] = []  # where a config.yaml or log is this run's, once set aside
         self.complete = False
 
@@ -110,7 +107,7 @@ class EarlierRun:
             if st.is_checkpoint_name(path.name) and path.is_file():
                 (ours if is_ours(path) else kept).append(path)
         if kept:
-            print(f"deeplabv1 train: note: kept {shown(kept, self.out_dir)} in {self.out_dir} "
+            print(f"deeplabv1 train: note: kept {_shown(kept, self.out_dir)} in {self.out_dir} "
                   "(not written by deeplabv1, so not deleted; this run replaces a file of the "
                   "same name when it writes one)", file=sys.stderr)  # fmt: skip
         try:
@@ -125,7 +122,6 @@ class EarlierRun:
             except OSError as exc:
                 self.restore()
                 raise write_error(path, exc) from exc
-            self.moved.append(path)
         self.absent += logs  # from now on, a file there is this run's
         self.complete = True
 
@@ -135,8 +131,7 @@ class EarlierRun:
         always the whole earlier run (see the class doc)."""
         if self.aside is None:
             return
-        random = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-        gone = self.aside.with_name(f"{temporary_prefix('discarded-run')}{random}.tmp")
+        gone = self.aside.with_name(self.aside.name.replace(SET_ASIDE, ".discarded-run.", 1))
         try:
             os.rename(self.aside, gone)
         except OSError as exc:  # this run stops; the earlier run is put back (restore)
@@ -155,7 +150,7 @@ class EarlierRun:
                 path.unlink(missing_ok=True)
         failed = _put_back(self.aside, self.out_dir)
         if failed:  # left where they are, for the user (or the next train) to move back
-            print(f"deeplabv1 train: note: could not put back {shown(failed, self.out_dir)}: "
+            print(f"deeplabv1 train: note: could not put back {_shown(failed, self.out_dir)}: "
                   f"the earlier run's files are in {self.aside} (move them back, or the next "
                   "`train` into the folder puts them back)", file=sys.stderr)  # fmt: skip
         else:
@@ -196,7 +191,7 @@ def put_back_set_aside(out_dir: Path) -> None:
         failed = _put_back(aside, out_dir)
         if failed:
             raise DeepLabError(f"{aside}: holds an earlier run that a killed `train --overwrite` "
-                               f"set aside; could not put back {shown(failed, out_dir)} (move "
+                               f"set aside; could not put back {_shown(failed, out_dir)} (move "
                                "the files in it back into the folder)")  # fmt: skip
         shutil.rmtree(aside, ignore_errors=True)
         print(f"deeplabv1 train: note: {out_dir}: put back the earlier run that a killed "
@@ -204,6 +199,7 @@ def put_back_set_aside(out_dir: Path) -> None:
               "checkpoint)", file=sys.stderr)  # fmt: skip
 
 
-def shown(paths: list[Path], folder: Path) -> str:
+def _shown(paths: list[Path], folder: Path) -> str:
+    """The first three of ``paths``, relative to ``folder``, and how many more."""
     shown = ", ".join(str(p.relative_to(folder)) for p in paths[:3])
     return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

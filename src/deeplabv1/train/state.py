@@ -62,6 +62,11 @@ class ResumeFrom(NamedTuple):
 
     path: Path | None
     passed_over: tuple[Unreadable, ...] = ()
+    loaded: dict | None = None  # the checkpoint's contents when choosing it loaded them
+
+    def load(self) -> dict:
+        """The checkpoint's contents (``load_training_checkpoint``), read once."""
+        return self.loaded if self.loaded is not None else load_training_checkpoint(self.path)
 
     def notes(self) -> list[str]:
         """One line per checkpoint passed over: which file, why, and what is resumed instead."""
@@ -104,22 +109,22 @@ def find_resume(out_dir: str | Path, resume: str) -> ResumeFrom:
         return ResumeFrom(path)
     final = Path(out_dir) / FINAL_NAME
     passed_over = []
-    final_iter = None  # final.pt's iteration when it loads
+    final_ckpt = None  # final.pt's contents when it loads
     if final.is_file():
         loaded = _try_load(final)
         if isinstance(loaded, Unreadable):  # its iteration is unknown: most likely the newest
             passed_over.append(loaded)
         else:
-            final_iter = int(loaded["iteration"])
+            final_ckpt = loaded
     for iteration, path in reversed(list_checkpoints(out_dir)):  # newest first
-        if final_iter is not None and iteration < final_iter:
+        if final_ckpt is not None and iteration < int(final_ckpt["iteration"]):
             break  # final.pt is newer than the rest
         loaded = _try_load(path)
         if not isinstance(loaded, Unreadable):
-            return ResumeFrom(path, tuple(passed_over))
+            return ResumeFrom(path, tuple(passed_over), loaded)
         passed_over.append(loaded)
-    if final_iter is not None:
-        return ResumeFrom(final, tuple(passed_over))
+    if final_ckpt is not None:
+        return ResumeFrom(final, tuple(passed_over), final_ckpt)
     if passed_over:
         first, n = passed_over[0], len(passed_over)
         count = "its checkpoint does not load" if n == 1 else f"none of its {n} checkpoints loads"
