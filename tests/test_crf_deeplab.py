@@ -252,3 +252,33 @@ def test_documented_crf_names_resolve():
     old = _resolve("deeplabv1.crf.layer")  # an earlier path: the same module object
     assert old is _resolve("deeplabv1.crf.torch.layer")
     assert old.CRFLayer is _resolve("deeplabv1.crf.CRFLayer")
+
+
+def test_learned_compatibilities_run_on_the_engine(monkeypatch):
+    """docs/crf.md: on the CPU deeplab_crf and deeplab_crf_np both run the torch-free engine,
+    learned (matrix) compatibilities included, with bitwise the same marginals; the torch
+    path (mean_field over deeplab_terms) gives them to float32 rounding."""
+    from deeplabv1.crf.deeplab import deeplab_crf_np
+    from deeplabv1.crf.torch import meanfield
+    from deeplabv1.crf.torch.learned import LearnedCRFParams
+
+    rng = np.random.default_rng(5)
+    mu = 1 - np.eye(3) + 0.3 * rng.normal(size=(3, 3))
+    mu = 0.5 * (mu + mu.T)
+    params = LearnedCRFParams(w1=4, sa=5, sb=20, w2=3, sg=2,
+                              compat=tuple(map(tuple, mu.tolist())))  # fmt: skip
+    scores = (rng.normal(size=(3, 12, 14)) * 2).astype(np.float32)
+    rgb = rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    ref = _torch_path(scores, rgb, params).numpy()
+
+    def no_torch_path(*args, **kwargs):
+        raise AssertionError("the torch path ran")
+
+    monkeypatch.setattr(meanfield, "mean_field", no_torch_path)
+    got = deeplab_crf(torch.from_numpy(scores), rgb, params).numpy()
+    np.testing.assert_array_equal(
+        got, deeplab_crf_np(scores, rgb, params, threads=torch.get_num_threads())
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    potts = deeplab_crf_np(scores, rgb, CRFParams(4, 5, 20, 3, 2))
+    assert np.abs(potts - got).max() > 1e-3  # the compatibility is used
