@@ -282,3 +282,28 @@ def test_learned_compatibilities_run_on_the_engine(monkeypatch):
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
     potts = deeplab_crf_np(scores, rgb, CRFParams(4, 5, 20, 3, 2))
     assert np.abs(potts - got).max() > 1e-3  # the compatibility is used
+
+
+def test_layout_table_names_the_files_there_are():
+    """docs/crf_lattice.md's layout table: every file it names exists, and every module of
+    src/deeplabv1/crf/ (packages' __init__.py aside) is in it. A row's bare file names are
+    in the folder of the row's first path (`engine/jit.py`, `threads.py`: engine/)."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "crf_lattice.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    crf = REPO / "src" / "deeplabv1" / "crf"
+    named = set()
+    for row in (line for line in table.splitlines() if line.startswith("| `")):
+        cells = row.split("|")[1:-1]
+        first = re.findall(r"`([\w./]+)`", cells[0])
+        folder = first[0].rsplit("/", 1)[0] + "/" if "/" in first[0] else ""
+        for name in re.findall(r"`([\w./]+\.py)`", " ".join(cells[:2])):
+            path = name if "/" in name else folder + name
+            named.add(path)
+            assert (crf / path).is_file(), f"{path} (named in crf_lattice.md) does not exist"
+    modules = {p.relative_to(crf).as_posix() for p in crf.rglob("*.py")}
+    modules -= {m for m in modules if m.endswith("/__init__.py")}
+    assert modules - named == set(), "modules the layout table does not name"
