@@ -252,3 +252,58 @@ def test_documented_crf_names_resolve():
     old = _resolve("deeplabv1.crf.layer")  # an earlier path: the same module object
     assert old is _resolve("deeplabv1.crf.torch.layer")
     assert old.CRFLayer is _resolve("deeplabv1.crf.CRFLayer")
+
+
+def test_learned_compatibilities_run_on_the_engine(monkeypatch):
+    """docs/crf.md: on the CPU deeplab_crf and deeplab_crf_np both run the torch-free engine,
+    learned (matrix) compatibilities included, with bitwise the same marginals; the torch
+    path (mean_field over deeplab_terms) gives them to float32 rounding."""
+    from deeplabv1.crf.deeplab import deeplab_crf_np
+    from deeplabv1.crf.torch import meanfield
+    from deeplabv1.crf.torch.learned import LearnedCRFParams
+
+    rng = np.random.default_rng(5)
+    mu = 1 - np.eye(3) + 0.3 * rng.normal(size=(3, 3))
+    mu = 0.5 * (mu + mu.T)
+    params = LearnedCRFParams(w1=4, sa=5, sb=20, w2=3, sg=2,
+                              compat=tuple(map(tuple, mu.tolist())))  # fmt: skip
+    scores = (rng.normal(size=(3, 12, 14)) * 2).astype(np.float32)
+    rgb = rng.integers(0, 256, (12, 14, 3), dtype=np.uint8)
+    ref = _torch_path(scores, rgb, params).numpy()
+
+    def no_torch_path(*args, **kwargs):
+        raise AssertionError("the torch path ran")
+
+    monkeypatch.setattr(meanfield, "mean_field", no_torch_path)
+    got = deeplab_crf(torch.from_numpy(scores), rgb, params).numpy()
+    np.testing.assert_array_equal(
+        got, deeplab_crf_np(scores, rgb, params, threads=torch.get_num_threads())
+    )
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    potts = deeplab_crf_np(scores, rgb, CRFParams(4, 5, 20, 3, 2))
+    assert np.abs(potts - got).max() > 1e-3  # the compatibility is used
+
+
+def test_layout_table_names_the_files_there_are():
+    """docs/crf_lattice.md's layout table: every file it names exists, and every module of
+    src/deeplabv1/crf/ (packages' __init__.py aside) is in it. A row's bare file names are
+    in the folder of the row's first path (`engine/jit.py`, `threads.py`: engine/)."""
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "crf_lattice.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    crf = REPO / "src" / "deeplabv1" / "crf"
+    named = set()
+    for row in (line for line in table.splitlines() if line.startswith("| `")):
+        cells = row.split("|")[1:-1]
+        first = re.findall(r"`([\w./]+)`", cells[0])
+        folder = first[0].rsplit("/", 1)[0] + "/" if "/" in first[0] else ""
+        for name in re.findall(r"`([\w./]+\.py)`", " ".join(cells[:2])):
+            path = name if "/" in name else folder + name
+            named.add(path)
+            assert (crf / path).is_file(), f"{path} (named in crf_lattice.md) does not exist"
+    modules = {p.relative_to(crf).as_posix() for p in crf.rglob("*.py")}
+    modules -= {m for m in modules if m.endswith("/__init__.py")}
+    assert modules - named == set(), "modules the layout table does not name"

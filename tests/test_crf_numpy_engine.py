@@ -396,3 +396,28 @@ def test_build_rejects_bad_features() -> None:
     crf = dcrf.DenseCRF(4, 2)
     with pytest.raises(ValueError, match="exceed"):
         crf.addPairwiseEnergy(np.full((2, 4), 1e13, np.float32), compat=1.0)
+
+
+def test_new_images_of_one_size_rebuild_only_the_bilateral_lattice(monkeypatch) -> None:
+    """docs/crf_lattice.md: over images of one size with a Gaussian and a bilateral term (the
+    DeepLab convention, the drop-in, the batch CLI) the position-only lattice is built once."""
+    from deeplabv1.crf import deeplab_crf_np
+
+    built = []
+    real = engine_cache.build_lattice
+
+    def counting(features, *args, **kwargs):
+        built.append(features.shape[1])
+        return real(features, *args, **kwargs)
+
+    monkeypatch.setattr(engine_cache, "build_lattice", counting)
+    engine_cache.clear_cache()
+    rng = np.random.default_rng(6)
+    for run in (lambda img: deeplab_crf_np(rng.normal(size=(3, 20, 30)).astype(np.float32),
+                                           img, "deeplab-largefov", iters=2),
+                lambda img: _crf(img, rng.normal(size=(3, 600)).astype(np.float32))):  # fmt: skip
+        built.clear()
+        for _ in range(4):
+            run(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+        assert sorted(built) == [2] + [5] * 4  # one position-only lattice, 4 bilateral ones
+    engine_cache.clear_cache()

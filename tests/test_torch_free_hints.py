@@ -32,3 +32,36 @@ def test_models_import_names_the_torch_extra(tmp_path):
     assert 'deeplabv1.models needs PyTorch, which is not installed: pip install "deeplabv1' in (
         run.stderr
     )
+
+
+def test_crf_python_api_names_the_torch_extra(tmp_path):
+    """docs/crf.md: without torch, ``import deeplabv1.crf.torch``, ``deeplab_crf`` and the
+    drop-in with device="cuda" or method="dense" raise a ModuleNotFoundError naming the extra;
+    the drop-in on the CPU runs."""
+    code = (
+        "import numpy as np\n"
+        "import deeplabv1.crf.densecrf as dcrf\n"
+        "from deeplabv1.crf import deeplab_crf\n"
+        "def crf(**kw):\n"
+        "    d = dcrf.DenseCRF2D(4, 3, 2, **kw)\n"
+        "    d.setUnaryEnergy(np.ones((2, 12), np.float32))\n"
+        "    d.addPairwiseGaussian(3, 3)\n"
+        "    return d.inference(1)\n"
+        "print('cpu', crf().shape)\n"
+        "for what, call in [('torch', lambda: __import__('deeplabv1.crf.torch')),\n"
+        "                   ('deeplab_crf', lambda: deeplab_crf(np.zeros((2, 3, 4), np.float32),\n"
+        "                                                       np.zeros((3, 4, 3), np.uint8))),\n"
+        "                   ('cuda', lambda: crf(device='cuda')),\n"
+        "                   ('dense', lambda: crf(method='dense'))]:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ModuleNotFoundError as exc:\n"
+        "        print(what, exc)\n"
+    )
+    run = _run(tmp_path, ["-c", code])
+    assert run.returncode == 0, run.stderr[-800:]
+    lines = run.stdout.splitlines()
+    assert lines[0] == "cpu (2, 12)"
+    assert [line.split()[0] for line in lines[1:]] == ["torch", "deeplab_crf", "cuda", "dense"]
+    hint = 'needs PyTorch, which is not installed: pip install "deeplabv1[torch]"'
+    assert all(line.endswith(hint) for line in lines[1:]), lines

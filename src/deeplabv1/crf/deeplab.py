@@ -7,12 +7,12 @@ per-pixel "after" normalisation of the 2011 code that DeepLab used.
 The convention lives once, on numpy arrays (``deeplab_features``, ``_unary_np``, the checks);
 two engines run it:
 
-- the torch-free CPU engine (``deeplabv1.crf.engine``, numba kernels):
-  :func:`deeplab_crf_np` (numpy in, numpy out, never imports torch) and :func:`deeplab_crf`
-  for CPU tensors (it wraps the same call with ``torch.from_numpy``);
+- the torch-free CPU engine (``deeplabv1.crf.engine``, numba kernels), Potts and learned
+  (matrix) compatibilities alike: :func:`deeplab_crf_np` (numpy in, numpy out, never imports
+  torch) and :func:`deeplab_crf` for CPU tensors (it wraps the same call with
+  ``torch.from_numpy``);
 - torch's ``mean_field`` over :func:`deeplab_terms`: CUDA, ``method="dense"`` or a custom
-  filter, learned (matrix) compatibilities, gradients, and no numba (or
-  ``DEEPLABV1_CRF_NUMBA=0``).
+  filter, gradients, and no numba (or ``DEEPLABV1_CRF_NUMBA=0``).
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ def deeplab_crf_np(
     or (B, C, H, W) as an ndarray.
 
     Runs on the torch-free CPU engine (torch is not imported) on ``threads`` threads (None:
-    the engine's setting, ``deeplabv1.crf.set_num_threads``). Where that engine cannot run
-    (numba absent or ``DEEPLABV1_CRF_NUMBA=0``, learned compatibilities) it falls back to
-    the torch CPU path, importing torch then.
+    the engine's setting, ``deeplabv1.crf.set_num_threads``), learned (matrix)
+    compatibilities included. Where that engine cannot run (numba absent or
+    ``DEEPLABV1_CRF_NUMBA=0``) it falls back to the torch CPU path, importing torch then.
     """
     params = get_params(params)
     scores = np.asarray(scores)
@@ -223,9 +223,10 @@ def deeplab_crf(
     1e-5). ``image`` is (H, W, 3) or (B, H, W, 3) uint8 RGB of the same size. ``params`` is a
     variant name of DEEPLAB_CRF_PARAMS or a CRFParams. Returns probabilities of the scores'
     shape as a float32 tensor on the scores' device (or on ``device`` when given, which is also
-    where the computation runs). On the CPU (method "lattice", Potts parameters, no gradient
-    wanted) it runs :func:`deeplab_crf_np`'s engine on ``torch.get_num_threads()`` threads;
-    for numpy in and out without torch, call :func:`deeplab_crf_np`.
+    where the computation runs). On the CPU (method "lattice", no gradient wanted; Potts or
+    learned compatibilities) it runs :func:`deeplab_crf_np`'s engine on
+    ``torch.get_num_threads()`` threads; for numpy in and out without torch, call
+    :func:`deeplab_crf_np`.
     """
     torch = require_torch("deeplab_crf")
 
