@@ -152,8 +152,39 @@ def test_overwrite_from_another_snapshot_replaces_the_earlier_run(synth_root, tm
     assert not [p.name for p in run.iterdir() if p.name.startswith(".earlier-run")]
     monkeypatch.undo()
     _assert_same_training_state(final, load_checkpoint(train(cfg)))
-    assert sorted(_files(run)) == ["crf/final.pt", "crf/log.jsonl"]
+    assert sorted(_files(run)) == ["config.yaml", "crf/final.pt", "crf/log.jsonl"]
     assert _exact(read_log(run / "crf" / "log.jsonl")) == _exact(log[2:])
+    _assert_records(run, cfg)
+
+
+def _assert_records(run, cfg) -> None:
+    """run/config.yaml is cfg's record (the resolved settings this run used)."""
+    import yaml
+
+    from deeplabv1.config import config_to_dict
+
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    assert record["resume"] == cfg.resume and record["seed"] == cfg.seed
+    assert record == yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))
+
+
+def test_a_run_starting_with_the_joint_stage_records_its_config(synth_root, tmp_path, straight):
+    """Resumed from another run's joint-stage snapshot into a new folder, the run writes its
+    config.yaml as a run starting with stage 1 does; ``resume: auto`` then continues its joint
+    stage (stage 1 is not trained again) and keeps that record."""
+    out, final, log = straight
+    run = tmp_path / "fresh"
+    cfg = _cfg(synth_root, run, resume=str(out / "crf" / "checkpoint_000002.pt"))
+    _assert_same_training_state(final, load_checkpoint(train(cfg)))
+    assert sorted(_files(run)) == ["config.yaml", "crf/final.pt", "crf/log.jsonl"]
+    _assert_records(run, cfg)
+    before = (run / "config.yaml").read_bytes()
+    resumed = load_checkpoint(train(_cfg(synth_root, run, resume="auto", crf_max_iter=6)))
+    assert (run / "config.yaml").read_bytes() == before
+    # stage 1 is not trained again: the joint stage goes on from its own snapshot
+    assert sorted(_files(run)) == ["config.yaml", "crf/final.pt", "crf/log.jsonl"]
+    assert resumed["iteration"] == 6 and resumed["stage1_iteration"] == final["stage1_iteration"]
+    assert [r["iter"] for r in read_log(run / "crf" / "log.jsonl")] == [3, 4, 5, 6]
 
 
 def test_crash_keeps_earlier_results_and_auto_resume_matches(synth_root, tmp_path, straight,

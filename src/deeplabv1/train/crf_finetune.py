@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.train import run_folder
 from deeplabv1.train import state as st
 
 STAGE_DIR = "crf"
@@ -111,12 +112,20 @@ def is_stage_checkpoint(ckpt: dict) -> bool:
 
 
 def resumes_joint_stage(cfg) -> bool:
-    """Whether ``cfg.resume`` names a checkpoint of this stage (then stage 1 is skipped)."""
+    """Whether the run continues with this stage, stage 1 skipped: ``cfg.resume`` names a
+    checkpoint of this stage, or is ``auto`` in a folder whose run started with this stage
+    (resumed from another run's snapshot: checkpoints in ``crf/``, no stage-1 checkpoint)."""
     from deeplabv1.checkpoint import load_checkpoint
 
-    if getattr(cfg, "crf", "none") != "end-to-end" or cfg.resume in (None, "auto"):
+    if getattr(cfg, "crf", "none") != "end-to-end" or cfg.resume is None:
         return False
-    return is_stage_checkpoint(load_checkpoint(st.find_resume(cfg.out_dir, cfg.resume).path))
+    out = Path(cfg.out_dir)
+    if cfg.resume == "auto":
+        stage = out / STAGE_DIR
+        started_here = (stage / st.FINAL_NAME).is_file() or st.list_checkpoints(stage)
+        return bool(started_here) and not ((out / st.FINAL_NAME).is_file()
+                                           or st.list_checkpoints(out))  # fmt: skip
+    return is_stage_checkpoint(load_checkpoint(st.find_resume(out, cfg.resume).path))
 
 
 def _resume_state(cfg, out_dir: Path, stage1) -> tuple[st.ResumeFrom, dict | None]:
@@ -180,7 +189,7 @@ def _freeze_like_stage1(model, cfg, ckpt: dict) -> list[str]:
 
 
 def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | None = None, *,
-                 earlier=None) -> Path:  # fmt: skip
+                 earlier=None, first_stage: bool = False) -> Path:  # fmt: skip
     """Joint fine-tuning from the stage-1 checkpoint; returns ``<out_dir>/crf/final.pt``.
 
     ``cfg`` is the run's TrainConfig (data, batch, device, seed, out_dir, checkpoint_every,
@@ -189,10 +198,12 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     exactly: same parameters, optimizer, data stream and RNG states as an uninterrupted run.
     ``earlier``: the earlier run in ``cfg.out_dir`` that this one replaces when it starts with
     this stage (``run_folder.EarlierRun``: set aside right before the stage first writes, deleted
-    right before its first checkpoint).
+    right before its first checkpoint). ``first_stage``: the run starts with this stage (stage 1
+    done by another run or earlier): it writes the run's ``config.yaml``, as stage 1 would have
+    (kept when it continues its own run).
     """
     from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
-    from deeplabv1.config import config_to_dict
+    from deeplabv1.config import config_to_dict, save_config
     from deeplabv1.crf.torch.layer import CRFLayer
     from deeplabv1.crf.torch.meanfield import NORMALIZATIONS
     from deeplabv1.train.build import build_dataset
@@ -259,6 +270,9 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
     if earlier is not None:  # everything checked: the earlier run makes way
         earlier.set_aside()
     out_dir.mkdir(parents=True, exist_ok=True)
+    record = Path(cfg.out_dir) / "config.yaml"
+    if first_stage and (not run_folder.continues(cfg, Path(cfg.out_dir)) or not record.is_file()):
+        save_config(cfg, record)
     logger = TrainLogger(out_dir, start_iter=start_iter, max_iter=s.crf_max_iter,
                          progress=cfg.progress, tensorboard=cfg.tensorboard)  # fmt: skip
     logger.message(f"CRF stage: joint fine-tuning from {source}, {layer}")

@@ -107,7 +107,7 @@ def _train_stages(cfg: TrainConfig, earlier: run_folder.EarlierRun | None = None
 
         if crf_finetune.resumes_joint_stage(cfg):  # a joint-stage checkpoint: stage 1 is done
             return crf_finetune.finetune_crf(cfg, Path(cfg.out_dir) / st.FINAL_NAME,
-                                             earlier=earlier)  # fmt: skip
+                                             earlier=earlier, first_stage=True)  # fmt: skip
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = init_distributed(cfg.device)
     try:
