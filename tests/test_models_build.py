@@ -12,7 +12,7 @@ from deeplabv1.models import BUILDERS, MODEL_NAMES, build_model
 
 VGG_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
              (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]  # fmt: skip
-# fc6 (kernel, channels) per variant, from SPEC section 1
+# fc6 (kernel, channels) per variant, from the paper's table of the variants
 FC6 = {"deeplab": (4, 4096), "deeplab-7x7": (7, 4096), "deeplab-4x4": (4, 4096),
        "deeplab-largefov": (3, 1024), "deeplab-msc": (4, 4096),
        "deeplab-msc-largefov": (3, 1024)}  # fmt: skip
