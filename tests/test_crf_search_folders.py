@@ -310,3 +310,20 @@ def test_impossible_settings_are_one_line_before_any_output(folders, tmp_path, c
     assert main([*_argv(root, "full", out), *flags]) == 2
     assert_one_line_error(capsys.readouterr().err, "crf-search", fragment)
     assert not out.exists()
+
+
+def test_file_names_that_are_not_utf8_are_searched_like_others(folders, tmp_path, capsys):
+    """A stem of undecodable bytes (os.fsdecode's surrogates) takes part in the search: the
+    points equal those of the same files under plain names."""
+    root, _ = folders
+    odd = os.fsdecode(b"photo_\xff")
+    for tree, rename in (("plain", {}), ("odd", {"photo_1": odd})):
+        for name in ("img", "full", "lab"):
+            (tmp_path / tree / name).mkdir(parents=True)
+            for stem in ("photo_0", "photo_1", "photo_2"):
+                src = next((root / name).glob(f"{stem}.*"))
+                dest = tmp_path / tree / name / f"{rename.get(stem, stem)}{src.suffix}"
+                dest.write_bytes(src.read_bytes())
+        assert main(_argv(tmp_path / tree, "full", tmp_path / f"out_{tree}")) == 0
+        assert "Traceback" not in capsys.readouterr().err
+    assert _records(tmp_path / "out_odd") == _records(tmp_path / "out_plain")

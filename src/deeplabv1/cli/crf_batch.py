@@ -114,7 +114,9 @@ def crf_setup(cfg, params, options: dict, pairs) -> dict:
     import dataclasses
     import hashlib
 
-    listing = "\n".join(f"{s}\t{i.resolve()}\t{n.resolve()}" for s, i, n in pairs).encode()
+    # surrogateescape: file names that are not UTF-8 hash as their bytes
+    listing = "\n".join(f"{s}\t{i.resolve()}\t{n.resolve()}" for s, i, n in pairs)
+    listing = listing.encode("utf-8", "surrogateescape")
     return {"pairs": {"count": len(pairs), "sha256": hashlib.sha256(listing).hexdigest()},
             "params": dataclasses.asdict(params), "iters": cfg.iters,
             "normalization": cfg.normalization, "probabilities": cfg.probabilities,

@@ -233,7 +233,7 @@ class _Loader:
 
 def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
     """What the points of one search depend on (checked on resume)."""
-    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    digest = hashlib.sha1("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return {"scores": str(Path(cfg.scores).resolve()), "split": cfg.split,
             "num_images": len(ids), "ids_sha1": digest, "iters": cfg.iters,
             "normalization": cfg.normalization, "method": cfg.method}  # fmt: skip

@@ -40,7 +40,7 @@ class Tuning:
 
 def ids_digest(ids: list[str]) -> str:
     """A short fingerprint of the image ids, in order."""
-    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    return hashlib.sha1("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _labels_np(probs) -> np.ndarray:
