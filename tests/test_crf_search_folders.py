@@ -327,3 +327,23 @@ def test_file_names_that_are_not_utf8_are_searched_like_others(folders, tmp_path
         assert main(_argv(tmp_path / tree, "full", tmp_path / f"out_{tree}")) == 0
         assert "Traceback" not in capsys.readouterr().err
     assert _records(tmp_path / "out_odd") == _records(tmp_path / "out_plain")
+
+
+def test_a_stem_with_two_images_is_named_and_left_out(folders, tmp_path, capsys):
+    """photo_1.png and photo_1.jpg: the stem is reported with both files and not searched; the
+    points equal those of a search without photo_1."""
+    root, _ = folders
+    for tree, stems in (("two", ("photo_0", "photo_1")), ("one", ("photo_0",))):
+        for name in ("img", "full", "lab"):
+            (tmp_path / tree / name).mkdir(parents=True)
+            for stem in stems:
+                src = next((root / name).glob(f"{stem}.*"))
+                (tmp_path / tree / name / src.name).write_bytes(src.read_bytes())
+    Image.open(tmp_path / "two" / "img" / "photo_1.png").save(tmp_path / "two" / "img" /
+                                                              "photo_1.jpg")  # fmt: skip
+    assert main(_argv(tmp_path / "two", "full", tmp_path / "out_two")) == 0
+    err = capsys.readouterr().err
+    assert (f"deeplabv1 crf-search: 1 stem(s) with more than one image in "
+            f"{tmp_path / 'two' / 'img'}: photo_1 (photo_1.jpg, photo_1.png)") in err, err
+    assert main(_argv(tmp_path / "one", "full", tmp_path / "out_one")) == 0
+    assert _records(tmp_path / "out_two") == _records(tmp_path / "out_one")
