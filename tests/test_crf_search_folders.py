@@ -347,3 +347,21 @@ def test_a_stem_with_two_images_is_named_and_left_out(folders, tmp_path, capsys)
             f"{tmp_path / 'two' / 'img'}: photo_1 (photo_1.jpg, photo_1.png)") in err, err
     assert main(_argv(tmp_path / "one", "full", tmp_path / "out_one")) == 0
     assert _records(tmp_path / "out_two") == _records(tmp_path / "out_one")
+
+
+def test_labels_that_are_all_void_are_one_line(folders, tmp_path, capsys):
+    """Label maps with every pixel 255 (void) leave nothing to score: a mean IoU would be NaN
+    (it was written as such into best.json), so the search stops in one line, before any
+    output."""
+    root, truth = folders
+    for name in ("img", "full", "lab"):
+        (tmp_path / name).mkdir()
+    for stem in ("photo_0", "photo_1"):
+        for name in ("img", "full"):
+            src = next((root / name).glob(f"{stem}.*"))
+            (tmp_path / name / src.name).write_bytes(src.read_bytes())
+        Image.fromarray(np.full_like(truth[stem][1], 255)).save(tmp_path / "lab" / f"{stem}.png")
+    assert main(_argv(tmp_path, "full", tmp_path / "out")) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf-search", "255", "void",
+                          str(tmp_path / "lab"))  # fmt: skip
+    assert not (tmp_path / "out").exists()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplabv1.data.palette import IGNORE_INDEX
 from deeplabv1.errors import DeepLabError
 from deeplabv1.evaluate.config import CRFSearchConfig
 from deeplabv1.io import atomic_write_text
@@ -357,6 +358,10 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
         first = next(iter(skipped.values()), "no images")
         more = f"; {len(skipped) - 1} more skipped" if len(skipped) > 1 else ""
         raise DeepLabError(f"no usable image left: {first}{more}")
+    if all((im.labels == IGNORE_INDEX).all() for im in images):  # a mean IoU of NaN
+        where = tuning.setup.get("labels") or cfg.data
+        raise DeepLabError(f"{where}: every label pixel of the {len(images)} image(s) is 255 "
+                           "(void): nothing to score the CRF on")  # fmt: skip
     for message in skipped.values() if dist.is_main else ():
         print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
     used = [i for i in tuning.ids if i not in skipped]
