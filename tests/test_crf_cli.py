@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -141,3 +142,50 @@ def test_cpu_runs_never_import_torch_and_match_the_torch_path(voc_samples, tmp_p
         np.testing.assert_array_equal(got, np.asarray(Image.open(out_dir / "small.png")))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batch_mode_takes_file_names_that_are_not_utf8(voc_samples, tmp_path, capsys):
+    """A stem of undecodable bytes (os.fsdecode's surrogates) is processed and resumed like
+    any other; its label map equals that of the same pair under a plain name."""
+    rng = np.random.default_rng(2)
+    img_dir, npy_dir, out_dir = tmp_path / "img", tmp_path / "npy", tmp_path / "out"
+    img_dir.mkdir()
+    npy_dir.mkdir()
+    odd = os.fsdecode(b"caf\xe9 \xff")  # Latin-1 bytes, as an old camera or archive names them
+    sid, rgb, labels = voc_samples[0]
+    scores = _scores(labels[:60, :80], rng)
+    for stem in (odd, "plain"):
+        Image.fromarray(rgb[:60, :80]).save(img_dir / f"{stem}.png")
+        np.save(npy_dir / f"{stem}.npy", scores)
+    argv = ["crf", "--image-dir", str(img_dir), "--scores-dir", str(npy_dir),
+            "--out-dir", str(out_dir), "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert (out_dir / f"{odd}.png").read_bytes() == (out_dir / "plain.png").read_bytes()
+    assert main([*argv, "--resume"]) == 0
+    assert "2 skipped" in capsys.readouterr().out
+
+
+def test_batch_mode_reports_a_stem_with_two_images(voc_samples, tmp_path, capsys):
+    """a.png and a.jpg beside a.npy: which one the scores belong to is unknown, so the stem is
+    reported by name with both files and left out; the other pairs run (exit status 1)."""
+    rng = np.random.default_rng(3)
+    img_dir, npy_dir, out_dir = tmp_path / "img", tmp_path / "npy", tmp_path / "out"
+    img_dir.mkdir()
+    npy_dir.mkdir()
+    (sid, rgb, labels), (_, other, _) = voc_samples[:2]
+    Image.fromarray(rgb[:60, :80]).save(img_dir / "a.png")
+    Image.fromarray(other[:60, :80]).save(img_dir / "a.jpg")
+    Image.fromarray(rgb[:60, :80]).save(img_dir / "b.png")
+    for stem in ("a", "b"):
+        np.save(npy_dir / f"{stem}.npy", _scores(labels[:60, :80], rng))
+    argv = ["crf", "--image-dir", str(img_dir), "--scores-dir", str(npy_dir),
+            "--out-dir", str(out_dir), "--workers", "1"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"1 stem(s) with more than one image in {img_dir}: a (a.jpg, a.png)" in err, err
+    assert sorted(p.name for p in out_dir.glob("*.png")) == ["b.png"]
+    summary = json.loads((out_dir / "crf_summary.json").read_text())
+    assert summary["processed"] == ["b"]
+    assert summary["unmatched"]["stems_with_several_images"] == ["a (a.jpg, a.png)"]

@@ -134,3 +134,43 @@ def test_key_row_tables_equal_packed_code_tables(d):
     ids_w, nbrs_w = build.build_tables_wide(q0, rank, 300)
     np.testing.assert_array_equal(ids_w, ids)
     np.testing.assert_array_equal(nbrs_w, nbrs)
+
+
+OVERFLOW_CASES = {
+    "gaussian_sxy_1e-300": "d = crf(); d.addPairwiseGaussian(sxy=1e-300, compat=3); d.inference(2)",
+    "gaussian_sxy_1e-40": "d = crf(); d.addPairwiseGaussian(sxy=(3, 1e-40), compat=3)",
+    "bilateral_srgb_1e-40": "d = crf(); d.addPairwiseBilateral(sxy=5, srgb=(13, 1e-40, 13), "
+    "rgbim=img, compat=3)",
+    "deeplab_sa_1e-300": "s = rng.normal(size=(3, 48, 64)).astype(np.float32); "
+    "im = rng.integers(0, 256, (48, 64, 3)).astype(np.uint8); "
+    "deeplab_crf_np(s, im, CRFParams(4, 1e-300, 5, 3, 3))",
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVERFLOW_CASES))
+def test_std_devs_whose_features_overflow_float32_are_a_clear_error(name):
+    """A standard deviation that is 0 in float32 (1e-300) or divides a position or colour past
+    float32's range (1e-40; pydensecrf divides by zero or crashes there): a ValueError that
+    names it, without numpy's RuntimeWarnings (turned into errors here)."""
+    code = PRE + "try:\n    " + OVERFLOW_CASES[name] + "\nexcept ValueError as exc:\n" \
+        "    print('VE', exc)\n"  # fmt: skip
+    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, f"rc {run.returncode}: {run.stderr[-500:]}"
+    assert run.stdout.startswith("VE features: standard deviation "), run.stdout
+    assert "overflow float32" in run.stdout
+
+
+def test_cli_std_dev_zero_in_float32_is_one_line(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "i.png")
+    np.save(tmp_path / "s.npy", rng.normal(size=(3, 48, 64)).astype(np.float32))
+    argv = ["crf", "--image", "i.png", "--scores", "s.npy", "-o", "o.png", "--sa", "1e-300"]
+    run = subprocess.run([sys.executable, "-m", "deeplabv1", *argv], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 2, run.stderr[-500:]
+    lines = [x for x in run.stderr.splitlines() if not x.startswith("deeplabv1.crf: compiling")]
+    assert len(lines) == 1 and "i.png: features: standard deviation " in lines[0], lines
+    assert not (tmp_path / "o.png").exists()

@@ -310,3 +310,58 @@ def test_impossible_settings_are_one_line_before_any_output(folders, tmp_path, c
     assert main([*_argv(root, "full", out), *flags]) == 2
     assert_one_line_error(capsys.readouterr().err, "crf-search", fragment)
     assert not out.exists()
+
+
+def test_file_names_that_are_not_utf8_are_searched_like_others(folders, tmp_path, capsys):
+    """A stem of undecodable bytes (os.fsdecode's surrogates) takes part in the search: the
+    points equal those of the same files under plain names."""
+    root, _ = folders
+    odd = os.fsdecode(b"photo_\xff")
+    for tree, rename in (("plain", {}), ("odd", {"photo_1": odd})):
+        for name in ("img", "full", "lab"):
+            (tmp_path / tree / name).mkdir(parents=True)
+            for stem in ("photo_0", "photo_1", "photo_2"):
+                src = next((root / name).glob(f"{stem}.*"))
+                dest = tmp_path / tree / name / f"{rename.get(stem, stem)}{src.suffix}"
+                dest.write_bytes(src.read_bytes())
+        assert main(_argv(tmp_path / tree, "full", tmp_path / f"out_{tree}")) == 0
+        assert "Traceback" not in capsys.readouterr().err
+    assert _records(tmp_path / "out_odd") == _records(tmp_path / "out_plain")
+
+
+def test_a_stem_with_two_images_is_named_and_left_out(folders, tmp_path, capsys):
+    """photo_1.png and photo_1.jpg: the stem is reported with both files and not searched; the
+    points equal those of a search without photo_1."""
+    root, _ = folders
+    for tree, stems in (("two", ("photo_0", "photo_1")), ("one", ("photo_0",))):
+        for name in ("img", "full", "lab"):
+            (tmp_path / tree / name).mkdir(parents=True)
+            for stem in stems:
+                src = next((root / name).glob(f"{stem}.*"))
+                (tmp_path / tree / name / src.name).write_bytes(src.read_bytes())
+    Image.open(tmp_path / "two" / "img" / "photo_1.png").save(tmp_path / "two" / "img" /
+                                                              "photo_1.jpg")  # fmt: skip
+    assert main(_argv(tmp_path / "two", "full", tmp_path / "out_two")) == 0
+    err = capsys.readouterr().err
+    assert (f"deeplabv1 crf-search: 1 stem(s) with more than one image in "
+            f"{tmp_path / 'two' / 'img'}: photo_1 (photo_1.jpg, photo_1.png)") in err, err
+    assert main(_argv(tmp_path / "one", "full", tmp_path / "out_one")) == 0
+    assert _records(tmp_path / "out_two") == _records(tmp_path / "out_one")
+
+
+def test_labels_that_are_all_void_are_one_line(folders, tmp_path, capsys):
+    """Label maps with every pixel 255 (void) leave nothing to score: a mean IoU would be NaN
+    (it was written as such into best.json), so the search stops in one line, before any
+    output."""
+    root, truth = folders
+    for name in ("img", "full", "lab"):
+        (tmp_path / name).mkdir()
+    for stem in ("photo_0", "photo_1"):
+        for name in ("img", "full"):
+            src = next((root / name).glob(f"{stem}.*"))
+            (tmp_path / name / src.name).write_bytes(src.read_bytes())
+        Image.fromarray(np.full_like(truth[stem][1], 255)).save(tmp_path / "lab" / f"{stem}.png")
+    assert main(_argv(tmp_path, "full", tmp_path / "out")) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf-search", "255", "void",
+                          str(tmp_path / "lab"))  # fmt: skip
+    assert not (tmp_path / "out").exists()

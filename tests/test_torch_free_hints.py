@@ -65,3 +65,27 @@ def test_crf_python_api_names_the_torch_extra(tmp_path):
     assert [line.split()[0] for line in lines[1:]] == ["torch", "deeplab_crf", "cuda", "dense"]
     hint = 'needs PyTorch, which is not installed: pip install "deeplabv1[torch]"'
     assert all(line.endswith(hint) for line in lines[1:]), lines
+
+
+def test_crf_search_dense_names_the_torch_extra_before_writing(tmp_path):
+    """--method dense runs through torch: without it the folder search stops in one line
+    before its output folder (or the config in it) exists."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder in ("imgs", "npys", "labels"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(
+        tmp_path / "imgs" / "a.png")  # fmt: skip
+    np.save(tmp_path / "npys" / "a.npy", rng.normal(size=(3, 12, 16)).astype(np.float32))
+    Image.fromarray(rng.integers(0, 3, (12, 16), dtype=np.uint8)).save(
+        tmp_path / "labels" / "a.png")  # fmt: skip
+    run = _run(tmp_path, ["-m", "deeplabv1", "crf-search", "--image-dir", "imgs",
+                          "--scores-dir", "npys", "--label-dir", "labels", "--method", "dense",
+                          "-o", "out"])  # fmt: skip
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        'deeplabv1 crf-search: needs torch, which is not installed: pip install "deeplabv1[torch]"'
+    ]
+    assert not (tmp_path / "out").exists()

@@ -76,18 +76,21 @@ def run_batch(cfg, params, options: dict) -> int:
     from deeplabv1.errors import DeepLabError
     from deeplabv1.rundir import group_run_directory
 
-    pairs, no_scores, no_image = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
+    pairs, no_scores, no_image, several = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
     rank = env_rank()
     if rank == 0:
         report_unmatched("deeplabv1 crf", "image(s) without a score file", no_scores,
                          cfg.scores_dir)  # fmt: skip
         report_unmatched("deeplabv1 crf", "score file(s) without an image", no_image,
                          cfg.image_dir)  # fmt: skip
+        report_unmatched("deeplabv1 crf", "stem(s) with more than one image", several,
+                         cfg.image_dir)  # fmt: skip
     if not pairs:
         raise DeepLabError(f"{cfg.image_dir}, {cfg.scores_dir}: no image / score pairs by stem")
     inputs = [p for _, image, scores in pairs for p in (image, scores)]
     folders = {"--image-dir": cfg.image_dir, "--scores-dir": cfg.scores_dir}
-    unmatched = {"images_without_scores": no_scores, "scores_without_images": no_image}
+    unmatched = {"images_without_scores": no_scores, "scores_without_images": no_image,
+                 "stems_with_several_images": several}  # fmt: skip
     with group_run_directory(cfg.out_dir, rank=rank, inputs=inputs, input_folders=folders,
                              flag="--out-dir", overwrite=cfg.overwrite, command="crf") as out_dir, \
             _session(cfg.device) as dist:  # fmt: skip
@@ -114,7 +117,9 @@ def crf_setup(cfg, params, options: dict, pairs) -> dict:
     import dataclasses
     import hashlib
 
-    listing = "\n".join(f"{s}\t{i.resolve()}\t{n.resolve()}" for s, i, n in pairs).encode()
+    # surrogateescape: file names that are not UTF-8 hash as their bytes
+    listing = "\n".join(f"{s}\t{i.resolve()}\t{n.resolve()}" for s, i, n in pairs)
+    listing = listing.encode("utf-8", "surrogateescape")
     return {"pairs": {"count": len(pairs), "sha256": hashlib.sha256(listing).hexdigest()},
             "params": dataclasses.asdict(params), "iters": cfg.iters,
             "normalization": cfg.normalization, "probabilities": cfg.probabilities,

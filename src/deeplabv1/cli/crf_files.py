@@ -272,18 +272,23 @@ def crf_file(
 
 
 def match_pairs(image_dir: Path, scores_dir: Path):
-    """(pairs [(stem, image, scores)], images without scores, scores without images) by stem."""
+    """(pairs [(stem, image, scores)], images without scores, scores without images, stems
+    with more than one image) by stem. A stem with several images (``a.png`` and ``a.jpg``) is
+    left out, described as ``"a (a.jpg, a.png)"``: which one its scores belong to is unknown."""
     for d in (image_dir, scores_dir):
         if not Path(d).is_dir():
             raise DeepLabError(f"{d}: not a directory")
-    images = {
-        p.stem: p
-        for p in sorted(Path(image_dir).iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    }
+    found: dict[str, list[Path]] = {}
+    for p in sorted(Path(image_dir).iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            found.setdefault(p.stem, []).append(p)
+    images = {s: ps[0] for s, ps in found.items() if len(ps) == 1}
+    several = {s: ps for s, ps in found.items() if len(ps) > 1}
     scores = {p.stem: p for p in sorted(Path(scores_dir).glob("*.npy")) if p.is_file()}
     pairs = [(s, images[s], scores[s]) for s in sorted(images.keys() & scores.keys())]
-    return pairs, sorted(images.keys() - scores.keys()), sorted(scores.keys() - images.keys())
+    ambiguous = [f"{s} ({', '.join(p.name for p in ps)})" for s, ps in sorted(several.items())]
+    return (pairs, sorted(images.keys() - scores.keys()),
+            sorted(scores.keys() - images.keys() - several.keys()), ambiguous)  # fmt: skip
 
 
 def report_unmatched(command: str, kind: str, stems: list[str], folder) -> None:

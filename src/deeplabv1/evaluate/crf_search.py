@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplabv1.data.palette import IGNORE_INDEX
 from deeplabv1.errors import DeepLabError
 from deeplabv1.evaluate.config import CRFSearchConfig
 from deeplabv1.io import atomic_write_text
@@ -233,7 +234,7 @@ class _Loader:
 
 def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
     """What the points of one search depend on (checked on resume)."""
-    digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    digest = hashlib.sha1("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return {"scores": str(Path(cfg.scores).resolve()), "split": cfg.split,
             "num_images": len(ids), "ids_sha1": digest, "iters": cfg.iters,
             "normalization": cfg.normalization, "method": cfg.method}  # fmt: skip
@@ -357,6 +358,10 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
         first = next(iter(skipped.values()), "no images")
         more = f"; {len(skipped) - 1} more skipped" if len(skipped) > 1 else ""
         raise DeepLabError(f"no usable image left: {first}{more}")
+    if all((im.labels == IGNORE_INDEX).all() for im in images):  # a mean IoU of NaN
+        where = tuning.setup.get("labels") or cfg.data
+        raise DeepLabError(f"{where}: every label pixel of the {len(images)} image(s) is 255 "
+                           "(void): nothing to score the CRF on")  # fmt: skip
     for message in skipped.values() if dist.is_main else ():
         print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
     used = [i for i in tuning.ids if i not in skipped]

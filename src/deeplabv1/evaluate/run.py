@@ -248,6 +248,10 @@ def run_crf_search(cfg) -> dict:
     from deeplabv1.evaluate.report import write_search
 
     cfg.validate()
+    if cfg.method == "dense":  # exact filtering is torch's: say so before any output
+        from deeplabv1.crf import require_torch
+
+        require_torch("crf-search --method dense")
     if cfg.image_dir is not None or cfg.scores_dir is not None:  # any model's score folders
         from deeplabv1.evaluate.tuning import folder_tuning
 

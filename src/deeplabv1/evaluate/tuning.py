@@ -40,7 +40,7 @@ class Tuning:
 
 def ids_digest(ids: list[str]) -> str:
     """A short fingerprint of the image ids, in order."""
-    return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]
+    return hashlib.sha1("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _labels_np(probs) -> np.ndarray:
@@ -167,12 +167,13 @@ def folder_tuning(cfg) -> Tuning:
     label_dir = Path(cfg.label_dir)
     if not label_dir.is_dir():
         raise DeepLabError(f"{label_dir}: not a directory")
-    pairs, no_scores, no_image = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
+    pairs, no_scores, no_image, several = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
     no_label = [s for s, _, _ in pairs if not (label_dir / f"{s}.png").is_file()]
     report = "deeplabv1 crf-search"
     report_unmatched(report, "image(s) without a score file", no_scores, cfg.scores_dir)
     report_unmatched(report, "score file(s) without an image", no_image, cfg.image_dir)
     report_unmatched(report, "pair(s) without a <stem>.png label", no_label, label_dir)
+    report_unmatched(report, "stem(s) with more than one image", several, cfg.image_dir)
     missing = set(no_label)
     trios = [(s, str(i), str(n), str(label_dir / f"{s}.png")) for s, i, n in pairs
              if s not in missing][: cfg.num_images]  # fmt: skip

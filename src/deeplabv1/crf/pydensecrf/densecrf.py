@@ -26,7 +26,7 @@ from deeplabv1.crf import require_torch
 from deeplabv1.crf.engine import cache as engine_cache
 from deeplabv1.crf.engine import meanfield as engine_mf
 from deeplabv1.crf.engine import threads as engine_threads
-from deeplabv1.crf.features import position_grid
+from deeplabv1.crf.features import divide_features, position_grid
 from deeplabv1.crf.pydensecrf import eigen
 from deeplabv1.crf.pydensecrf.checks import (
     PydensecrfWarning,
@@ -323,6 +323,5 @@ class DenseCRF2D(DenseCRF):
         img = as_rgb_image(rgbim, self._h, self._w)
         feats = np.empty((self._h * self._w, 5), np.float32)
         feats[:, :2] = position_grid(self._h, self._w, sx, sy)
-        np.divide(img.reshape(-1, 3), np.asarray(scol, np.float32), out=feats[:, 2:],
-                  dtype=np.float32)  # fmt: skip
+        divide_features(img.reshape(-1, 3), np.asarray(scol, np.float32), out=feats[:, 2:])
         self._add(feats, compat, kernel, normalization)
