@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in 
 
 def loop_lattice_filter(features: np.ndarray, values: np.ndarray, reverse: bool = False):
     """Independent scalar port of Kraehenbuehl's permutohedral filter for one image (float64):
-    a dict as hash table, explicit loops (Kraehenbuehl's algorithm written out). Returns (output (N, C), lattice size)."""
+    a dict as hash table, explicit loops. Returns (output (N, C), lattice size)."""
     n, d = features.shape
     scale = [math.sqrt(2.0 / 3.0) * (d + 1) / math.sqrt((i + 1) * (i + 2)) for i in range(d)]
     table: dict[tuple[int, ...], int] = {}
@@ -169,7 +169,8 @@ def test_lattice_accuracy_against_dense(voc_samples, sxy, srgb, raw_bound, norm_
 
 
 def _potts_mean_field(unary, filters, weights, normalization, iters=10):
-    """Q = softmax(-U); m = -U + sum_k w_k * normalised K_k(Q) (Kraehenbuehl & Koltun 2011), (B, N, L) layout."""
+    """Q = softmax(-U); m = -U + sum_k w_k * normalised K_k(Q) (Kraehenbuehl & Koltun 2011),
+    (B, N, L) layout."""
     q = torch.softmax(-unary, -1)
     norms = [f.normalizer() for f in filters]
     for _ in range(iters):

@@ -123,3 +123,21 @@ def test_missing_ground_truth_is_a_note_not_a_failure(tmp_path, weights, capsys)
     assert "no ground truth img0_label.png or img0.png" in capsys.readouterr().err
     with Image.open(out / "img0_figure.png") as fig:
         assert fig.width < 2.6 * fig.height  # image | network only
+
+
+def test_file_names_that_are_not_utf8_are_predicted(tmp_path, weights, capsys):
+    """An image named in undecodable bytes (os.fsdecode's surrogates) is predicted and resumed
+    like any other: its label map equals that of the same image under a plain name."""
+    import os
+
+    folder = tmp_path / "in"
+    (rgb,) = _images(folder, n=1)
+    odd = os.fsdecode(b"caf\xe9 \xff")  # Latin-1 bytes, as an old camera or archive names them
+    Image.fromarray(rgb).save(folder / f"{odd}.png")
+    out = tmp_path / "out"
+    argv = ["predict", str(folder), "--weights", str(weights), "-o", str(out), "--test-size", "0"]
+    assert main(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert (out / f"{odd}_net.png").read_bytes() == (out / "img0_net.png").read_bytes()
+    assert main([*argv, "--resume"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
