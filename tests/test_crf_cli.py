@@ -189,3 +189,31 @@ def test_batch_mode_reports_a_stem_with_two_images(voc_samples, tmp_path, capsys
     summary = json.loads((out_dir / "crf_summary.json").read_text())
     assert summary["processed"] == ["b"]
     assert summary["unmatched"]["stems_with_several_images"] == ["a (a.jpg, a.png)"]
+
+
+def test_batch_mode_pairs_upper_case_npy_and_reports_two_score_files(voc_samples, tmp_path,
+                                                                     capsys):  # fmt: skip
+    """Score files pair in any case (b.NPY, as images pair as .PNG): b's labels equal those of
+    the same pair named c.npy; a stem with a.npy and a.NPY is named and left out (status 1)."""
+    rng = np.random.default_rng(4)
+    img_dir, npy_dir, out_dir = tmp_path / "img", tmp_path / "npy", tmp_path / "out"
+    img_dir.mkdir()
+    npy_dir.mkdir()
+    sid, rgb, labels = voc_samples[0]
+    scores = _scores(labels[:60, :80], rng)
+    for stem in ("a", "b", "c"):
+        Image.fromarray(rgb[:60, :80]).save(img_dir / f"{stem}.png")
+    np.save(npy_dir / "a.npy", scores)
+    (npy_dir / "a.NPY").write_bytes((npy_dir / "a.npy").read_bytes())
+    (npy_dir / "b.NPY").write_bytes((npy_dir / "a.npy").read_bytes())
+    np.save(npy_dir / "c.npy", scores)
+    argv = ["crf", "--image-dir", str(img_dir), "--scores-dir", str(npy_dir),
+            "--out-dir", str(out_dir), "--workers", "1"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"1 stem(s) with more than one score file in {npy_dir}: a (a.NPY, a.npy)" in err, err
+    assert "without a score file" not in err and "without an image" not in err, err
+    assert (out_dir / "b.png").read_bytes() == (out_dir / "c.png").read_bytes()
+    assert not (out_dir / "a.png").exists()
+    summary = json.loads((out_dir / "crf_summary.json").read_text())
+    assert summary["unmatched"]["stems_with_several_score_files"] == ["a (a.NPY, a.npy)"]

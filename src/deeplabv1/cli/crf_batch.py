@@ -76,7 +76,8 @@ def run_batch(cfg, params, options: dict) -> int:
     from deeplabv1.errors import DeepLabError
     from deeplabv1.rundir import group_run_directory
 
-    pairs, no_scores, no_image, several = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
+    pairs, no_scores, no_image, several, several_scores = match_pairs(
+        Path(cfg.image_dir), Path(cfg.scores_dir))  # fmt: skip
     rank = env_rank()
     if rank == 0:
         report_unmatched("deeplabv1 crf", "image(s) without a score file", no_scores,
@@ -85,12 +86,15 @@ def run_batch(cfg, params, options: dict) -> int:
                          cfg.image_dir)  # fmt: skip
         report_unmatched("deeplabv1 crf", "stem(s) with more than one image", several,
                          cfg.image_dir)  # fmt: skip
+        report_unmatched("deeplabv1 crf", "stem(s) with more than one score file",
+                         several_scores, cfg.scores_dir)  # fmt: skip
     if not pairs:
         raise DeepLabError(f"{cfg.image_dir}, {cfg.scores_dir}: no image / score pairs by stem")
     inputs = [p for _, image, scores in pairs for p in (image, scores)]
     folders = {"--image-dir": cfg.image_dir, "--scores-dir": cfg.scores_dir}
     unmatched = {"images_without_scores": no_scores, "scores_without_images": no_image,
-                 "stems_with_several_images": several}  # fmt: skip
+                 "stems_with_several_images": several,
+                 "stems_with_several_score_files": several_scores}  # fmt: skip
     with group_run_directory(cfg.out_dir, rank=rank, inputs=inputs, input_folders=folders,
                              flag="--out-dir", overwrite=cfg.overwrite, command="crf") as out_dir, \
             _session(cfg.device) as dist:  # fmt: skip

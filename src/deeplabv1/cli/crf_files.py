@@ -271,24 +271,38 @@ def crf_file(
     return write_outputs(paths, q)
 
 
+def _by_stem(folder: Path, suffixes) -> dict[str, list[Path]]:
+    """The files of ``folder`` with one of ``suffixes`` (any case), by stem."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file() and p.suffix.lower() in suffixes:
+            found.setdefault(p.stem, []).append(p)
+    return found
+
+
 def match_pairs(image_dir: Path, scores_dir: Path):
     """(pairs [(stem, image, scores)], images without scores, scores without images, stems
-    with more than one image) by stem. A stem with several images (``a.png`` and ``a.jpg``) is
-    left out, described as ``"a (a.jpg, a.png)"``: which one its scores belong to is unknown."""
+    with more than one image, stems with more than one score file) by stem; suffixes in any
+    case (``.PNG``, ``.NPY``). A stem with several images (``a.png`` and ``a.jpg``) or score
+    files (``a.npy`` and ``a.NPY``) is left out, described as ``"a (a.jpg, a.png)"``: which
+    ones belong together is unknown."""
     for d in (image_dir, scores_dir):
         if not Path(d).is_dir():
             raise DeepLabError(f"{d}: not a directory")
-    found: dict[str, list[Path]] = {}
-    for p in sorted(Path(image_dir).iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            found.setdefault(p.stem, []).append(p)
-    images = {s: ps[0] for s, ps in found.items() if len(ps) == 1}
-    several = {s: ps for s, ps in found.items() if len(ps) > 1}
-    scores = {p.stem: p for p in sorted(Path(scores_dir).glob("*.npy")) if p.is_file()}
+    found = _by_stem(image_dir, IMAGE_SUFFIXES)
+    found_scores = _by_stem(scores_dir, (".npy",))
+    several = {s for f in (found, found_scores) for s, ps in f.items() if len(ps) > 1}
+    images = {s: ps[0] for s, ps in found.items() if s not in several}
+    scores = {s: ps[0] for s, ps in found_scores.items() if s not in several}
     pairs = [(s, images[s], scores[s]) for s in sorted(images.keys() & scores.keys())]
-    ambiguous = [f"{s} ({', '.join(p.name for p in ps)})" for s, ps in sorted(several.items())]
-    return (pairs, sorted(images.keys() - scores.keys()),
-            sorted(scores.keys() - images.keys() - several.keys()), ambiguous)  # fmt: skip
+
+    def ambiguous(f):
+        return [f"{s} ({', '.join(p.name for p in ps)})" for s, ps in sorted(f.items())
+                if len(ps) > 1]  # fmt: skip
+
+    return (pairs, sorted(images.keys() - scores.keys() - several),
+            sorted(scores.keys() - images.keys() - several), ambiguous(found),
+            ambiguous(found_scores))  # fmt: skip
 
 
 def report_unmatched(command: str, kind: str, stems: list[str], folder) -> None:

@@ -167,13 +167,16 @@ def folder_tuning(cfg) -> Tuning:
     label_dir = Path(cfg.label_dir)
     if not label_dir.is_dir():
         raise DeepLabError(f"{label_dir}: not a directory")
-    pairs, no_scores, no_image, several = match_pairs(Path(cfg.image_dir), Path(cfg.scores_dir))
+    pairs, no_scores, no_image, several, several_scores = match_pairs(
+        Path(cfg.image_dir), Path(cfg.scores_dir))  # fmt: skip
     no_label = [s for s, _, _ in pairs if not (label_dir / f"{s}.png").is_file()]
     report = "deeplabv1 crf-search"
     report_unmatched(report, "image(s) without a score file", no_scores, cfg.scores_dir)
     report_unmatched(report, "score file(s) without an image", no_image, cfg.image_dir)
     report_unmatched(report, "pair(s) without a <stem>.png label", no_label, label_dir)
     report_unmatched(report, "stem(s) with more than one image", several, cfg.image_dir)
+    report_unmatched(report, "stem(s) with more than one score file", several_scores,
+                     cfg.scores_dir)  # fmt: skip
     missing = set(no_label)
     trios = [(s, str(i), str(n), str(label_dir / f"{s}.png")) for s, i, n in pairs
              if s not in missing][: cfg.num_images]  # fmt: skip
