@@ -365,3 +365,24 @@ def test_labels_that_are_all_void_are_one_line(folders, tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, "crf-search", "255", "void",
                           str(tmp_path / "lab"))  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_file_named_in_bytes_that_are_not_utf8_is_reported(folders, tmp_path,
+                                                                        capfd):  # fmt: skip
+    """A pair whose image cannot be read and whose name is not UTF-8 is left out as any other:
+    search.md names it with its bytes escaped (caf\\xe9), and best.json lists it."""
+    root, _ = folders
+    odd = os.fsdecode(b"caf\xe9")
+    for name in ("img", "full", "lab"):
+        (tmp_path / name).mkdir()
+        for stem in ("photo_0", "photo_1"):
+            src = next((root / name).glob(f"{stem}.*"))
+            (tmp_path / name / src.name).write_bytes(src.read_bytes())
+        src = next((root / name).glob("photo_1.*"))
+        (tmp_path / name / f"{odd}{src.suffix}").write_bytes(src.read_bytes())
+    (tmp_path / "img" / f"{odd}.png").write_bytes(b"not a PNG")
+    out = tmp_path / "out"
+    assert main(_argv(tmp_path, "full", out)) == 1
+    assert "Traceback" not in capfd.readouterr().err
+    assert "Left out (unreadable): caf\\xe9." in (out / "search.md").read_text(encoding="utf-8")
+    assert list(json.loads((out / "best.json").read_text())["skipped"]) == [odd]
