@@ -386,3 +386,14 @@ def test_an_unreadable_file_named_in_bytes_that_are_not_utf8_is_reported(folders
     assert "Traceback" not in capfd.readouterr().err
     assert "Left out (unreadable): caf\\xe9." in (out / "search.md").read_text(encoding="utf-8")
     assert list(json.loads((out / "best.json").read_text())["skipped"]) == [odd]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_parameters_the_crf_cannot_take_are_one_line(folders, tmp_path, capsys, jobs):
+    """--sg 1e-300 (0 in float32): the CRF's ValueError is one line naming the point, as
+    `deeplabv1 crf` reports it, in this process or a worker process."""
+    root, _ = folders
+    argv = [*_argv(root, "full", tmp_path / "out"), "--sg", "1e-300", "--jobs", jobs]
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf-search", "sg 1e-300",
+                          "features: standard deviation")  # fmt: skip

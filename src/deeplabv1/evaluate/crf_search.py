@@ -202,7 +202,14 @@ def evaluate_point(point: Point) -> dict:
     for item in _IMAGES:  # tuning.SavedImage or tuning.FolderImage
         if acc is None:
             acc = ConfusionAccumulator(item.num_classes)
-        acc.update(item.crf_labels(params, *_CRF), item.labels)
+        try:
+            labels = item.crf_labels(params, *_CRF)
+        except DeepLabError:
+            raise
+        except ValueError as exc:  # parameters the CRF cannot take (e.g. tiny std devs)
+            shown = ", ".join(f"{n} {v:g}" for n, v in zip(PARAM_NAMES, point))
+            raise DeepLabError(f"CRF at {shown}: {exc}") from exc
+        acc.update(labels, item.labels)
     rec = dict(zip(PARAM_NAMES, point))
     rec["mean_iou"] = round(100 * mean_iou(acc.matrix), 4)
     rec["pixel_accuracy"] = round(100 * pixel_accuracy(acc.matrix), 4)
