@@ -361,9 +361,11 @@ def test_labels_that_are_all_void_are_one_line(folders, tmp_path, capsys):
             src = next((root / name).glob(f"{stem}.*"))
             (tmp_path / name / src.name).write_bytes(src.read_bytes())
         Image.fromarray(np.full_like(truth[stem][1], 255)).save(tmp_path / "lab" / f"{stem}.png")
+    (tmp_path / "full" / "photo_1.npy").write_bytes(b"not an array")  # also named
     assert main(_argv(tmp_path, "full", tmp_path / "out")) == 2
-    assert_one_line_error(capsys.readouterr().err, "crf-search", "255", "void",
-                          str(tmp_path / "lab"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "crf-search", "255", "void", str(tmp_path / "lab"))
+    assert "deeplabv1 crf-search: skipped " in err and "photo_1.npy" in err, err
     assert not (tmp_path / "out").exists()
 
 

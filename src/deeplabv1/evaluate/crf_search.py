@@ -365,12 +365,12 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
         first = next(iter(skipped.values()), "no images")
         more = f"; {len(skipped) - 1} more skipped" if len(skipped) > 1 else ""
         raise DeepLabError(f"no usable image left: {first}{more}")
+    for message in skipped.values() if dist.is_main else ():
+        print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
     if all((im.labels == IGNORE_INDEX).all() for im in images):  # a mean IoU of NaN
         where = tuning.setup.get("labels") or cfg.data
         raise DeepLabError(f"{where}: every label pixel of the {len(images)} image(s) is 255 "
                            "(void): nothing to score the CRF on")  # fmt: skip
-    for message in skipped.values() if dist.is_main else ():
-        print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
     used = [i for i in tuning.ids if i not in skipped]
     setup = {**tuning.setup, "num_images": len(used), "ids_sha1": ids_digest(used),
              **search_settings(cfg)}  # fmt: skip
