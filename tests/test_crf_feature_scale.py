@@ -136,7 +136,7 @@ def test_key_row_tables_equal_packed_code_tables(d):
     np.testing.assert_array_equal(nbrs_w, nbrs)
 
 
-OVERFLOW_CASES = {
+OVERFLOW_CASES = {  # the name ends in the standard deviation as given
     "gaussian_sxy_1e-300": "d = crf(); d.addPairwiseGaussian(sxy=1e-300, compat=3); d.inference(2)",
     "gaussian_sxy_1e-40": "d = crf(); d.addPairwiseGaussian(sxy=(3, 1e-40), compat=3)",
     "bilateral_srgb_1e-40": "d = crf(); d.addPairwiseBilateral(sxy=5, srgb=(13, 1e-40, 13), "
@@ -158,6 +158,7 @@ def test_std_devs_whose_features_overflow_float32_are_a_clear_error(name):
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, f"rc {run.returncode}: {run.stderr[-500:]}"
     assert run.stdout.startswith("VE features: standard deviation "), run.stdout
+    assert name.rsplit("_", 1)[1] in run.stdout  # as given, not its float32 value (0, 1e-40)
     assert "overflow float32" in run.stdout
 
 

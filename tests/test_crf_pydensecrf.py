@@ -681,7 +681,7 @@ def test_whole_images_every_normalization(voc_samples):
                 one = _image_crf(dcrf, rgb, u, *args)
                 engine_threads.set_num_threads(2)
                 two = _image_crf(dcrf, rgb, u, *args)
-                if norm == dcrf.NO_NORMALIZATION:  # measured: <= 0.07, <= 3 pixels
+                if norm == dcrf.NO_NORMALIZATION:  # measured: <= 0.084, <= 2 pixels
                     assert np.abs(one - theirs).max() < 0.15
                     assert (one.argmax(0) != theirs.argmax(0)).sum() <= 10
                     assert (one.argmax(0) != two.argmax(0)).sum() <= 10

@@ -361,7 +361,41 @@ def test_labels_that_are_all_void_are_one_line(folders, tmp_path, capsys):
             src = next((root / name).glob(f"{stem}.*"))
             (tmp_path / name / src.name).write_bytes(src.read_bytes())
         Image.fromarray(np.full_like(truth[stem][1], 255)).save(tmp_path / "lab" / f"{stem}.png")
+    (tmp_path / "full" / "photo_1.npy").write_bytes(b"not an array")  # also named
     assert main(_argv(tmp_path, "full", tmp_path / "out")) == 2
-    assert_one_line_error(capsys.readouterr().err, "crf-search", "255", "void",
-                          str(tmp_path / "lab"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "crf-search", "255", "void", str(tmp_path / "lab"))
+    assert "deeplabv1 crf-search: skipped " in err and "photo_1.npy" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_file_named_in_bytes_that_are_not_utf8_is_reported(folders, tmp_path,
+                                                                        capfd):  # fmt: skip
+    """A pair whose image cannot be read and whose name is not UTF-8 is left out as any other:
+    search.md names it with its bytes escaped (caf\\xe9), and best.json lists it."""
+    root, _ = folders
+    odd = os.fsdecode(b"caf\xe9")
+    for name in ("img", "full", "lab"):
+        (tmp_path / name).mkdir()
+        for stem in ("photo_0", "photo_1"):
+            src = next((root / name).glob(f"{stem}.*"))
+            (tmp_path / name / src.name).write_bytes(src.read_bytes())
+        src = next((root / name).glob("photo_1.*"))
+        (tmp_path / name / f"{odd}{src.suffix}").write_bytes(src.read_bytes())
+    (tmp_path / "img" / f"{odd}.png").write_bytes(b"not a PNG")
+    out = tmp_path / "out"
+    assert main(_argv(tmp_path, "full", out)) == 1
+    assert "Traceback" not in capfd.readouterr().err
+    assert "Left out (unreadable): caf\\xe9." in (out / "search.md").read_text(encoding="utf-8")
+    assert list(json.loads((out / "best.json").read_text())["skipped"]) == [odd]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_parameters_the_crf_cannot_take_are_one_line(folders, tmp_path, capsys, jobs):
+    """--sg 1e-300 (0 in float32): the CRF's ValueError is one line naming the point, as
+    `deeplabv1 crf` reports it, in this process or a worker process."""
+    root, _ = folders
+    argv = [*_argv(root, "full", tmp_path / "out"), "--sg", "1e-300", "--jobs", jobs]
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "crf-search", "sg 1e-300",
+                          "features: standard deviation")  # fmt: skip

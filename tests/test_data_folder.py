@@ -113,6 +113,18 @@ def test_fraction_split_is_the_sha1_order_and_stable(tmp_path: Path) -> None:
         fraction_split(stems, 1.0)
 
 
+def test_fraction_split_takes_names_that_are_not_utf8() -> None:
+    """A stem of undecodable bytes (os.fsdecode's surrogates) is ordered by the SHA-1 of its
+    bytes, as the others are by their UTF-8 bytes."""
+    import os
+
+    raw = [b"caf\xe9", b"img001", b"\xff\xfe", "\u00e9t\u00e9".encode(), b"img002"]
+    stems = sorted(os.fsdecode(r) for r in raw)
+    by_digest = [os.fsdecode(r) for r in sorted(raw, key=lambda r: hashlib.sha1(r).hexdigest())]
+    got = fraction_split(stems, 0.4)
+    assert got["val"] == sorted(by_digest[:2]) and got["train"] == sorted(by_digest[2:])
+
+
 def test_layout_detection_and_one_line_errors(tmp_path: Path) -> None:
     voc = make_synthetic_voc(tmp_path / "voc", 2, size=(16, 16))
     plain = make_synthetic_folder(tmp_path / "plain", 2, size=(16, 16))

@@ -33,14 +33,14 @@ def check_std(value: float | Sequence[float], n: int, name: str) -> tuple[float,
 
 
 def divide_features(values: np.ndarray, std, out: np.ndarray | None = None) -> np.ndarray:
-    """``values / std`` in float32 (into ``out`` if given). A standard deviation that is 0 in
-    float32 (1e-300) or so small that the quotient leaves float32's range (1e-40) gives NaN or
-    infinite features, where pydensecrf divides by zero or crashes: a ValueError naming it,
-    instead of numpy's RuntimeWarnings."""
+    """``values / float32(std)`` in float32 (into ``out`` if given). A standard deviation that
+    is 0 in float32 (1e-300) or so small that the quotient leaves float32's range (1e-40) gives
+    NaN or infinite features, where pydensecrf divides by zero or crashes: a ValueError naming
+    it as given, instead of numpy's RuntimeWarnings."""
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        out = np.divide(values, std, out=out, dtype=np.float32)
+        out = np.divide(values, np.asarray(std, np.float32), out=out, dtype=np.float32)
     if not np.isfinite(out).all():
-        shown = ", ".join(f"{float(v):g}" for v in np.atleast_1d(std))
+        shown = ", ".join(f"{float(v):g}" for v in np.atleast_1d(np.asarray(std, np.float64)))
         raise ValueError(f"features: standard deviation {shown} is too small: positions or "
                          "colours divided by it overflow float32; use larger standard "
                          "deviations")  # fmt: skip
@@ -51,8 +51,8 @@ def position_grid(height: int, width: int, sx: float, sy: float) -> np.ndarray:
     """(N, 2) float32 position features (x / sx, y / sy), pixel index y * W + x (float32
     division, bitwise as torch computes it)."""
     out = np.empty((height, width, 2), np.float32)
-    out[:, :, 0] = divide_features(np.arange(width, dtype=np.float32), np.float32(sx))
-    out[:, :, 1] = divide_features(np.arange(height, dtype=np.float32), np.float32(sy))[:, None]
+    out[:, :, 0] = divide_features(np.arange(width, dtype=np.float32), sx)
+    out[:, :, 1] = divide_features(np.arange(height, dtype=np.float32), sy)[:, None]
     return out.reshape(height * width, 2)
 
 
@@ -67,7 +67,7 @@ def gaussian_features_np(height: int, width: int, sxy: float | Sequence[float]) 
 def bilateral_features_np(image: np.ndarray, sxy, srgb) -> np.ndarray:
     """:func:`bilateral_features` of one (H, W, 3) uint8 image as an (H*W, 5) float32 array."""
     sx, sy = check_std(sxy, 2, "sxy")
-    scol = np.asarray(check_std(srgb, 3, "srgb"), np.float32)
+    scol = check_std(srgb, 3, "srgb")
     height, width, _ = image.shape
     out = np.empty((height * width, 5), np.float32)
     out[:, :2] = position_grid(height, width, sx, sy)

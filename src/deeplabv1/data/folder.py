@@ -48,7 +48,7 @@ def fraction_split(stems: list[str], val_fraction: float) -> dict[str, list[str]
         raise DeepLabError(f"val_fraction (--val-fraction) must lie in (0, 1), got {val_fraction}")
     if len(stems) < 2:
         raise DeepLabError(f"--val-fraction needs at least 2 images to split, found {len(stems)}")
-    ordered = sorted(stems, key=lambda s: (hashlib.sha1(s.encode("utf-8")).hexdigest(), s))
+    ordered = sorted(stems, key=lambda s: (hashlib.sha1(os.fsencode(s)).hexdigest(), s))
     n_val = min(max(1, round(len(stems) * val_fraction)), len(stems) - 1)
     val = set(ordered[:n_val])
     return {"train": sorted(s for s in stems if s not in val), "val": sorted(val)}

@@ -202,7 +202,14 @@ def evaluate_point(point: Point) -> dict:
     for item in _IMAGES:  # tuning.SavedImage or tuning.FolderImage
         if acc is None:
             acc = ConfusionAccumulator(item.num_classes)
-        acc.update(item.crf_labels(params, *_CRF), item.labels)
+        try:
+            labels = item.crf_labels(params, *_CRF)
+        except DeepLabError:
+            raise
+        except ValueError as exc:  # parameters the CRF cannot take (e.g. tiny std devs)
+            shown = ", ".join(f"{n} {v:g}" for n, v in zip(PARAM_NAMES, point))
+            raise DeepLabError(f"CRF at {shown}: {exc}") from exc
+        acc.update(labels, item.labels)
     rec = dict(zip(PARAM_NAMES, point))
     rec["mean_iou"] = round(100 * mean_iou(acc.matrix), 4)
     rec["pixel_accuracy"] = round(100 * pixel_accuracy(acc.matrix), 4)
@@ -358,12 +365,12 @@ def crf_search(cfg: CRFSearchConfig, tuning, progress=None, dist=None) -> dict:
         first = next(iter(skipped.values()), "no images")
         more = f"; {len(skipped) - 1} more skipped" if len(skipped) > 1 else ""
         raise DeepLabError(f"no usable image left: {first}{more}")
+    for message in skipped.values() if dist.is_main else ():
+        print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
     if all((im.labels == IGNORE_INDEX).all() for im in images):  # a mean IoU of NaN
         where = tuning.setup.get("labels") or cfg.data
         raise DeepLabError(f"{where}: every label pixel of the {len(images)} image(s) is 255 "
                            "(void): nothing to score the CRF on")  # fmt: skip
-    for message in skipped.values() if dist.is_main else ():
-        print(f"deeplabv1 crf-search: skipped {message}", file=sys.stderr)
     used = [i for i in tuning.ids if i not in skipped]
     setup = {**tuning.setup, "num_images": len(used), "ids_sha1": ids_digest(used),
              **search_settings(cfg)}  # fmt: skip

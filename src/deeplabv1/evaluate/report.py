@@ -120,5 +120,7 @@ def write_search(out_dir: str | os.PathLike, search: dict) -> dict[str, Path]:
     best = {k: v for k, v in search.items() if k != "records"}
     best["num_points"] = len(search["records"])
     atomic_write_json(out / "best.json", best)
-    atomic_write_text(out / "search.md", search_markdown(search))
+    # names that are not UTF-8 (os.fsdecode's surrogates) shown with their bytes escaped
+    text = search_markdown(search).encode("utf-8", "surrogateescape")
+    atomic_write_text(out / "search.md", text.decode("utf-8", "backslashreplace"))
     return {"json": out / "best.json", "markdown": out / "search.md"}

@@ -323,5 +323,5 @@ class DenseCRF2D(DenseCRF):
         img = as_rgb_image(rgbim, self._h, self._w)
         feats = np.empty((self._h * self._w, 5), np.float32)
         feats[:, :2] = position_grid(self._h, self._w, sx, sy)
-        divide_features(img.reshape(-1, 3), np.asarray(scol, np.float32), out=feats[:, 2:])
+        divide_features(img.reshape(-1, 3), scol, out=feats[:, 2:])
         self._add(feats, compat, kernel, normalization)
