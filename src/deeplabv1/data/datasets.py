@@ -19,10 +19,12 @@ from deeplabv1.data.voc import default_label_dir, read_ids, resolve_voc_root, sp
 from deeplabv1.errors import DeepLabError
 
 __all__ = [
-    "SegmentationDataset", "find_image", "open_dataset", "read_ids", "read_image", "voc_dataset",
+    "SegmentationDataset", "find_image", "find_label", "open_dataset", "read_ids", "read_image",
+    "voc_dataset",
 ]  # fmt: skip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+LABEL_SUFFIXES = (".png", ".PNG")  # images pair in either case; so do their masks
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -46,6 +48,16 @@ def find_image(image_dir: Path, sid: str) -> Path:
         if cand.is_file():
             return cand
     return image_dir / f"{sid}.jpg"  # reading it gives the 'not found' error with the VOC name
+
+
+def find_label(label_dir: Path, sid: str) -> Path:
+    """``label_dir/<sid>.png``, or ``<sid>.PNG`` when only that exists (as images, masks pair
+    by stem in either case); the ``.png`` name when neither does (for the 'not found' error)."""
+    for suffix in LABEL_SUFFIXES:
+        cand = label_dir / f"{sid}{suffix}"
+        if cand.is_file():
+            return cand
+    return label_dir / f"{sid}.png"
 
 
 class SegmentationDataset:
@@ -89,7 +101,7 @@ class SegmentationDataset:
         return find_image(self.image_dir, self.ids[index])
 
     def label_path(self, index: int) -> Path | None:
-        return None if self.label_dir is None else self.label_dir / f"{self.ids[index]}.png"
+        return None if self.label_dir is None else find_label(self.label_dir, self.ids[index])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw RGB image and uint8 label map of item ``index`` (no transform)."""
