@@ -177,6 +177,14 @@ def test_masks_pair_by_stem_in_either_case_as_images_do(tmp_path: Path, capsys) 
     assert main(["data", "check", "--root", str(root), "--split", "all",
                  "--num-classes", "2"]) == 0  # fmt: skip
     assert "1 masks without images" not in capsys.readouterr().out
+    # any case: a stem listed from images/ as <stem>.Jpg is then found, not "missing"
+    (root / "masks" / "b.PNG").rename(root / "masks" / "b.Png")
+    (root / "images" / "a.PNG").rename(root / "images" / "a.Jpg")
+    Image.open(root / "images" / "a.Jpg").convert("RGB").save(root / "images" / "a.Jpg", "JPEG")
+    ds = open_dataset(root, "all", transform=TestTransform(None), num_classes=2)
+    assert (ds.image_path(0), ds.label_path(1)) == (root / "images" / "a.Jpg",
+                                                     root / "masks" / "b.Png")  # fmt: skip
+    assert check_dataset(root, "all", num_classes=2).ok
 
 
 def test_one_bit_masks_read_as_0_and_1(tmp_path: Path) -> None:

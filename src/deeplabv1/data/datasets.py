@@ -6,6 +6,7 @@ the same crop and mirror whatever the number of workers, the order of loading or
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,23 +42,46 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
-def find_image(image_dir: Path, sid: str) -> Path:
-    """``image_dir/<sid>.jpg`` (VOC), or the first other image suffix that exists."""
-    for suffix in IMAGE_SUFFIXES:
-        cand = image_dir / f"{sid}{suffix}"
+@functools.lru_cache(maxsize=8)
+def _names_by_stem(folder: Path, mtime_ns: int) -> dict[str, list[str]]:
+    """The file names of ``folder`` by stem (cached while the folder's entries are unchanged:
+    its modification time changes with them)."""
+    names: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        names.setdefault(Path(name).stem, []).append(name)
+    return names
+
+
+def _find(folder: Path, sid: str, suffixes: tuple[str, ...]) -> Path | None:
+    """``folder/<sid><suffix>`` for the first of ``suffixes`` that exists, else a file of that
+    stem whose suffix is one of them in another case (``.Jpg``; the folder is listed only when
+    nothing else matched, once while it is unchanged), else None."""
+    for suffix in suffixes:
+        cand = folder / f"{sid}{suffix}"
         if cand.is_file():
             return cand
-    return image_dir / f"{sid}.jpg"  # reading it gives the 'not found' error with the VOC name
+    wanted = {s.lower() for s in suffixes}
+    try:
+        names = _names_by_stem(folder, folder.stat().st_mtime_ns).get(sid, [])
+    except OSError:
+        return None
+    found = [folder / n for n in names if Path(n).suffix.lower() in wanted]
+    return next((p for p in found if p.is_file()), None)
+
+
+def find_image(image_dir: Path, sid: str) -> Path:
+    """``image_dir/<sid>.jpg`` (VOC), or the first other image suffix that exists, in any case."""
+    found = _find(image_dir, sid, IMAGE_SUFFIXES)
+    # the VOC name when there is none: reading it gives the 'not found' error
+    return image_dir / f"{sid}.jpg" if found is None else found
 
 
 def find_label(label_dir: Path, sid: str) -> Path:
-    """``label_dir/<sid>.png``, or ``<sid>.PNG`` when only that exists (as images, masks pair
-    by stem in either case); the ``.png`` name when neither does (for the 'not found' error)."""
-    for suffix in LABEL_SUFFIXES:
-        cand = label_dir / f"{sid}{suffix}"
-        if cand.is_file():
-            return cand
-    return label_dir / f"{sid}.png"
+    """``label_dir/<sid>.png``, or ``<sid>.PNG`` (any case) when only that exists (as images,
+    masks pair by stem in any case); the ``.png`` name when none does (for the 'not found'
+    error)."""
+    found = _find(label_dir, sid, LABEL_SUFFIXES)
+    return label_dir / f"{sid}.png" if found is None else found
 
 
 class SegmentationDataset:
