@@ -73,6 +73,10 @@ def test_infinite_rates_and_multipliers_are_refused():
             TrainConfig(data_root="x", **{key: float("inf")}).validate()
         with pytest.raises(DeepLabError, match=key):
             TrainConfig(data_root="x", **{key: float("nan")}).validate()
+    # finite but beyond float32 once multiplied (x10 x2): a RuntimeError in the optimizer
+    with pytest.raises(DeepLabError, match=r"base_lr 1e\+38 times the lr multipliers \(20\) "
+                                           "exceeds the largest float32"):
+        TrainConfig(data_root="x", base_lr=1e38).validate()
 
 
 def test_the_joint_crf_stage_settings_are_checked_before_stage_1():

@@ -18,6 +18,8 @@ from typing import Literal
 
 from deeplabv1.errors import DeepLabError
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
 ARCH = Literal[
     "deeplab", "deeplab-7x7", "deeplab-4x4", "deeplab-largefov", "deeplab-msc",
     "deeplab-msc-largefov",
@@ -197,6 +199,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise DeepLabError(f"train config: {message}")
+        # the optimizer hands each group's lr to float32 kernels: it must fit that type
+        mults = max(1.0, self.classifier_lr_mult) * max(1.0, self.bias_lr_mult)
+        for name in ("base_lr", "crf_base_lr") if self.crf == "end-to-end" else ("base_lr",):
+            if getattr(self, name) * mults > FLOAT32_MAX:
+                raise DeepLabError(
+                    f"train config: {name} {getattr(self, name)} times the lr multipliers "
+                    f"({mults:g}) exceeds the largest float32 ({FLOAT32_MAX:.4g})")
         per_step = world_size * self.iter_size
         if self.batch_size % per_step:
             raise DeepLabError(
