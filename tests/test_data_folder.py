@@ -173,6 +173,32 @@ def test_open_dataset_reads_the_masks_and_names_missing_ones(tmp_path: Path) -> 
         open_dataset(root, "all")
 
 
+def test_masks_pair_by_stem_in_either_case_as_images_do(tmp_path: Path, capsys) -> None:
+    """Images named <stem>.JPG / .PNG paired, but a mask <stem>.PNG was "missing" (the error
+    named <stem>.png with the file right there) for data check, train and eval; masks now pair
+    as images do."""
+    masks = {"a": np.zeros((16, 16), np.uint8), "b": np.full((16, 16), 1, np.uint8)}
+    root = write_folder(tmp_path / "d", masks)
+    (root / "masks" / "b.png").rename(root / "masks" / "b.PNG")
+    (root / "images" / "a.png").rename(root / "images" / "a.PNG")
+    ds = open_dataset(root, "all", transform=TestTransform(None), num_classes=2)
+    assert ds.label_path(1) == root / "masks" / "b.PNG"
+    assert torch.equal(ds[1]["label"], torch.full((16, 16), 1, dtype=torch.int64))
+    res = check_dataset(root, "all", num_classes=2)
+    assert res.ok and res.pixel_counts == Counter({0: 256, 1: 256})
+    assert main(["data", "check", "--root", str(root), "--split", "all",
+                 "--num-classes", "2"]) == 0  # fmt: skip
+    assert "1 masks without images" not in capsys.readouterr().out
+    # any case: a stem listed from images/ as <stem>.Jpg is then found, not "missing"
+    (root / "masks" / "b.PNG").rename(root / "masks" / "b.Png")
+    (root / "images" / "a.PNG").rename(root / "images" / "a.Jpg")
+    Image.open(root / "images" / "a.Jpg").convert("RGB").save(root / "images" / "a.Jpg", "JPEG")
+    ds = open_dataset(root, "all", transform=TestTransform(None), num_classes=2)
+    assert (ds.image_path(0), ds.label_path(1)) == (root / "images" / "a.Jpg",
+                                                     root / "masks" / "b.Png")  # fmt: skip
+    assert check_dataset(root, "all", num_classes=2).ok
+
+
 def test_one_bit_masks_read_as_0_and_1(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "d", {"a": np.zeros((8, 8))})
     mask = np.zeros((8, 8), bool)

@@ -60,3 +60,27 @@ def test_rf_plot_msc_largefov(tmp_path, capsys):
 
     with Image.open(png) as im:
         assert im.size[0] > 800 and im.size[1] > 300
+
+
+def test_rf_plot_never_writes_over_a_file_of_yours(tmp_path, capsys):
+    """`rf --plot` replaced any existing file (a photo, a note, a .txt) with its PNG; like
+    `plot -o` it now refuses a file deeplabv1 did not write unless --overwrite, and a name
+    that is not a .png, each in one line before any work."""
+    mine = tmp_path / "figure.png"
+    mine.write_bytes(b"my own figure")
+    assert main(["rf", "--arch", "deeplab", "--plot", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert "figure.png: exists and was not written by deeplabv1" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert mine.read_bytes() == b"my own figure"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    assert main(["rf", "--arch", "deeplab", "--plot", str(notes)]) == 2
+    assert "notes.txt: --plot has suffix '.txt'" in capsys.readouterr().err
+    assert notes.read_text() == "keep me"
+    # its own PNG is replaced on a rerun; yours with --overwrite
+    ours = tmp_path / "rf.png"
+    assert main(["rf", "--arch", "deeplab", "--plot", str(ours)]) == 0
+    assert main(["rf", "--arch", "deeplab", "--plot", str(ours)]) == 0
+    assert main(["rf", "--arch", "deeplab", "--plot", str(mine), "--overwrite"]) == 0
+    assert mine.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -191,3 +191,30 @@ def test_old_checkpoints_get_generic_names_in_eval(tmp_path) -> None:
     assert "| Method | class0 | class1 | class2 | class3 | class4 | class5 | mean |" in md
     (root / "classes.txt").write_text("a\nb\n")
     assert main(argv) == 2  # the dataset names 2 classes, the model predicts 6
+
+
+def test_class_names_override_a_classes_file_naming_another_count(tmp_path, capsys) -> None:
+    """docs/data.md: `--class-names` names the classes "without a classes file, or to override
+    it". Naming another number of classes than the file was refused, blaming a --num-classes
+    never given (`names 5 classes, but num_classes (--num-classes) is 2`), and eval then
+    refused the model the run wrote; the names now override the file in train and eval."""
+    root = make_synthetic_folder(tmp_path / "d", 4, size=(48, 40), classes=CLASSES)
+    for mask in sorted((root / "masks").glob("*.png")):  # now a binary task: 0 or 1, 255 void
+        labels = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(labels == 255, 255, labels > 0).astype(np.uint8)).save(mask)
+    out = tmp_path / "run"
+    argv = ["train", "--data-root", str(root), "--split", "all", "--max-iter", "1",
+            "--class-names", "background", "thing", "--out-dir", str(out), *TINY]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "2 classes (--class-names): background, thing" in capsys.readouterr().out
+    ckpt = load_checkpoint(out / "final.pt")
+    assert (ckpt["num_classes"], ckpt["class_names"]) == (2, ["background", "thing"])
+    argv = ["eval", "--weights", str(out / "final.pt"), "--data", str(root), "--split", "all",
+            "--device", "cpu", "--progress", "false", "-o", str(tmp_path / "e")]  # fmt: skip
+    assert main(argv) == 0
+    assert "names other classes than the model" in capsys.readouterr().err
+    assert "| Method | bkg | thing | mean |" in (tmp_path / "e" / "results.md").read_text()
+    # the names still have to agree with --num-classes when both are given
+    assert main(["train", "--data-root", str(root), "--split", "all", "--num-classes", "3",
+                 "--class-names", "a", "b", "--out-dir", str(tmp_path / "r2"), *TINY]) == 2
+    assert "class_names (--class-names): 2 class names for 3 classes" in capsys.readouterr().err

@@ -65,6 +65,20 @@ def test_bad_settings_name_the_problem():
         config_from_dict(TrainConfig, {"lr": 0.1})
 
 
+def test_infinite_rates_and_multipliers_are_refused():
+    """`--base-lr inf` (or an infinite decay, gamma or multiplier) passed the `> 0` checks and
+    trained into NaN weights; every such value is now refused before anything runs."""
+    for key in ("base_lr", "weight_decay", "gamma", "classifier_lr_mult", "bias_lr_mult"):
+        with pytest.raises(DeepLabError, match=f"{key} must be a finite number .*got inf"):
+            TrainConfig(data_root="x", **{key: float("inf")}).validate()
+        with pytest.raises(DeepLabError, match=key):
+            TrainConfig(data_root="x", **{key: float("nan")}).validate()
+    # finite but beyond float32 once multiplied (x10 x2): a RuntimeError in the optimizer
+    with pytest.raises(DeepLabError, match=r"base_lr 1e\+38 times the lr multipliers \(20\) "
+                                           "exceeds the largest float32"):
+        TrainConfig(data_root="x", base_lr=1e38).validate()
+
+
 def test_the_joint_crf_stage_settings_are_checked_before_stage_1():
     """With crf end-to-end the joint stage's settings are refused by validate, before stage 1
     trains (and before an earlier run in out_dir makes way); without it they are not used."""
@@ -73,6 +87,11 @@ def test_the_joint_crf_stage_settings_are_checked_before_stage_1():
         ({"crf_train_iters": 0}, "crf_train_iters"),
         ({"crf_test_iters": 0}, "crf_test_iters"),
         ({"crf_normalization": "bogus"}, "crf_normalization .*'bogus'"),
+        # a traceback from the optimizer after stage 1, or silent gradient ascent, before
+        ({"crf_base_lr": -1.0}, "crf_base_lr must be a finite number > 0, got -1.0"),
+        ({"crf_base_lr": float("inf")}, "crf_base_lr"),
+        ({"crf_lr": -1.0}, "crf_lr must be a finite number >= 0, got -1.0"),
+        ({"crf_lr": float("nan")}, "crf_lr"),
     ]:
         with pytest.raises(DeepLabError, match=match):
             TrainConfig(data_root="x", crf="end-to-end", **bad).validate()

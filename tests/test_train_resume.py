@@ -86,6 +86,21 @@ def test_crash_and_auto_resume_in_place_keeps_one_clean_log(synth_root, tmp_path
     assert lrs[7] == pytest.approx(1e-3) and lrs[8] == pytest.approx(1e-4)
 
 
+def test_a_run_diverging_between_log_lines_writes_no_checkpoint(synth_root, tmp_path):
+    """The loss is checked only on log lines: a run that diverged between them wrote periodic
+    checkpoints and a final.pt of NaN weights (which predict and eval then refuse) and
+    `--resume auto` continued from them. Now it stops at the first such checkpoint."""
+    out = tmp_path / "run"
+    with pytest.raises(DeepLabError, match="training diverged: weights hold NaN or infinite "
+                                           "values at iteration 2 .*no checkpoint written"):
+        train(_cfg(synth_root, out, base_lr=1e30, max_iter=12, log_every=100,
+                   checkpoint_every=2))  # fmt: skip
+    assert not list(out.glob("*.pt"))
+    with pytest.raises(DeepLabError, match="diverged: weights hold NaN .* at iteration 1 "):
+        train(_cfg(synth_root, tmp_path / "one", base_lr=1e37, max_iter=1, iter_size=1))
+    assert not (tmp_path / "one" / "final.pt").exists()
+
+
 def test_resume_rejects_a_plain_model_checkpoint(synth_root, tmp_path):
     out = tmp_path / "x"
     final = train(_cfg(synth_root, out, max_iter=1, checkpoint_every=0))

@@ -13,6 +13,7 @@ import dataclasses
 from pathlib import Path
 
 from deeplabv1.cli.info import InfoConfig, model_kwargs
+from deeplabv1.errors import DeepLabError
 
 
 @dataclasses.dataclass
@@ -21,6 +22,9 @@ class RfConfig(InfoConfig):
 
     plot: Path | None = dataclasses.field(
         default=None, metadata={"help": "also draw RF growth of all variants to this PNG"}
+    )
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "replace a --plot file deeplabv1 did not write"}
     )
 
 
@@ -62,13 +66,27 @@ def explain(rows, paper: int) -> str:
 
 
 def run(args) -> int:
+    from deeplabv1.config import resolve_config
+    from deeplabv1.io import check_outputs, output_rules
+
+    cfg = resolve_config(RfConfig, args)
+    with output_rules((), overwrite=cfg.overwrite, command="rf"):
+        if cfg.plot is not None:  # as `plot -o`: a PNG, and never a file of yours unasked
+            if Path(cfg.plot).suffix.lower() != ".png":
+                suffix = Path(cfg.plot).suffix
+                what = f"suffix {suffix!r}" if suffix else "no suffix"
+                raise DeepLabError(f"{cfg.plot}: --plot has {what}: rf draws a PNG image "
+                                   "(use .png)")  # fmt: skip
+            check_outputs([cfg.plot])
+        return _run(cfg)
+
+
+def _run(cfg: RfConfig) -> int:
     import torch
 
-    from deeplabv1.config import resolve_config
     from deeplabv1.models import MODEL_NAMES, build_model
     from deeplabv1.models.receptive_field import branch_table, layer_table, paper_receptive_field
 
-    cfg = resolve_config(RfConfig, args)
     with torch.device("meta"):
         model = build_model(cfg.arch, num_classes=cfg.num_classes, width=cfg.width,
                             **model_kwargs(cfg))  # fmt: skip

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from deeplabv1.data import folder
-from deeplabv1.data.datasets import find_image
+from deeplabv1.data.datasets import find_image, find_label
 from deeplabv1.data.palette import IGNORE_INDEX, read_label_png
 from deeplabv1.errors import DeepLabError
 
@@ -165,7 +165,7 @@ def _check_one(image_dir: Path, label_dir: Path, sid: str):
             size = img.size
     except OSError as exc:
         return "unreadable images", f"{image}: {exc}", None
-    label = label_dir / f"{sid}.png"
+    label = find_label(label_dir, sid)
     if not label.is_file():
         return "missing labels", str(label), None
     try:

@@ -204,8 +204,10 @@ def resolve_classes(
 ) -> ClassInfo:
     """The classes of a run: ``class_names`` (``--class-names``; colours from ``found`` when it
     names as many), else ``found`` (a dataset's classes file), else the defaults for
-    ``num_classes`` (21 when None). ``found`` naming other than ``num_classes`` is an error."""
-    if found is not None and num_classes is not None and found.num_classes != num_classes:
+    ``num_classes`` (21 when None). ``found`` naming other than ``num_classes`` is an error
+    unless ``class_names`` override it."""
+    if (class_names is None and found is not None and num_classes is not None
+            and found.num_classes != num_classes):  # fmt: skip
         raise DeepLabError(f"{found.source}: names {found.num_classes} classes, but num_classes "
                            f"(--num-classes) is {num_classes}")  # fmt: skip
     if class_names is not None:

@@ -6,6 +6,7 @@ the same crop and mirror whatever the number of workers, the order of loading or
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,10 +20,12 @@ from deeplabv1.data.voc import default_label_dir, read_ids, resolve_voc_root, sp
 from deeplabv1.errors import DeepLabError
 
 __all__ = [
-    "SegmentationDataset", "find_image", "open_dataset", "read_ids", "read_image", "voc_dataset",
+    "SegmentationDataset", "find_image", "find_label", "open_dataset", "read_ids", "read_image",
+    "voc_dataset",
 ]  # fmt: skip
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+LABEL_SUFFIXES = (".png", ".PNG")  # images pair in either case; so do their masks
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -39,13 +42,46 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return rgb
 
 
-def find_image(image_dir: Path, sid: str) -> Path:
-    """``image_dir/<sid>.jpg`` (VOC), or the first other image suffix that exists."""
-    for suffix in IMAGE_SUFFIXES:
-        cand = image_dir / f"{sid}{suffix}"
+@functools.lru_cache(maxsize=8)
+def _names_by_stem(folder: Path, mtime_ns: int) -> dict[str, list[str]]:
+    """The file names of ``folder`` by stem (cached while the folder's entries are unchanged:
+    its modification time changes with them)."""
+    names: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(folder)):
+        names.setdefault(Path(name).stem, []).append(name)
+    return names
+
+
+def _find(folder: Path, sid: str, suffixes: tuple[str, ...]) -> Path | None:
+    """``folder/<sid><suffix>`` for the first of ``suffixes`` that exists, else a file of that
+    stem whose suffix is one of them in another case (``.Jpg``; the folder is listed only when
+    nothing else matched, once while it is unchanged), else None."""
+    for suffix in suffixes:
+        cand = folder / f"{sid}{suffix}"
         if cand.is_file():
             return cand
-    return image_dir / f"{sid}.jpg"  # reading it gives the 'not found' error with the VOC name
+    wanted = {s.lower() for s in suffixes}
+    try:
+        names = _names_by_stem(folder, folder.stat().st_mtime_ns).get(sid, [])
+    except OSError:
+        return None
+    found = [folder / n for n in names if Path(n).suffix.lower() in wanted]
+    return next((p for p in found if p.is_file()), None)
+
+
+def find_image(image_dir: Path, sid: str) -> Path:
+    """``image_dir/<sid>.jpg`` (VOC), or the first other image suffix that exists, in any case."""
+    found = _find(image_dir, sid, IMAGE_SUFFIXES)
+    # the VOC name when there is none: reading it gives the 'not found' error
+    return image_dir / f"{sid}.jpg" if found is None else found
+
+
+def find_label(label_dir: Path, sid: str) -> Path:
+    """``label_dir/<sid>.png``, or ``<sid>.PNG`` (any case) when only that exists (as images,
+    masks pair by stem in any case); the ``.png`` name when none does (for the 'not found'
+    error)."""
+    found = _find(label_dir, sid, LABEL_SUFFIXES)
+    return label_dir / f"{sid}.png" if found is None else found
 
 
 class SegmentationDataset:
@@ -89,7 +125,7 @@ class SegmentationDataset:
         return find_image(self.image_dir, self.ids[index])
 
     def label_path(self, index: int) -> Path | None:
-        return None if self.label_dir is None else self.label_dir / f"{self.ids[index]}.png"
+        return None if self.label_dir is None else find_label(self.label_dir, self.ids[index])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw RGB image and uint8 label map of item ``index`` (no transform)."""

@@ -86,12 +86,12 @@ def unpaired_ids(
 ) -> tuple[list[str], list[str]]:
     """``(ids without an image, ids with an image but without a mask)``, in ``ids`` order (a
     split list may name stems that have neither: those count as missing images only)."""
-    from deeplabv1.data.datasets import find_image
+    from deeplabv1.data.datasets import find_image, find_label
 
     no_image = [i for i in ids if not find_image(image_dir, i).is_file()]
     missing = set(no_image)
     no_mask = [] if label_dir is None else [
-        i for i in ids if i not in missing and not (label_dir / f"{i}.png").is_file()]  # fmt: skip
+        i for i in ids if i not in missing and not find_label(label_dir, i).is_file()]  # fmt: skip
     return no_image, no_mask
 
 

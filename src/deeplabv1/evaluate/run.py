@@ -49,15 +49,18 @@ def resolve_crf_params(cfg: EvalConfig, arch: str | None, checkpoint_crf=None):
 def eval_classes(stored, data_root, num_classes: int):
     """The classes an evaluation reports: the model's (a checkpoint's or a score folder's stored
     names), else the dataset's classes file, else the defaults. A classes file naming another
-    number of classes than the model has is an error."""
+    number of classes than a model without stored names has is an error; a model that stores
+    its names (``train --class-names`` overrides the classes file) gets a note (the masks'
+    values are checked against its classes as they are read)."""
     from deeplabv1.data.classes import dataset_classes, default_classes
     from deeplabv1.data.layout import detect_layout
 
     found = dataset_classes(detect_layout(data_root)[1])
-    if found is not None and found.num_classes != num_classes:
+    named = stored is not None and stored.source != "default"
+    if found is not None and found.num_classes != num_classes and not named:
         raise DeepLabError(f"{found.source}: names {found.num_classes} classes, the model "
                            f"predicts {num_classes}")  # fmt: skip
-    if stored is not None and stored.source != "default":
+    if named:
         if found is not None and found.names != stored.names:
             print(f"note: {found.source} names other classes than the model; the report uses "
                   f"the model's ({', '.join(stored.names)})", file=sys.stderr)  # fmt: skip

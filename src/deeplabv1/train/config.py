@@ -12,10 +12,13 @@ the resolved config is written as ``config.yaml`` in ``out_dir`` beside the chec
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from deeplabv1.errors import DeepLabError
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 ARCH = Literal[
     "deeplab", "deeplab-7x7", "deeplab-4x4", "deeplab-largefov", "deeplab-msc",
@@ -144,16 +147,22 @@ class TrainConfig:
         from deeplabv1.config import check_types
 
         check_types(self, "train config")
+        finite = math.isfinite  # an infinite lr, decay or multiplier turns the weights to NaN
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.iter_size >= 1, "iter_size must be >= 1"),
             (self.max_iter >= 1, "max_iter must be >= 1"),
-            (self.base_lr > 0, "base_lr must be > 0"),
+            (self.base_lr > 0 and finite(self.base_lr),
+             f"base_lr must be a finite number > 0, got {self.base_lr}"),
             (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
-            (self.classifier_lr_mult >= 0, "classifier_lr_mult must be >= 0"),
-            (self.bias_lr_mult >= 0, "bias_lr_mult must be >= 0"),
+            (self.weight_decay >= 0 and finite(self.weight_decay),
+             f"weight_decay must be a finite number >= 0, got {self.weight_decay}"),
+            (self.gamma > 0 and finite(self.gamma),
+             f"gamma must be a finite number > 0, got {self.gamma}"),
+            (self.classifier_lr_mult >= 0 and finite(self.classifier_lr_mult),
+             f"classifier_lr_mult must be a finite number >= 0, got {self.classifier_lr_mult}"),
+            (self.bias_lr_mult >= 0 and finite(self.bias_lr_mult),
+             f"bias_lr_mult must be a finite number >= 0, got {self.bias_lr_mult}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.crop_size is None or self.crop_size >= 1, "crop_size must be >= 1"),
             (self.step_size >= 1, "step_size must be >= 1"),
@@ -179,6 +188,10 @@ class TrainConfig:
                 (self.crf_max_iter >= 1, "crf_max_iter must be >= 1"),
                 (self.crf_train_iters >= 1, "crf_train_iters must be >= 1"),
                 (self.crf_test_iters >= 1, "crf_test_iters must be >= 1"),
+                (self.crf_base_lr > 0 and finite(self.crf_base_lr),
+                 f"crf_base_lr must be a finite number > 0, got {self.crf_base_lr}"),
+                (self.crf_lr >= 0 and finite(self.crf_lr),
+                 f"crf_lr must be a finite number >= 0, got {self.crf_lr}"),
                 (self.crf_normalization in NORMALIZATIONS,
                  f"crf_normalization must be one of {', '.join(NORMALIZATIONS)}, got "
                  f"{self.crf_normalization!r}"),
@@ -186,6 +199,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise DeepLabError(f"train config: {message}")
+        # the optimizer hands each group's lr to float32 kernels: it must fit that type
+        mults = max(1.0, self.classifier_lr_mult) * max(1.0, self.bias_lr_mult)
+        for name in ("base_lr", "crf_base_lr") if self.crf == "end-to-end" else ("base_lr",):
+            if getattr(self, name) * mults > FLOAT32_MAX:
+                raise DeepLabError(
+                    f"train config: {name} {getattr(self, name)} times the lr multipliers "
+                    f"({mults:g}) exceeds the largest float32 ({FLOAT32_MAX:.4g})")
         per_step = world_size * self.iter_size
         if self.batch_size % per_step:
             raise DeepLabError(

@@ -280,6 +280,7 @@ def finetune_crf(cfg, stage1: str | os.PathLike, settings: CRFStageSettings | No
         logger.message(note)
 
     def save(path: Path, iteration: int) -> None:
+        st.check_weights_finite({"": model, "crf.": layer}, iteration, "CRF stage")
         if earlier is not None:
             earlier.discard()
         st.save_training_checkpoint(

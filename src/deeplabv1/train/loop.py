@@ -268,7 +268,9 @@ def _train(cfg: TrainConfig, info: DistInfo, earlier: run_folder.EarlierRun | No
 def _save(path: Path, model, cfg, optimizer, scheduler, iteration, position, info, *,
           write: bool = True, earlier: run_folder.EarlierRun | None = None) -> None:  # fmt: skip
     """Gather every process's RNG state; rank 0 writes the checkpoint (unless not ``write``),
-    the earlier run it replaces deleted first; everyone waits."""
+    the earlier run it replaces deleted first; everyone waits. Weights that hold NaN or
+    infinite values stop the run instead (on every process: DDP keeps them equal)."""
+    st.check_weights_finite({"": model}, iteration, "training")
     rng = gather_objects(st.get_rng_state(), info)
     if info.is_main and earlier is not None:
         earlier.discard()

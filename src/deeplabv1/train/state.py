@@ -192,6 +192,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_weights_finite(modules: dict[str, torch.nn.Module], iteration: int, what: str) -> None:
+    """Raise DeepLabError when a weight of ``modules`` (name -> module) holds NaN or infinite
+    values: the loss is checked only on log lines, so a run can diverge between them, and such
+    a checkpoint (which ``predict``, ``eval`` and ``export`` refuse) must not be written."""
+    bad = [f"{prefix}{name}" for prefix, module in modules.items()
+           for name, value in module.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]  # fmt: skip
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DeepLabError(f"{what} diverged: weights hold NaN or infinite values at iteration "
+                           f"{iteration} ({shown}); no checkpoint written (check the input "
+                           "convention, the init and the lr)")  # fmt: skip
+
+
 def save_training_checkpoint(
     path: Path,
     model: torch.nn.Module,
