@@ -61,7 +61,12 @@ def eval_classes(stored, data_root, num_classes: int):
         raise DeepLabError(f"{found.source}: names {found.num_classes} classes, the model "
                            f"predicts {num_classes}")  # fmt: skip
     if named:
-        if found is not None and found.names != stored.names:
+        if found is not None and found.num_classes != num_classes:  # a likely mix-up
+            print(f"note: {found.source} names {found.num_classes} classes, the model predicts "
+                  f"{num_classes} ({', '.join(stored.names)}); the report uses the model's, and "
+                  f"a mask value of {num_classes} or more is an error",
+                  file=sys.stderr)  # fmt: skip
+        elif found is not None and found.names != stored.names:
             print(f"note: {found.source} names other classes than the model; the report uses "
                   f"the model's ({', '.join(stored.names)})", file=sys.stderr)  # fmt: skip
         return stored
