@@ -7,6 +7,8 @@ The reference network below is written here (torchvision's numbering of ``featur
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,22 @@ def test_cli_round_trip_and_pickle_refusal(tmp_path, capsys):
     rc = main(["convert", "--from", "torchvision-vgg16", str(junk), "--arch", "deeplab",
                "-o", str(tmp_path / "x.pt")])
     assert rc == 2 and "junk.pth: not a torch .pth file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--seed", "-1"], "seed: must be >= 0, got -1"),
+    (["--width", "0"], "width: must be a finite number > 0, got 0.0"),
+    (["--num-classes", "0"], "num_classes: must be >= 1, got 0"),
+    (["--arch", "deeplab-large"], "argument --arch: invalid choice: 'deeplab-large'"),
+])  # fmt: skip
+def test_settings_are_checked_before_the_source_is_read(tmp_path, capsys, flags, words):
+    # convert accepted a negative --seed (train refuses one) and checked --arch, --width and
+    # --num-classes only once the whole source file had been read and parsed
+    junk = tmp_path / "not_a_model.pth"
+    junk.write_bytes(b"\x08\x01 not a torch file")
+    argv = ["convert", "--from", "torchvision-vgg16", str(junk), "-o", str(tmp_path / "x.pt")]
+    with pytest.raises(SystemExit) if flags[0] == "--arch" else contextlib.nullcontext():
+        assert main(argv + flags) == 2
+    err = capsys.readouterr().err
+    assert words in err and "not_a_model.pth" not in err and "Traceback" not in err
+    assert not (tmp_path / "x.pt").exists()

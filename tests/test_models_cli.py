@@ -39,6 +39,18 @@ def test_info_settings_and_errors(capsys):
     assert main(["info", "--input-size", "0"]) == 2
 
 
+@pytest.mark.parametrize("command", ["info", "rf"])
+def test_input_size_is_checked_alike_by_info_and_rf(command, tmp_path, capsys):
+    # rf did not check --input-size itself: 0 gave "input too small: Conv2d gets side 0"
+    assert main([command, "--input-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"deeplabv1 {command}: error: command line: input_size: must be >= 1, got 0\n"
+    config = tmp_path / "model.yaml"
+    config.write_text("arch: deeplab\ninput_size: -3\n")
+    assert main([command, "--config", str(config)]) == 2
+    assert f"{config}: input_size: must be >= 1, got -3" in capsys.readouterr().err
+
+
 def test_rf_table_and_explanation(capsys):
     assert main(["rf", "--arch", "deeplab", "--input-size", "306"]) == 0
     out = capsys.readouterr().out

@@ -141,3 +141,22 @@ def test_file_names_that_are_not_utf8_are_predicted(tmp_path, weights, capsys):
     assert (out / f"{odd}_net.png").read_bytes() == (out / "img0_net.png").read_bytes()
     assert main([*argv, "--resume"]) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_flags_turn_off_the_switches_a_config_file_turns_on(tmp_path, weights):
+    # `--crf` and `--side-by-side` were one-way switches: with `crf: true` in a --config file no
+    # flag could turn the CRF off again, though flags override the file
+    _images(tmp_path / "in", n=1)
+    config = tmp_path / "predict.yaml"
+    config.write_text("crf: true\nside_by_side: true\ntest_size: 0\n")
+    out = tmp_path / "out"
+    rc = main(["predict", "--no-crf", str(tmp_path / "in"), "--weights", str(weights), "-o",
+               str(out), "--config", str(config), "--no-side-by-side"])  # fmt: skip
+    assert rc == 0
+    assert (out / "img0_net.png").is_file()
+    assert not (out / "img0_crf.png").exists() and not (out / "img0_figure.png").exists()
+    saved = (out / "predict_config.yaml").read_text()
+    assert "crf: false" in saved and "side_by_side: false" in saved
+    rc = main(["predict", "--crf", str(tmp_path / "in"), "--weights", str(weights), "-o",
+               str(tmp_path / "out2"), "--test-size", "0"])  # a switch before an INPUT
+    assert rc == 0 and (tmp_path / "out2" / "img0_crf.png").is_file()

@@ -229,6 +229,20 @@ def test_export_without_the_onnx_extra_is_one_line(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--opset", "3", ("--opset must lie in 7..", "got 3")),
+    ("--opset", "1000", ("--opset must lie in 7..", "got 1000")),
+    ("--input-size", "0", ("--input-size must be positive, got 0",)),
+])  # fmt: skip
+def test_export_settings_it_cannot_export_are_one_line(tmp_path, capsys, flag, value, words):
+    # an opset torch's exporter does not write was its RuntimeError traceback, exit status 1
+    weights = tiny_checkpoint(tmp_path / "m.pt")
+    assert main(["export", "--weights", str(weights), "--onnx", str(tmp_path / "m.onnx"),
+                 "--input-size", "33", flag, value]) == 2  # fmt: skip
+    assert_one_line_error(capsys.readouterr().err, "export", *words)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_deeplab_crf_device_errors_are_clear():
     from deeplabv1.crf import deeplab_crf
 

@@ -96,3 +96,19 @@ def test_output_must_be_png(tmp_path, capsys, out):
     assert main(["plot", str(log), "-o", str(tmp_path / out)]) == 2
     assert "plot writes PNG images" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [log]
+
+
+def test_folders_stand_for_their_log_and_results(tmp_path, capsys):
+    # a folder was refused as "file not found", though it exists and paper-table takes one
+    run, ev, empty = tmp_path / "run", tmp_path / "ev", tmp_path / "empty"
+    for folder in (run, ev, empty):
+        folder.mkdir()
+    _log(run / "log.jsonl")
+    _results(ev / "results.json")
+    assert main(["plot", str(run), str(ev), "-o", str(tmp_path / "a.png"), "--separate"]) == 0
+    assert {p.name for p in tmp_path.glob("a_*.png")} == {"a_log.png", "a_iou.png", "a_trimap.png"}
+    assert main(["plot", str(empty), "-o", str(tmp_path / "b.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"deeplabv1 plot: error: {empty}: a folder holding no log.jsonl or "
+                        "results.json\n") and "file not found" not in err  # fmt: skip
+    assert not (tmp_path / "b.png").exists()

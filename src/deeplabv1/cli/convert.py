@@ -15,10 +15,19 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from deeplabv1.cli.info import ARCHS
 from deeplabv1.config import add_config_args, config_to_dict, resolve_config, save_config
 from deeplabv1.errors import DeepLabError
 
 SOURCES = ("torchvision-vgg16", "caffe-vgg16", "caffe")
+
+
+def _at_least(minimum: int):
+    return lambda value: None if value >= minimum else f"must be >= {minimum}, got {value}"
+
+
+def _positive(value: float) -> str | None:
+    return None if 0 < value < float("inf") else f"must be a finite number > 0, got {value}"
 
 
 @dataclasses.dataclass
@@ -28,14 +37,17 @@ class ConvertConfig:
     source_format: Literal["torchvision-vgg16", "caffe-vgg16", "caffe"] = "torchvision-vgg16"
     source: str = ""
     output: str = ""
-    arch: str = dataclasses.field(
+    arch: ARCHS = dataclasses.field(
         default="deeplab-largefov", metadata={"help": "network variant to build"})
     num_classes: int | None = dataclasses.field(
-        default=None, metadata={"help": "classes of fc8 (default: the Caffe model's fc8, else 21)"})
+        default=None, metadata={"help": "classes of fc8 (default: the Caffe model's fc8, else 21)",
+                                "check": _at_least(1)})  # fmt: skip
     width: float | None = dataclasses.field(
-        default=None, metadata={"help": "channel multiplier (default: read from conv1_1)"})
+        default=None, metadata={"help": "channel multiplier (default: read from conv1_1)",
+                                "check": _positive})  # fmt: skip
     seed: int = dataclasses.field(
-        default=0, metadata={"help": "seed of the fc6/fc7 subset, fc8 and MSc init"})
+        default=0, metadata={"help": "seed of the fc6/fc7 subset, fc8 and MSc init (>= 0)",
+                             "check": _at_least(0)})  # fmt: skip
     strict: bool = dataclasses.field(
         default=True, metadata={"help": "caffe: fail on missing/extra/mismatched layers"})
     rename: list[str] = dataclasses.field(
@@ -94,10 +106,12 @@ def convert(cfg: ConvertConfig) -> dict:
     import torch
 
     from deeplabv1.checkpoint import check_finite, model_from_checkpoint, save_checkpoint
+    from deeplabv1.config import check_types
     from deeplabv1.convert import caffe, caffe_proto, torchvision_vgg
     from deeplabv1.io import check_outputs
     from deeplabv1.models import build_model
 
+    check_types(cfg, "convert")  # a config built in Python; resolve_config checked the CLI's
     src, out = Path(cfg.source), Path(cfg.output)
     check_outputs([out, out.with_name(out.stem + ".config.yaml")])  # before reading anything
     kwargs = _model_kwargs(cfg.model_kwargs)

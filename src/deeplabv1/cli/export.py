@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
     p.add_argument("--input-size", type=int, default=513, help="square example input")
     p.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset version (7 up to the newest the installed torch exports)")
     p.add_argument(
         "--check",
         action="store_true",
@@ -36,8 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
     from deeplabv1.checkpoint import model_from_checkpoint
     from deeplabv1.io import check_outputs, output_rules
-    from deeplabv1.predict.export import export_onnx, require_onnx, run_onnx
+    from deeplabv1.predict.export import (
+        check_export_settings,
+        export_onnx,
+        require_onnx,
+        run_onnx,
+    )
 
+    check_export_settings(args.input_size, args.opset)  # before the checkpoint is read
     require_onnx(check=args.check)
     with output_rules([args.weights], overwrite=args.overwrite, command="export"):
         check_outputs([args.onnx])

@@ -26,7 +26,9 @@ class InfoConfig:
     arch: ARCHS = dataclasses.field(
         default="deeplab-largefov", metadata={"help": "network variant"}
     )
-    input_size: int = dataclasses.field(default=513, metadata={"help": "input side N (N x N)"})
+    input_size: int = dataclasses.field(default=513, metadata={
+        "help": "input side N (N x N)",
+        "check": lambda n: None if n >= 1 else f"must be >= 1, got {n}"})
     num_classes: int = dataclasses.field(default=21, metadata={"help": "output classes"})
     width: float = dataclasses.field(default=1.0, metadata={"help": "channel multiplier"})
     pool4_pad: int | None = dataclasses.field(
@@ -51,7 +53,7 @@ def describe(cfg: InfoConfig) -> dict:
     """The info dict for one variant (see the module docstring)."""
     import torch
 
-    from deeplabv1.errors import DeepLabError
+    from deeplabv1.config import check_types
     from deeplabv1.models import build_model
     from deeplabv1.models.inference import OUTPUT_STRIDE
     from deeplabv1.models.receptive_field import (
@@ -60,8 +62,7 @@ def describe(cfg: InfoConfig) -> dict:
         receptive_field,
     )
 
-    if cfg.input_size < 1:
-        raise DeepLabError(f"--input-size must be positive, got {cfg.input_size}")
+    check_types(cfg, "info")  # as resolve_config does, for a config built in Python
     with torch.device("meta"):
         model = build_model(
             cfg.arch, num_classes=cfg.num_classes, width=cfg.width, **model_kwargs(cfg)

@@ -5,8 +5,10 @@
 
 A ``.jsonl`` file is a training log (loss and lr versus iteration); a ``.json`` file is a
 ``deeplabv1 eval`` results file (per-class IoU bars of every method, and the trimap curve when
-the evaluation ran with ``--trimap``). All figures go into the one PNG, stacked top to bottom;
-``--separate`` writes them as ``OUT_log.png``, ``OUT_iou.png``, ``OUT_trimap.png`` instead.
+the evaluation ran with ``--trimap``). A folder stands for its ``log.jsonl`` and
+``results.json`` (a ``train --out-dir`` or an ``eval -o``). All figures go into the one PNG,
+stacked top to bottom; ``--separate`` writes them as ``OUT_log.png``, ``OUT_iou.png``,
+``OUT_trimap.png`` instead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def add_parser(subparsers) -> None:
         "plot", help="plot training logs (.jsonl) and eval results (.json)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("files", nargs="+", metavar="FILE", help="log.jsonl or results.json files")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="log.jsonl or results.json files, or folders holding them")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png", help="PNG to write")
     p.add_argument("--separate", action="store_true", help="one PNG per figure (OUT_<kind>.png)")
     p.add_argument("--overwrite", action="store_true",
@@ -78,6 +81,24 @@ def _add(target: dict, name: str, value, path: Path) -> None:
     target[key] = value
 
 
+def _plot_files(names: list[str]) -> list[Path]:
+    """The files to read: each name, or for a folder (a `train --out-dir` or `eval -o`) its
+    ``log.jsonl`` and ``results.json``, as ``paper-table`` takes an evaluation's folder."""
+    paths = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = [path / f for f in ("log.jsonl", "results.json") if (path / f).is_file()]
+            if not found:
+                raise DeepLabError(f"{path}: a folder holding no log.jsonl or results.json")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise DeepLabError(f"{path}: file not found")
+    return paths
+
+
 def collect(files: list[str]) -> tuple[list[dict], dict, dict]:
     """(log records, {method: per-class IoU}, {method: trimap curve}) from all files."""
     from deeplabv1.evaluate.report import method_name, trimap_curves
@@ -85,10 +106,7 @@ def collect(files: list[str]) -> tuple[list[dict], dict, dict]:
     records: list[dict] = []
     per_class: dict = {}
     curves: dict = {}
-    for name in files:
-        path = Path(name)
-        if not path.is_file():
-            raise DeepLabError(f"{path}: file not found")
+    for path in _plot_files(files):
         if path.suffix.lower() == ".jsonl":
             log = read_log(path)
             if not any("iter" in r and ("loss" in r or "lr" in r) for r in log):
@@ -125,8 +143,9 @@ def stack_pngs(paths: list[Path], out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from deeplabv1.io import output_rules
 
-    with output_rules(args.files, overwrite=args.overwrite, command="plot"):
-        return _plot(args)
+    files = [str(p) for p in _plot_files(args.files)]  # the files a folder stands for
+    with output_rules(files, overwrite=args.overwrite, command="plot"):
+        return _plot(argparse.Namespace(**{**vars(args), "files": files}))
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -28,10 +28,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("-o", "--output", dest="output", default=None, help="output folder")
     p.add_argument("--weights", dest="weights", default=None, metavar="MODEL.pt",
                    help="checkpoint (deeplabv1 train / convert)")  # fmt: skip
-    flags = {"crf": "also run the dense CRF", "side_by_side": "write the paper-style figure"}
+    # switches with a --no- form, so that a flag can turn off what a --config file turned on
+    # (not `--crf [BOOL]`, which would take the INPUT after it for its value)
+    flags = {"crf": "also run the dense CRF (default: off)",
+             "side_by_side": "write the paper-style figure (default: off)"}  # fmt: skip
     for name, text in flags.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, action="store_const",
-                       const=True, default=None, help=text)  # fmt: skip
+        p.add_argument("--" + name.replace("_", "-"), dest=name,
+                       action=argparse.BooleanOptionalAction, default=None, help=text)  # fmt: skip
     p.add_argument(
         "--gt",
         dest="gt",

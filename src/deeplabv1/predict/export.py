@@ -23,7 +23,27 @@ from deeplabv1.errors import DeepLabError
 from deeplabv1.io import atomic_path
 
 OPSET = 17
+MIN_OPSET = 7  # the oldest opset torch's exporter writes and onnxruntime supports
 INPUT_NAME, OUTPUT_NAME = "input", "scores"
+
+
+def max_opset() -> int:
+    """The newest opset the installed torch's exporter writes."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # a torch without the constant: its value in 2.13
+        return 23
+
+
+def check_export_settings(input_size: int, opset: int) -> None:
+    """DeepLabError naming the flag when ``input_size`` or ``opset`` cannot be exported."""
+    if input_size < 1:
+        raise DeepLabError(f"--input-size must be positive, got {input_size}")
+    if not MIN_OPSET <= opset <= max_opset():
+        raise DeepLabError(f"--opset must lie in {MIN_OPSET}..{max_opset()} (the ONNX opsets "
+                           f"the installed torch exports), got {opset}")  # fmt: skip
 
 
 def require_onnx(check: bool = False) -> None:
@@ -49,8 +69,7 @@ def export_onnx(
     The traced example input is 1 x 3 x ``input_size`` x ``input_size``; with ``dynamic`` the
     batch, height and width axes are symbolic, otherwise the graph accepts only that shape.
     """
-    if input_size < 1:
-        raise DeepLabError(f"input size must be positive, got {input_size}")
+    check_export_settings(input_size, opset)
     require_onnx()  # torch's exporter needs it, and says so only in a long traceback
     path = Path(path)
     model = model.cpu().eval()
