@@ -260,3 +260,12 @@ def test_huge_axes_of_an_empty_blob_rejected():
     with pytest.raises(DeepLabError, match="x.caffemodel: .*larger than Caffe allows"):
         parse_net(_blob_net([2**62, 2**62, 0], legacy=False), "x.caffemodel")
     assert parse_net(_blob_net([0, 3, 3, 3], legacy=True))[1][0].blobs[0].shape == (0, 3, 3, 3)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
+def test_fifo_caffemodel_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "m.caffemodel")  # read_bytes waited for a writer forever
+    with pytest.raises(DeepLabError, match="m.caffemodel: is a named pipe"):
+        read_caffemodel(tmp_path / "m.caffemodel")

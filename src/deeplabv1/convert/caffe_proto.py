@@ -237,7 +237,10 @@ def parse_net(data: bytes | memoryview, source: str = "caffemodel") -> tuple[str
 
 def read_caffemodel(path: str | os.PathLike) -> tuple[str, list[CaffeLayer]]:
     """Read a ``.caffemodel`` file: (net name, layers). Errors name the file."""
+    from deeplabv1.io import regular_file
+
     path = Path(path)
+    regular_file(path, "Caffe model")  # a FIFO would be waited on forever
     try:
         data = path.read_bytes()
     except OSError as exc:
