@@ -15,6 +15,7 @@ from test_convert_torchvision import TAPS, TorchvisionLayoutVGG16
 from deeplabv1.checkpoint import load_checkpoint, model_from_checkpoint
 from deeplabv1.cli import main
 from deeplabv1.convert.caffe import fit_blob
+from deeplabv1.errors import DeepLabError
 from deeplabv1.models import build_model
 
 WIDTH = 0.0625
@@ -139,3 +140,25 @@ def test_fit_blob_rules():
     assert fit_blob(w.reshape(4, 6), (2, 3, 2, 2)) is None  # same count, wrong layout
     assert fit_blob(w.reshape(2, 3, 2, 2), (2, 3, 2, 2)).shape == (2, 3, 2, 2)
     assert fit_blob(w.reshape(24), (25,)) is None
+
+
+@pytest.mark.parametrize("fmt", ["caffe", "caffe-vgg16"])
+@pytest.mark.parametrize("shape", [(), (0, 3, 3, 3)])
+def test_conv1_1_without_filters_is_refused(tmp_path, capsys, fmt, shape):
+    """A conv1_1 weight of shape () (an empty BlobShape) or with no values was an IndexError
+    traceback or a width of 0 taken from the file."""
+    src = tmp_path / "m.caffemodel"
+    _write(src, [("conv1_1", "Convolution", [np.zeros(shape, np.float32), np.zeros(4)])])
+    assert main(["convert", "--from", fmt, str(src), "-o", str(tmp_path / "o.pt")]) == 2
+    assert f"m.caffemodel: conv1_1 weight has shape {shape}, no filters" in capsys.readouterr().err
+
+
+def test_vgg16_scalar_weight_is_refused():
+    from deeplabv1.convert.caffe import vgg16_from_caffe
+    from deeplabv1.convert.torchvision_vgg import VGG16_CONV_NAMES
+
+    named = {n: [np.zeros((4, 4, 3, 3), np.float32), np.zeros(4, np.float32)]
+             for n in (*VGG16_CONV_NAMES, "fc6", "fc7")}  # fmt: skip
+    named["conv5_3"][0] = np.zeros((), np.float32)  # was an IndexError
+    with pytest.raises(DeepLabError, match="v.caffemodel: conv5_3 weight has shape"):
+        vgg16_from_caffe(named, "v.caffemodel")

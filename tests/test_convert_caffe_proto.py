@@ -108,6 +108,7 @@ def encode_net(layers, *, layout="new", shape_style="shape", packed=True, double
         for arr in blobs:
             blob = layer.blobs.add()
             if shape_style == "shape":
+                blob.shape.SetInParent()  # present even for a 0-d array's empty shape
                 blob.shape.dim.extend(arr.shape)
             else:
                 blob.num, blob.channels, blob.height, blob.width = legacy_shape(arr.shape)
@@ -229,3 +230,42 @@ def test_fuzz_bit_flips(data, flips):
 def test_fuzz_spliced_bytes(data, at, junk):
     at %= len(data)
     assert _check_clean(data[:at] + junk + data[at:]) in ("parsed", "rejected")
+
+
+def _blob_net(dims: list[int], legacy: bool) -> bytes:
+    """One layer whose only blob declares ``dims`` (int64, any value) and holds no data."""
+    cls = _classes(True)
+    net = cls["NetParameter"]()
+    blob = net.layer.add(name="conv1_1", type="Convolution").blobs.add()
+    if legacy:
+        blob.num, blob.channels, blob.height, blob.width = dims
+    else:
+        blob.shape.dim.extend(dims)
+    return net.SerializeToString()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 3), st.booleans(),
+       st.lists(st.integers(0, 2**63 - 1) | st.integers(0, 2**31 - 1), min_size=4, max_size=4))
+def test_fuzz_empty_blob_of_any_declared_shape(zero_at, legacy, dims):
+    """An empty blob may declare any other axes: huge ones were a plain numpy ValueError
+    ("cannot reshape", "array is too big") without the file's name, a traceback from the CLI."""
+    dims[zero_at] = 0
+    if legacy:
+        dims = [min(d, 2**31 - 1) for d in dims]  # int32 fields
+    assert _check_clean(_blob_net(dims, legacy)) in ("parsed", "rejected")
+
+
+def test_huge_axes_of_an_empty_blob_rejected():
+    with pytest.raises(DeepLabError, match="x.caffemodel: .*larger than Caffe allows"):
+        parse_net(_blob_net([2**62, 2**62, 0], legacy=False), "x.caffemodel")
+    assert parse_net(_blob_net([0, 3, 3, 3], legacy=True))[1][0].blobs[0].shape == (0, 3, 3, 3)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs")
+def test_fifo_caffemodel_is_refused_not_waited_on(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "m.caffemodel")  # read_bytes waited for a writer forever
+    with pytest.raises(DeepLabError, match="m.caffemodel: is a named pipe"):
+        read_caffemodel(tmp_path / "m.caffemodel")

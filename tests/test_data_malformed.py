@@ -99,3 +99,40 @@ def test_archive_malformed(payload: bytes) -> None:
 
     outcome = _run("tgz", payload, lambda p, tmp: extract_archive(p, tmp / "out"), names)
     assert outcome in ("read", "rejected")
+
+
+def _png(width: int, height: int) -> bytes:
+    """A palette PNG whose header (valid CRC) declares ``width`` x ``height``, with no pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"PLTE", bytes(768))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.integers(1, 2**31 - 1), st.integers(1, 2**31 - 1))
+def test_label_png_declared_size(width: int, height: int) -> None:
+    """Any declared size: a decompression bomb's was PIL's DecompressionBombError traceback."""
+    outcome = _run("png", _png(width, height), lambda p, _: read_label_png(p), _labels)
+    assert outcome in ("read", "rejected")
+
+
+def test_deeply_nested_yaml_is_one_line(tmp_path) -> None:
+    """PyYAML composes recursively: 5,000 nested lists were a RecursionError traceback."""
+    import pytest
+
+    from deeplabv1.config import load_yaml
+    from deeplabv1.data.classes import read_classes_file
+
+    (tmp_path / "c.yaml").write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(DeepLabError, match="c.yaml: .*nested too deeply"):
+        load_yaml(tmp_path / "c.yaml")
+    (tmp_path / "classes.yaml").write_text("[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(DeepLabError, match="classes.yaml: .*nested too deeply"):
+        read_classes_file(tmp_path / "classes.yaml")

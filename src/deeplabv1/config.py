@@ -317,6 +317,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise DeepLabError(f"{path}: config file not found") from exc
     except yaml.YAMLError as exc:
         raise DeepLabError(_yaml_error(path, exc)) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise DeepLabError(f"{path}: not a config: collections nested too deeply") from None
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise DeepLabError(f"{path}: cannot read the config file ({why})") from None

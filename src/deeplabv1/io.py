@@ -507,3 +507,47 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
             if out.error is not None:
                 raise out.error from exc
             raise
+
+
+# --- .npy headers of untrusted files -------------------------------------------------------------
+
+
+def check_npy_header(f: IO[bytes], available: int):
+    """Shape and dtype that the .npy stream ``f`` (at its start, ``available`` bytes long)
+    declares; ValueError when the header is malformed or declares more data
+    than the stream holds (numpy would allocate the declared size before reading anything)."""
+    import math
+
+    import numpy as np
+
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    if dtype.hasobject:  # np.load(allow_pickle=False) refuses it, in its own words
+        return shape, dtype
+    if any(d < 0 for d in shape):
+        raise ValueError(f"the header declares a negative size, shape {shape}")
+    need = math.prod(shape) * dtype.itemsize
+    held = available - f.tell()
+    if need > held:
+        raise ValueError(f"the header declares shape {shape} of {dtype} ({need:,} bytes), "
+                         f"the file holds {max(held, 0):,}")
+    return shape, dtype
+
+
+def regular_file(path: str | os.PathLike, what: str) -> os.stat_result:
+    """``os.stat`` of ``path``, a DeepLabError unless it is a regular file (reading a FIFO
+    waits for a writer forever; a device may never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DeepLabError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise DeepLabError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DeepLabError(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DeepLabError(f"{path}: is a {_file_kind(st.st_mode)}, not a regular {what}")
+    return st

@@ -129,7 +129,7 @@ def convert(cfg: ConvertConfig) -> dict:
             probe = build_model(cfg.arch, num_classes=1, width=1 / 64, **kwargs)
             ours = {k.rpartition(".")[0] for k in probe.state_dict()}
         named = caffe.resolve_names(weighted, ours, _pairs(cfg.rename, "--rename"), str(src))
-        found = caffe.infer_shapes(named)
+        found = caffe.infer_shapes(named, str(src))
         if cfg.source_format == "caffe-vgg16":
             found.pop("num_classes", None)  # ImageNet's 1000 classes are not ours
     width = cfg.width if cfg.width is not None else found.get("width", 1.0)

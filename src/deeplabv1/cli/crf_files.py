@@ -85,8 +85,15 @@ def _has_npy_header(path: Path) -> bool:
 def load_scores(path, probabilities: bool = False, channels_last: bool = False) -> np.ndarray:
     """A (C, H, W) finite float32 score (or probability) array from a .npy file; with
     ``channels_last`` the file holds (H, W, C)."""
+    from deeplabv1.io import check_npy_header, regular_file
+
     path = Path(path)
+    size = regular_file(path, "scores file").st_size
     try:
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":  # else np.load says what it is (.npz, pickle)
+                f.seek(0)
+                check_npy_header(f, size)
         scores = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: scores file not found") from exc

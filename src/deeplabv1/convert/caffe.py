@@ -80,13 +80,19 @@ def resolve_names(
     return out
 
 
-def infer_shapes(named: dict[str, list[np.ndarray]]) -> dict[str, float | int]:
+def infer_shapes(
+    named: dict[str, list[np.ndarray]], source: str = "caffemodel"
+) -> dict[str, float | int]:
     """``width`` (conv1_1 filters / 64) and ``num_classes`` (fc8 filters) where the file says."""
     found: dict[str, float | int] = {}
-    if named.get("conv1_1"):
-        found["width"] = _strip(named["conv1_1"][0].shape)[0] / 64.0
-    if named.get("fc8"):
-        found["num_classes"] = _strip(named["fc8"][0].shape)[0]
+    for layer, key in (("conv1_1", "width"), ("fc8", "num_classes")):
+        if not named.get(layer):
+            continue
+        weight = named[layer][0]
+        if weight.ndim == 0 or weight.size == 0:  # no filters to count (and an empty blob may
+            raise DeepLabError(f"{source}: {layer} weight has shape {weight.shape}, no filters")
+        filters = _strip(weight.shape)[0]  # declare any shape)
+        found[key] = filters / 64.0 if key == "width" else filters
     return found
 
 
@@ -155,6 +161,8 @@ def vgg16_from_caffe(
     out = {}
     for name in (*VGG16_CONV_NAMES, "fc6", "fc7"):
         weight, bias = named[name]
+        if weight.ndim == 0 or weight.size == 0:
+            raise DeepLabError(f"{source}: {name} weight has shape {weight.shape}, no filters")
         out[f"{name}.weight"] = torch.from_numpy(np.array(weight, np.float32))
         out[f"{name}.bias"] = torch.from_numpy(np.array(bias, np.float32)).reshape(-1)
     c5 = out["conv5_3.weight"].shape[0]

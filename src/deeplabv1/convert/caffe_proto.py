@@ -30,6 +30,7 @@ import numpy as np
 from deeplabv1.errors import DeepLabError
 
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
+MAX_BLOB_COUNT = 2**31 - 1  # Caffe's Blob::Reshape limit (INT_MAX) on each axis and the count
 
 # The old V1 layer type enum as the DeepLab fork of Caffe defines it (its caffe.proto), by the
 # fork's names. Values 0..38 are upstream Caffe's too; from 39 on the fork has its own layers
@@ -178,6 +179,10 @@ def _blob(buf: memoryview, span: tuple[int, int]) -> np.ndarray:
         dims = [len(data)]
     if any(d < 0 for d in dims):
         raise _Malformed(f"blob at byte {span[0]} has a negative dimension {dims}")
+    # an empty blob may declare any other axes; numpy cannot make arrays of absurd shapes
+    if math.prod(d for d in dims if d) > MAX_BLOB_COUNT:
+        raise _Malformed(f"blob at byte {span[0]} has shape {dims}, larger than Caffe allows "
+                         f"({MAX_BLOB_COUNT} values)")
     count = math.prod(dims)
     if count != len(data):
         raise _Malformed(f"blob at byte {span[0]} has shape {dims} ({count} values) "
@@ -232,7 +237,10 @@ def parse_net(data: bytes | memoryview, source: str = "caffemodel") -> tuple[str
 
 def read_caffemodel(path: str | os.PathLike) -> tuple[str, list[CaffeLayer]]:
     """Read a ``.caffemodel`` file: (net name, layers). Errors name the file."""
+    from deeplabv1.io import regular_file
+
     path = Path(path)
+    regular_file(path, "Caffe model")  # a FIFO would be waited on forever
     try:
         data = path.read_bytes()
     except OSError as exc:

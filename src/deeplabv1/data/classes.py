@@ -160,6 +160,8 @@ def read_classes_file(path: str | os.PathLike) -> ClassInfo:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise DeepLabError(f"{path}: not valid YAML ({exc})") from exc
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise DeepLabError(f"{path}: not valid YAML (collections nested too deeply)") from None
     if isinstance(data, dict) and set(data) == {"classes"}:
         data = data["classes"]
     if not isinstance(data, list):

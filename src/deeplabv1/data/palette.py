@@ -89,7 +89,7 @@ def read_label_png(path: str | os.PathLike, num_classes: int | None = 21) -> np.
             labels = np.asarray(img, dtype=np.uint8).copy()  # a 1-bit mask reads as 0/1
     except FileNotFoundError as exc:
         raise DeepLabError(f"{path}: label file not found") from exc
-    except OSError as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DeepLabError(f"{path}: cannot read label image ({exc})") from exc
     if num_classes is not None:
         bad = np.unique(labels[(labels >= num_classes) & (labels != IGNORE_INDEX)])

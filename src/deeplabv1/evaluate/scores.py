@@ -29,6 +29,7 @@ from deeplabv1.io import atomic_path, atomic_write_json
 
 META_NAME = "meta.json"
 SCORE_DTYPES = ("float32", "float16")
+SCORE_MEMBERS = {f"{k}.npy" for k in ("scores", "height", "width", "factor", "crop")}
 
 
 def save_scores(
@@ -70,29 +71,62 @@ def load_scores(
 ) -> tuple[np.ndarray, int, int, int, int]:
     """Read ``folder/<image_id>.npz``: (coarse scores float32 (C, h, w), height, width, factor,
     crop)."""
+    from deeplabv1.io import check_npy_header, regular_file
+
     path = Path(folder) / f"{image_id}.npz"
-    if not path.is_file():
+    if not path.exists():
         raise DeepLabError(f"{path}: score file not found (was it saved with --save-scores?)")
-    if path.stat().st_size == 0:
+    if regular_file(path, "score file").st_size == 0:
         raise DeepLabError(f"{path}: not a readable score file (the file is empty)")
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError("a single array, not an .npz archive")
         with z:
+            dtypes = {}
+            for info in z.zip.infolist():  # before numpy allocates what a header declares
+                if info.filename not in SCORE_MEMBERS:
+                    continue
+                with z.zip.open(info) as f:
+                    dtypes[info.filename] = check_npy_header(f, info.file_size)[1]
+            dtype = dtypes["scores.npy"]
+            if dtype.kind != "f":
+                raise ValueError(f"scores of dtype {dtype}, expected float")
             coarse = np.asarray(z["scores"], dtype=np.float32)
-            height, width, factor = int(z["height"]), int(z["width"]), int(z["factor"])
-            crop = int(z["crop"]) if "crop" in z.files else 0
+            height, width, factor = (_integer(z, k) for k in ("height", "width", "factor"))
+            crop = _integer(z, "crop") if "crop" in z.files else 0
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, (EOFError, zipfile.BadZipFile, zlib.error)):
             why = f"damaged or cut short: {why}"
         raise DeepLabError(f"{path}: not a readable score file ({why})") from exc
-    if coarse.ndim != 3:
+    if coarse.ndim != 3 or min(coarse.shape) < 1:
         raise DeepLabError(f"{path}: scores must be (C, h, w), got shape {coarse.shape}")
+    if height < 1 or width < 1:
+        raise DeepLabError(f"{path}: bad image size {width}x{height}")
     if factor < 1 or crop < 0:
         raise DeepLabError(f"{path}: bad factor {factor} or crop {crop}")
+    for side, image_side in zip(coarse.shape[1:], (height, width)):
+        zoomed = (side - 1) * factor + 1  # what full_scores allocates, then cuts at crop
+        if crop >= zoomed or zoomed > 2 * max(image_side + crop, MAX_PADDED):
+            raise DeepLabError(f"{path}: scores {coarse.shape} zoomed x{factor} and cut at "
+                               f"{crop} do not fit a {width}x{height} image")
+    if not np.isfinite(coarse).all():
+        raise DeepLabError(f"{path}: scores contain NaN or infinite values")
     return coarse, height, width, factor, crop
+
+
+# The largest padded input a score map may stand for whatever the image size (DeepLab's test
+# crop); a zoomed map more than twice that or the image is a wrong factor or a damaged file.
+MAX_PADDED = 513
+
+
+def _integer(z, key: str) -> int:
+    """The integer scalar ``key`` of a score file (ValueError otherwise)."""
+    value = z[key]
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise ValueError(f"{key} is not an integer ({value.dtype} of shape {value.shape})")
+    return int(value)
 
 
 def full_scores(
