@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -115,6 +116,8 @@ def _png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
 
 
+# PIL warns between its pixel limit and twice that (a bomb beyond): such a file still reads
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(st.integers(1, 2**31 - 1), st.integers(1, 2**31 - 1))
 def test_label_png_declared_size(width: int, height: int) -> None:
@@ -125,7 +128,6 @@ def test_label_png_declared_size(width: int, height: int) -> None:
 
 def test_deeply_nested_yaml_is_one_line(tmp_path) -> None:
     """PyYAML composes recursively: 5,000 nested lists were a RecursionError traceback."""
-    import pytest
 
     from deeplabv1.config import load_yaml
     from deeplabv1.data.classes import read_classes_file
