@@ -128,7 +128,6 @@ def test_label_png_declared_size(width: int, height: int) -> None:
 
 def test_deeply_nested_yaml_is_one_line(tmp_path) -> None:
     """PyYAML composes recursively: 5,000 nested lists were a RecursionError traceback."""
-
     from deeplabv1.config import load_yaml
     from deeplabv1.data.classes import read_classes_file
 
