@@ -80,8 +80,9 @@ def test_infinite_rates_and_multipliers_are_refused():
 
 
 def test_the_joint_crf_stage_settings_are_checked_before_stage_1():
-    """With crf end-to-end the joint stage's settings are refused by validate, before stage 1
-    trains (and before an earlier run in out_dir makes way); without it they are not used."""
+    """The joint stage's settings are refused by validate, before stage 1 trains (and before an
+    earlier run in out_dir makes way); also without crf end-to-end, as every command refuses a
+    bad setting it would not use (a config.yaml that a later joint stage would refuse)."""
     for bad, match in [
         ({"crf_max_iter": 0}, "crf_max_iter"),
         ({"crf_train_iters": 0}, "crf_train_iters"),
@@ -95,7 +96,8 @@ def test_the_joint_crf_stage_settings_are_checked_before_stage_1():
     ]:
         with pytest.raises(DeepLabError, match=match):
             TrainConfig(data_root="x", crf="end-to-end", **bad).validate()
-        TrainConfig(data_root="x", **bad).validate()
+        with pytest.raises(DeepLabError, match=match):
+            TrainConfig(data_root="x", **bad).validate()
 
 
 def test_init_copies_trunk_and_renews_a_foreign_classifier(tmp_path):

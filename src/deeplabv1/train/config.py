@@ -181,27 +181,28 @@ class TrainConfig:
             (self.val_fraction is None or 0 < self.val_fraction < 1,
              "val_fraction must lie in (0, 1)"),
         ]
-        if self.crf == "end-to-end":  # the joint stage's settings, checked before stage 1
-            from deeplabv1.crf.torch.meanfield import NORMALIZATIONS
+        # the joint stage's settings (crf end-to-end): checked before stage 1 trains, and
+        # also without that stage, as every command checks the settings it would not use
+        from deeplabv1.crf.torch.meanfield import NORMALIZATIONS
 
-            checks += [
-                (self.crf_max_iter >= 1, "crf_max_iter must be >= 1"),
-                (self.crf_train_iters >= 1, "crf_train_iters must be >= 1"),
-                (self.crf_test_iters >= 1, "crf_test_iters must be >= 1"),
-                (self.crf_base_lr > 0 and finite(self.crf_base_lr),
-                 f"crf_base_lr must be a finite number > 0, got {self.crf_base_lr}"),
-                (self.crf_lr >= 0 and finite(self.crf_lr),
-                 f"crf_lr must be a finite number >= 0, got {self.crf_lr}"),
-                (self.crf_normalization in NORMALIZATIONS,
-                 f"crf_normalization must be one of {', '.join(NORMALIZATIONS)}, got "
-                 f"{self.crf_normalization!r}"),
-            ]  # fmt: skip
+        checks += [
+            (self.crf_max_iter >= 1, "crf_max_iter must be >= 1"),
+            (self.crf_train_iters >= 1, "crf_train_iters must be >= 1"),
+            (self.crf_test_iters >= 1, "crf_test_iters must be >= 1"),
+            (self.crf_base_lr > 0 and finite(self.crf_base_lr),
+             f"crf_base_lr must be a finite number > 0, got {self.crf_base_lr}"),
+            (self.crf_lr >= 0 and finite(self.crf_lr),
+             f"crf_lr must be a finite number >= 0, got {self.crf_lr}"),
+            (self.crf_normalization in NORMALIZATIONS,
+             f"crf_normalization must be one of {', '.join(NORMALIZATIONS)}, got "
+             f"{self.crf_normalization!r}"),
+        ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise DeepLabError(f"train config: {message}")
         # the optimizer hands each group's lr to float32 kernels: it must fit that type
         mults = max(1.0, self.classifier_lr_mult) * max(1.0, self.bias_lr_mult)
-        for name in ("base_lr", "crf_base_lr") if self.crf == "end-to-end" else ("base_lr",):
+        for name in ("base_lr", "crf_base_lr"):
             if getattr(self, name) * mults > FLOAT32_MAX:
                 raise DeepLabError(
                     f"train config: {name} {getattr(self, name)} times the lr multipliers "
