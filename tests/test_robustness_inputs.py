@@ -324,11 +324,12 @@ def test_a_checkpoints_bad_network_description_names_the_file(tmp_path, capsys, 
 
 
 def test_weights_that_are_no_file_say_what_they_are(tmp_path, capsys):
-    """--weights naming a folder or an empty device says so (not "not found"); an empty
-    --from caffe model says it is empty (not that it does not match the model)."""
+    """--weights naming a folder or a device says so (not "not found"); an empty --from caffe
+    model says it is empty (not that it does not match the model)."""
     image, _ = image_and_scores(tmp_path, "a")
     for weights, words in ((tmp_path, "is a folder, not a checkpoint file"),
-                           (os.devnull, "the file is empty")):  # fmt: skip
+                           (os.devnull, "is a character device, not a regular checkpoint file"),
+                           ):  # fmt: skip
         argv = ["predict", str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]
         assert main(argv) == 2
         line = assert_one_line_error(capsys.readouterr().err, "predict", str(weights), words)

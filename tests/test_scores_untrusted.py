@@ -102,3 +102,20 @@ def test_fuzz_declared_headers(shape, descr, data, member):
                 read()
             except DeepLabError as exc:
                 assert name in str(exc)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+def test_fifos_as_images_labels_and_checkpoints_are_refused(tmp_path):
+    """Reading a FIFO waits for a writer forever: every reader of an image (the training
+    data's, predict's and crf's), a label PNG or a checkpoint refuses one in a line instead."""
+    from deeplabv1.checkpoint import load_checkpoint
+    from deeplabv1.data.datasets import read_image
+    from deeplabv1.data.palette import read_label_png
+    from deeplabv1.predict.images import load_image
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    for read, what in [(read_image, "image file"), (load_image, "image file"),
+                       (read_label_png, "label file"), (load_checkpoint, "checkpoint file")]:
+        with pytest.raises(DeepLabError, match=f"x.png: is a .*, not a regular {what}"):
+            read(fifo)

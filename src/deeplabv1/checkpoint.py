@@ -29,7 +29,7 @@ import torch
 
 from deeplabv1.data.classes import stored_classes
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import atomic_torch_save
+from deeplabv1.io import atomic_torch_save, regular_file
 
 FORMAT = "deeplabv1"
 FORMAT_VERSION = 1
@@ -122,10 +122,7 @@ def load_weights_only(
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read and validate a checkpoint; errors name the file and what is wrong."""
     path = Path(path)
-    if path.is_dir():
-        raise DeepLabError(f"{path}: is a folder, not a checkpoint file")
-    if not path.exists():
-        raise DeepLabError(f"{path}: checkpoint file not found")
+    regular_file(path, "checkpoint file")  # a FIFO would be waited on forever
     ckpt = load_weights_only(path, "deeplabv1 checkpoint", map_location)
     if not isinstance(ckpt, dict):
         raise DeepLabError(f"{path}: expected a checkpoint dict, found {type(ckpt).__name__}")

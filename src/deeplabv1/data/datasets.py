@@ -18,6 +18,7 @@ from deeplabv1.data.palette import IGNORE_INDEX, read_label_png
 from deeplabv1.data.transforms import TestTransform
 from deeplabv1.data.voc import default_label_dir, read_ids, resolve_voc_root, split_list_path
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import regular_file
 
 __all__ = [
     "SegmentationDataset", "find_image", "find_label", "open_dataset", "read_ids", "read_image",
@@ -31,6 +32,7 @@ LABEL_SUFFIXES = (".png", ".PNG")  # images pair in either case; so do their mas
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a JPEG/PNG image as RGB uint8 (H, W, 3); errors name the file."""
     path = Path(path)
+    regular_file(path, "image file")  # a FIFO would be waited on forever
     try:
         with Image.open(path) as img:
             img.load()

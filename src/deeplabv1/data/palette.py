@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from deeplabv1.errors import DeepLabError
-from deeplabv1.io import atomic_path
+from deeplabv1.io import atomic_path, regular_file
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -79,6 +79,7 @@ def read_label_png(path: str | os.PathLike, num_classes: int | None = 21) -> np.
     and 255 are an error naming the file (pass ``num_classes=None`` to skip the check).
     """
     path = Path(path)
+    regular_file(path, "label file")  # a FIFO would be waited on forever
     try:
         with Image.open(path) as img:
             if img.mode not in ("P", "L", "1"):

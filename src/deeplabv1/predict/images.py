@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from deeplabv1.errors import DeepLabError
+from deeplabv1.io import regular_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
@@ -108,6 +109,7 @@ def load_image(
     Unreadable, truncated, non-image or oversized files raise ``DeepLabError`` naming the file.
     """
     path = Path(path)
+    regular_file(path, "image file")  # a FIFO would be waited on forever
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit
