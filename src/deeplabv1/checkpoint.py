@@ -172,12 +172,17 @@ def checkpoint_classes(ckpt: dict, where: str = "checkpoint"):
     return stored_classes(ckpt.get("class_names"), ckpt.get("palette"), num_classes, where)
 
 
+def nonfinite_weights(state: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of ``state`` that hold NaN or infinite values."""
+    return [name for name, value in state.items()
+            if torch.is_tensor(value) and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())]  # fmt: skip
+
+
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     """Raise DeepLabError naming ``source`` and the tensors that hold NaN or infinite values
     (a diverged run or a corrupt file: such a network predicts nothing useful)."""
-    bad = [name for name, value in state.items()
-           if torch.is_tensor(value) and value.is_floating_point()
-           and not bool(torch.isfinite(value).all())]  # fmt: skip
+    bad = nonfinite_weights(state)
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DeepLabError(f"{source}: weights hold NaN or infinite values ({shown}): a diverged "

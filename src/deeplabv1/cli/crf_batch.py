@@ -121,9 +121,8 @@ def crf_setup(cfg, params, options: dict, pairs) -> dict:
     import dataclasses
     import hashlib
 
-    # surrogateescape: file names that are not UTF-8 hash as their bytes
-    listing = "\n".join(f"{s}\t{i.resolve()}\t{n.resolve()}" for s, i, n in pairs)
-    listing = listing.encode("utf-8", "surrogateescape")
+    # os.fsencode: file names that are not UTF-8 hash as their bytes
+    listing = os.fsencode("\n".join(f"{s}\t{i.resolve()}\t{n.resolve()}" for s, i, n in pairs))
     return {"pairs": {"count": len(pairs), "sha256": hashlib.sha256(listing).hexdigest()},
             "params": dataclasses.asdict(params), "iters": cfg.iters,
             "normalization": cfg.normalization, "probabilities": cfg.probabilities,

@@ -148,14 +148,20 @@ def run(args: argparse.Namespace) -> int:
         return _plot(argparse.Namespace(**{**vars(args), "files": files}))
 
 
+def check_png_output(path: Path, label: str, writes: str) -> None:
+    """DeepLabError unless ``path`` (the ``label`` output) ends in .png: a figure written under
+    another suffix (a .txt, a photo's .jpg) would pass for what it is not."""
+    if path.suffix.lower() != ".png":
+        what = f"suffix {path.suffix!r}" if path.suffix else "no suffix"
+        raise DeepLabError(f"{path}: {label} has {what}: {writes} (use .png)")
+
+
 def _plot(args: argparse.Namespace) -> int:
     from deeplabv1.io import check_outputs
     from deeplabv1.viz.plots import plot_class_iou, plot_training_log, plot_trimap
 
     out = Path(args.output)
-    if out.suffix.lower() != ".png":
-        what = f"suffix {out.suffix!r}" if out.suffix else "no suffix"
-        raise DeepLabError(f"{out}: output has {what}: plot writes PNG images (use .png)")
+    check_png_output(out, "output", "plot writes PNG images")
     records, per_class, curves = collect(args.files)
     jobs = []
     if records:

@@ -13,7 +13,6 @@ import dataclasses
 from pathlib import Path
 
 from deeplabv1.cli.info import InfoConfig, model_kwargs
-from deeplabv1.errors import DeepLabError
 
 
 @dataclasses.dataclass
@@ -66,17 +65,14 @@ def explain(rows, paper: int) -> str:
 
 
 def run(args) -> int:
+    from deeplabv1.cli.plot import check_png_output
     from deeplabv1.config import resolve_config
     from deeplabv1.io import check_outputs, output_rules
 
     cfg = resolve_config(RfConfig, args)
     with output_rules((), overwrite=cfg.overwrite, command="rf"):
         if cfg.plot is not None:  # as `plot -o`: a PNG, and never a file of yours unasked
-            if Path(cfg.plot).suffix.lower() != ".png":
-                suffix = Path(cfg.plot).suffix
-                what = f"suffix {suffix!r}" if suffix else "no suffix"
-                raise DeepLabError(f"{cfg.plot}: --plot has {what}: rf draws a PNG image "
-                                   "(use .png)")  # fmt: skip
+            check_png_output(Path(cfg.plot), "--plot", "rf draws a PNG image")
             check_outputs([cfg.plot])
         return _run(cfg)
 

@@ -23,7 +23,6 @@ it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 import time
@@ -241,9 +240,10 @@ class _Loader:
 
 def setup_fingerprint(cfg: CRFSearchConfig, ids: list[str]) -> dict:
     """What the points of one search depend on (checked on resume)."""
-    digest = hashlib.sha1("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    from deeplabv1.evaluate.tuning import ids_digest
+
     return {"scores": str(Path(cfg.scores).resolve()), "split": cfg.split,
-            "num_images": len(ids), "ids_sha1": digest, "iters": cfg.iters,
+            "num_images": len(ids), "ids_sha1": ids_digest(ids), "iters": cfg.iters,
             "normalization": cfg.normalization, "method": cfg.method}  # fmt: skip
 
 

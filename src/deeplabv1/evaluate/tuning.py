@@ -19,6 +19,7 @@ measured against.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ class Tuning:
 
 def ids_digest(ids: list[str]) -> str:
     """A short fingerprint of the image ids, in order."""
-    return hashlib.sha1("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return hashlib.sha1(os.fsencode("\n".join(ids))).hexdigest()[:16]  # names in any bytes
 
 
 def _labels_np(probs) -> np.ndarray:

@@ -168,11 +168,12 @@ def predict_setup(cfg: PredictConfig, seg, paths: list[Path]) -> dict:
     the weights' bytes, the input list, and every setting that changes an output file."""
     import dataclasses
     import hashlib
+    import os
 
     from deeplabv1.distributed.work import file_sha256
 
-    # surrogateescape: file names that are not UTF-8 hash as their bytes
-    listing = "\n".join(str(p.resolve()) for p in paths).encode("utf-8", "surrogateescape")
+    # os.fsencode: file names that are not UTF-8 hash as their bytes
+    listing = os.fsencode("\n".join(str(p.resolve()) for p in paths))
     figure_gt = cfg.side_by_side and cfg.gt
     return {"weights_sha256": file_sha256(cfg.weights),
             "inputs": {"count": len(paths), "sha256": hashlib.sha256(listing).hexdigest()},

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from deeplabv1.checkpoint import load_checkpoint, save_checkpoint
+from deeplabv1.checkpoint import load_checkpoint, nonfinite_weights, save_checkpoint
 from deeplabv1.errors import DeepLabError
 from deeplabv1.io import is_ours
 
@@ -197,8 +197,7 @@ def check_weights_finite(modules: dict[str, torch.nn.Module], iteration: int, wh
     values: the loss is checked only on log lines, so a run can diverge between them, and such
     a checkpoint (which ``predict``, ``eval`` and ``export`` refuse) must not be written."""
     bad = [f"{prefix}{name}" for prefix, module in modules.items()
-           for name, value in module.state_dict().items()
-           if value.is_floating_point() and not bool(torch.isfinite(value).all())]  # fmt: skip
+           for name in nonfinite_weights(module.state_dict())]  # fmt: skip
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise DeepLabError(f"{what} diverged: weights hold NaN or infinite values at iteration "
